@@ -1,0 +1,1 @@
+"""databus clients (installed as ``databus.clients``): file writer, monitor, bridges, replay."""

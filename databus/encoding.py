@@ -1,0 +1,473 @@
+"""What goes into Redis, as bytes: numeric blocks, records, file references, metadata.
+
+Pure functions and small value types; no Redis client is imported here.
+
+A channel is one stream. Each entry carries a block of whole points, and its ID encodes
+the index of its first point, so index arithmetic needs no lookup::
+
+    points      0 1 2 3 4 | 5 6 7 | 8 ...         entry ID   fields
+    entry A     [0 ..... 4]                       "0-1"      d=<5 points>, n=5
+    entry B                 [5 ... 7]             "5-1"      d=<3 points>, n=3
+    seal                                          MAX-MAX    end=<total points>
+
+A point larger than ``entry_bytes`` (a big frame) is split into parts with IDs
+``<index>-1``, ``<index>-2``... so that no entry crosses an allocator size class (a 2 MiB
+frame in one entry would cost 2.5 MiB on jemalloc). The seal has the largest possible ID:
+nothing can follow it, and a reader blocked in XREAD sees it as an ordinary entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+
+from .errors import CorruptEntry, DtypeError, MetadataError, ShapeError
+
+ChannelKind = Literal["array", "json", "ref"]
+
+#: Largest payload of one entry: 2 MiB less room for the listpack headers.
+ENTRY_BYTES = 2**21 - 512
+#: ID of the seal entry that closes a stream.
+SEAL_ID = b"18446744073709551615-18446744073709551615"
+#: Payloads below this are sent as bytes (joined with the command); larger ones as
+#: memoryviews the connection writes without copying.
+_COPY_BELOW = 65536
+_NUMERIC_KINDS = "biufc"
+_EXT_NDARRAY = 1
+
+
+# --------------------------------------------------------------------------- IDs
+
+
+def entry_id(index: int, part: int = 1) -> bytes:
+    """The ID of the entry whose first point is ``index`` (``part`` of a split point)."""
+    return b"%d-%d" % (index, part)
+
+
+def parse_id(raw: bytes | str) -> tuple[int, int]:
+    """(first index, part) of an entry ID."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq)
+
+
+def is_seal(raw: bytes | str) -> bool:
+    """True for the ID of a stream's seal entry."""
+    return (raw if isinstance(raw, bytes) else raw.encode()) == SEAL_ID
+
+
+def seal_fields(total: int) -> dict[bytes, int]:
+    """Fields of the seal entry: the total number of points ever published."""
+    return {b"end": total}
+
+
+# --------------------------------------------------------------------- metadata
+
+
+def _to_msgpack(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in _NUMERIC_KINDS:
+            return obj.tolist()
+        arr = np.ascontiguousarray(obj)
+        return msgpack.ExtType(
+            _EXT_NDARRAY, msgpack.packb([arr.dtype.str, list(arr.shape), arr.tobytes()])
+        )
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def _from_ext(code: int, data: bytes) -> Any:
+    if code == _EXT_NDARRAY:
+        dtype, shape, raw = msgpack.unpackb(data)
+        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+    return msgpack.ExtType(code, data)
+
+
+def _find_unpackable(obj: Any, path: str) -> str | None:
+    """The path of the first value inside ``obj`` that msgpack cannot carry."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int, float, bool, bytes)) and key is not None:
+                return f"{path} (key {key!r} of type {type(key).__name__})"
+            found = _find_unpackable(value, f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            found = _find_unpackable(value, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    try:
+        msgpack.packb(obj, default=_to_msgpack, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return f"{path} = {obj!r:.80} ({type(obj).__name__})"
+    return None
+
+
+def pack_meta(obj: Any, what: str = "value") -> bytes:
+    """msgpack bytes of JSON-like data (numbers, strings, bytes, bools, None, lists, dicts,
+    numpy scalars and arrays). ``MetadataError`` names the first value it cannot carry."""
+    try:
+        return msgpack.packb(obj, default=_to_msgpack, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        where = _find_unpackable(obj, what) or what
+        raise MetadataError(
+            f"{where} cannot be stored: use numbers, strings, bools, None, lists, dicts "
+            f"or numpy arrays ({exc})"
+        ) from None
+
+
+def unpack_meta(raw: bytes) -> Any:
+    """The inverse of ``pack_meta`` (arrays come back as numpy arrays)."""
+    return msgpack.unpackb(raw, ext_hook=_from_ext, raw=False, strict_map_key=False)
+
+
+# ------------------------------------------------------------------ descriptors
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRef:
+    """Frames ``start`` .. ``stop - 1`` of ``dataset`` in the HDF5 ``file``, written by a
+    detector itself; a reference channel publishes these instead of the pixels."""
+
+    file: str
+    dataset: str
+    start: int
+    stop: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start < self.stop):
+            raise ValueError(f"FileRef needs 0 <= start < stop, got {self.start}..{self.stop}")
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class Descriptor:
+    """What a channel holds: name, kind, dtype and shape of one point, unit.
+
+    ``kind`` is ``array`` (numeric points stored inline), ``json`` (one msgpack record per
+    point) or ``ref`` (frames of ``dtype``/``shape`` that live in files, see ``FileRef``).
+    """
+
+    name: str
+    kind: ChannelKind = "array"
+    dtype: np.dtype | None = None
+    shape: tuple[int, ...] = ()
+    unit: str | None = None
+    lossy: bool = False
+    entry_bytes: int = ENTRY_BYTES
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        dtype: Any,
+        shape: Sequence[int] = (),
+        *,
+        unit: str | None = None,
+        kind: ChannelKind = "array",
+        lossy: bool = False,
+        attrs: dict[str, Any] | None = None,
+    ) -> Descriptor:
+        """Check the arguments of ``scan.channel()`` and build the descriptor."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a channel name is a non-empty string, got {name!r}")
+        if kind not in ("array", "json", "ref"):
+            raise ValueError(
+                f"channel {name!r}: kind must be 'array', 'json' or 'ref', not {kind!r}"
+            )
+        if kind == "json" or (kind == "array" and dtype is object):
+            if shape not in ((), None):
+                raise ValueError(f"channel {name!r}: a json channel has no point shape")
+            return cls(name, "json", None, (), unit, lossy, ENTRY_BYTES, dict(attrs or {}))
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as exc:
+            raise DtypeError(f"channel {name!r}: {dtype!r} is not a numpy dtype ({exc})") from None
+        if dt.kind not in _NUMERIC_KINDS or dt.fields is not None:
+            raise DtypeError(
+                f"channel {name!r}: dtype {dt} is not numeric; use a numeric dtype "
+                f"(bool, int, uint, float, complex) or kind='json' for records"
+            )
+        try:
+            shp = tuple(int(s) for s in shape)
+        except TypeError:
+            raise ShapeError(
+                f"channel {name!r}: shape must be a tuple of ints, got {shape!r}"
+            ) from None
+        if any(s <= 0 for s in shp):
+            raise ShapeError(f"channel {name!r}: every dimension must be > 0, got {shp}")
+        return cls(
+            name,
+            kind,
+            dt.newbyteorder("=") if dt.byteorder == ">" else dt,
+            shp,
+            unit,
+            lossy,
+            ENTRY_BYTES,
+            dict(attrs or {}),
+        )
+
+    @property
+    def point_nbytes(self) -> int:
+        """Bytes of one point stored inline (0 for json and ref channels)."""
+        if self.kind != "array" or self.dtype is None:
+            return 0
+        return self.dtype.itemsize * math.prod(self.shape)
+
+    @property
+    def parts(self) -> int:
+        """Entries one point is split into (1 unless a point exceeds ``entry_bytes``)."""
+        return max(1, -(-self.point_nbytes // self.entry_bytes))
+
+    def to_meta(self) -> bytes:
+        """msgpack form, as stored in the scan record."""
+        return pack_meta(
+            {
+                "name": self.name,
+                "kind": self.kind,
+                "dtype": None if self.dtype is None else self.dtype.str,
+                "shape": list(self.shape),
+                "unit": self.unit,
+                "lossy": self.lossy,
+                "entry_bytes": self.entry_bytes,
+                "attrs": self.attrs,
+            },
+            what=f"channel {self.name!r} attrs",
+        )
+
+    @classmethod
+    def from_meta(cls, raw: bytes) -> Descriptor:
+        """The inverse of ``to_meta``."""
+        d = unpack_meta(raw)
+        return cls(
+            name=d["name"],
+            kind=d["kind"],
+            dtype=None if d["dtype"] is None else np.dtype(d["dtype"]),
+            shape=tuple(d["shape"]),
+            unit=d.get("unit"),
+            lossy=bool(d.get("lossy", False)),
+            entry_bytes=int(d.get("entry_bytes", ENTRY_BYTES)),
+            attrs=d.get("attrs") or {},
+        )
+
+
+# --------------------------------------------------------------------- coercion
+
+
+def _shape_error(desc: Descriptor, got: tuple[int, ...]) -> ShapeError:
+    one = desc.shape
+    block = ("n", *desc.shape)
+    return ShapeError(
+        f"channel {desc.name!r} takes points of shape {one}: send one point of shape {one} "
+        f"or a block of shape {block}; got shape {got}"
+    )
+
+
+def coerce(desc: Descriptor, value: Any) -> np.ndarray:
+    """``value`` as a C-contiguous block of shape ``(n, *desc.shape)`` and the channel's dtype.
+
+    Accepts one point or a block of points, as an ndarray or anything numpy converts.
+    Widening casts (int to float, float64 to float32) are accepted; a cast that would change
+    a value (3.5 into an int channel, 300 into uint8, NaN into int) raises ``DtypeError``.
+    The result may share memory with ``value`` (no copy is made that is not needed).
+    """
+    dt = desc.dtype
+    if dt is None:
+        raise TypeError(f"channel {desc.name!r} is a {desc.kind} channel: coerce() is for arrays")
+    if value is None:
+        raise DtypeError(f"channel {desc.name!r} takes {dt} points; got None")
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as exc:
+            raise ShapeError(
+                f"channel {desc.name!r}: cannot make an array of the value sent ({exc})"
+            ) from None
+    if arr.dtype.kind not in _NUMERIC_KINDS:
+        raise DtypeError(
+            f"channel {desc.name!r} takes {dt} points; got {arr.dtype} "
+            f"({type(value).__name__}: {value!r:.60})"
+        )
+    if arr.shape == desc.shape:
+        block = arr.reshape((1, *desc.shape))
+    elif arr.ndim == len(desc.shape) + 1 and arr.shape[1:] == desc.shape:
+        block = arr
+    else:
+        raise _shape_error(desc, arr.shape)
+    if block.dtype != dt:
+        block = _cast(desc, block)
+    return np.ascontiguousarray(block)
+
+
+def _cast(desc: Descriptor, block: np.ndarray) -> np.ndarray:
+    dt = np.dtype(desc.dtype)
+    src = block.dtype
+    widening = np.can_cast(src, dt, "safe") or (
+        (src.kind in "iu" and dt.kind in "fc")
+        or (src.kind == "f" and dt.kind in "fc")
+        or (src.kind == "c" and dt.kind == "c")
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = block.astype(dt)
+        if widening:
+            return out
+        back = out.astype(src)
+    same = back == block
+    if same.all():
+        return out
+    bad = block.reshape(-1)[np.flatnonzero(~same.reshape(-1))[0]].item()
+    raise DtypeError(
+        f"channel {desc.name!r} holds {dt} points: {bad!r} ({src}) would not survive the "
+        f"conversion; convert it yourself (e.g. np.round(x).astype('{dt}')) or declare "
+        f"the channel with dtype {src}"
+    )
+
+
+# ---------------------------------------------------------------------- entries
+
+
+def _payload(arr: np.ndarray) -> bytes | memoryview:
+    flat = arr.reshape(-1).view(np.uint8)
+    return flat.tobytes() if flat.nbytes < _COPY_BELOW else memoryview(flat)
+
+
+def block_entries(
+    desc: Descriptor, first_index: int, block: np.ndarray
+) -> Iterator[tuple[bytes, dict[bytes, Any]]]:
+    """(ID, fields) of the entries that store ``block``, whose first point is ``first_index``."""
+    n = len(block)
+    point = desc.point_nbytes
+    if point <= desc.entry_bytes:
+        per_entry = max(1, desc.entry_bytes // point)
+        for start in range(0, n, per_entry):
+            part = block[start : start + per_entry]
+            yield entry_id(first_index + start), {b"d": _payload(part), b"n": len(part)}
+        return
+    for i in range(n):
+        flat = block[i].reshape(-1).view(np.uint8)
+        for p, offset in enumerate(range(0, point, desc.entry_bytes), start=1):
+            yield (
+                entry_id(first_index + i, p),
+                {b"d": _payload(flat[offset : offset + desc.entry_bytes])},
+            )
+
+
+def pack_record(value: Any, channel: str) -> bytes:
+    """One point of a json channel, packed (``MetadataError`` if msgpack cannot carry it)."""
+    return pack_meta(value, what=f"channel {channel!r} record")
+
+
+def record_entry(first_index: int, packed: Sequence[bytes]) -> tuple[bytes, dict[bytes, Any]]:
+    """The entry that stores records packed by ``pack_record``, from ``first_index``."""
+    n = len(packed)
+    if n < 16:
+        header = bytes([0x90 | n])
+    elif n < 65536:
+        header = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + n.to_bytes(4, "big")
+    return entry_id(first_index), {b"m": header + b"".join(packed), b"n": n}
+
+
+def ref_entry(first_index: int, ref: FileRef) -> tuple[bytes, dict[bytes, Any]]:
+    """The entry that stores a file reference covering ``len(ref)`` points."""
+    raw = pack_meta([ref.file, ref.dataset, ref.start, ref.stop])
+    return entry_id(first_index), {b"r": raw, b"n": len(ref)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Decoded points of one channel: ``data`` holds points ``first .. first+len-1``.
+
+    ``data`` is a numpy array for array channels, a list for json channels and a list of
+    ``FileRef`` for ref channels (one per entry, covering ``len(ref)`` points each)."""
+
+    first: int
+    data: Any
+    count: int
+
+
+def _field(fields: dict, name: bytes) -> Any:
+    value = fields.get(name)
+    if value is None:
+        value = fields.get(name.decode())
+    return value
+
+
+def decode_entries(
+    desc: Descriptor, key: str, entries: Iterable[tuple[bytes, dict]]
+) -> Iterator[Block | int]:
+    """Decode stream entries into ``Block``s; the seal yields the total point count as an int.
+
+    Parts of a split point must be consecutive in ``entries``; an incomplete trailing point
+    is left out (read it again with the next batch). ``CorruptEntry`` names key and ID.
+    """
+    pending: list[bytes] = []
+    pending_index = -1
+    for raw_id, fields in entries:
+        eid = raw_id if isinstance(raw_id, bytes) else raw_id.encode()
+        if eid == SEAL_ID:
+            total = _field(fields, b"end")
+            try:
+                yield int(total)
+            except (TypeError, ValueError):
+                raise CorruptEntry(
+                    f"{key} seal {eid.decode()}: bad total {total!r}",
+                    key=key,
+                    entry_id=eid.decode(),
+                ) from None
+            continue
+        try:
+            index, part = parse_id(eid)
+            if desc.kind == "json":
+                yield Block(index, unpack_meta(_field(fields, b"m")), int(_field(fields, b"n")))
+            elif desc.kind == "ref":
+                file, dataset, start, stop = unpack_meta(_field(fields, b"r"))
+                ref = FileRef(file, dataset, start, stop)
+                yield Block(index, [ref], len(ref))
+            elif desc.parts == 1:
+                yield _decode_block(desc, index, fields)
+            else:
+                if part == 1:
+                    pending, pending_index = [], index
+                if index != pending_index or part != len(pending) + 1:
+                    raise ValueError(f"part {part} of point {index} out of sequence")
+                pending.append(bytes(_field(fields, b"d")))
+                if part == desc.parts:
+                    data = np.frombuffer(b"".join(pending), dtype=desc.dtype)
+                    pending = []
+                    yield Block(index, data.reshape((1, *desc.shape)), 1)
+        except CorruptEntry:
+            raise
+        except Exception as exc:
+            raise CorruptEntry(
+                f"{key} entry {eid.decode(errors='replace')}: cannot decode ({exc})",
+                key=key,
+                entry_id=eid.decode(errors="replace"),
+            ) from None
+
+
+def _decode_block(desc: Descriptor, index: int, fields: dict) -> Block:
+    raw = _field(fields, b"d")
+    n = int(_field(fields, b"n"))
+    data = np.frombuffer(raw, dtype=desc.dtype)
+    expected = n * math.prod(desc.shape)
+    if data.size != expected:
+        raise ValueError(f"{data.nbytes} bytes for {n} points of {desc.dtype}{desc.shape}")
+    return Block(index, data.reshape((n, *desc.shape)), n)

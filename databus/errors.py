@@ -1,0 +1,169 @@
+"""Every exception databus raises, and the one place Redis errors are translated.
+
+The tree::
+
+    DatabusError
+    ├── ServerUnavailable (ConnectionError)  the server cannot be reached; names the URL
+    ├── InvalidURL (ValueError)              a URL databus cannot use
+    ├── ReadTimeout (TimeoutError)           a read or wait gave up after its timeout
+    ├── DataExpired (IndexError)             the points were written but are gone from Redis
+    ├── NotYetPublished (IndexError)         the points have not been written (yet)
+    ├── CorruptEntry (ValueError)            a stored entry cannot be decoded
+    ├── UnknownScan (LookupError)            no scan or session under that name
+    ├── PointError                           a point sent to a channel is not what it takes
+    │   ├── DtypeError (TypeError)           wrong or lossy dtype
+    │   └── ShapeError (ValueError)          wrong point or block shape
+    ├── ChannelExists (ValueError)           a second channel with the same name
+    ├── MetadataError (TypeError)            scan info or a value msgpack cannot carry
+    ├── ScanStateError (RuntimeError)        an action the scan's state does not allow
+    ├── ScanEnded                            a normal end: the scan has ended
+    ├── ClosedError (RuntimeError)           you closed it (sent after end(), used a closed bus)
+    ├── PublisherLost                        the other side died: a scan's publisher is gone
+    ├── FlushFailed                          the server refused a flush; see __cause__
+    ├── SinkFull                             send_nowait() found the buffer full
+    ├── BusFull                              the server's memory cap left no room in time
+    └── ServerError                          any other error the server answered with
+
+Names ending in the builtin's meaning also derive from that builtin, so ``except
+ConnectionError`` or ``except IndexError`` keeps working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import redis.exceptions as rex
+
+
+class DatabusError(Exception):
+    """Base of every databus error."""
+
+
+class ServerUnavailable(DatabusError, ConnectionError):
+    """The Redis/Valkey server at ``url`` cannot be reached or went away."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class InvalidURL(DatabusError, ValueError):
+    """A connection URL with an unknown scheme or a malformed part."""
+
+
+class ReadTimeout(DatabusError, TimeoutError):
+    """A read or a wait gave up after its timeout."""
+
+
+class DataExpired(DatabusError, IndexError):
+    """Points that were published are no longer in Redis (expired, trimmed or evicted).
+
+    ``file``/``dataset`` say where the file writer saved them, when one did.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        channel: str | None = None,
+        scan: str | None = None,
+        first: int | None = None,
+        last: int | None = None,
+        file: str | None = None,
+        dataset: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.channel, self.scan = channel, scan
+        self.first, self.last = first, last
+        self.file, self.dataset = file, dataset
+
+
+class NotYetPublished(DatabusError, IndexError):
+    """The points asked for have not been published (yet); waiting may help."""
+
+
+class CorruptEntry(DatabusError, ValueError):
+    """A stored entry cannot be decoded; names the key and the entry ID."""
+
+    def __init__(self, message: str, *, key: str | None = None, entry_id: str | None = None):
+        super().__init__(message)
+        self.key, self.entry_id = key, entry_id
+
+
+class UnknownScan(DatabusError, LookupError):
+    """No scan (or session) is stored under that name or key."""
+
+
+class PointError(DatabusError):
+    """A value sent to a channel is not something the channel takes."""
+
+
+class DtypeError(PointError, TypeError):
+    """The value's dtype cannot be stored in the channel without loss."""
+
+
+class ShapeError(PointError, ValueError):
+    """The value is neither one point nor a block of points of the channel's shape."""
+
+
+class ChannelExists(DatabusError, ValueError):
+    """A scan already has a channel with this name."""
+
+
+class MetadataError(DatabusError, TypeError):
+    """Scan info, a descriptor or a shared value holds something msgpack cannot carry."""
+
+
+class ScanStateError(DatabusError, RuntimeError):
+    """The scan's state does not allow this action; names the state and the one needed."""
+
+
+class ScanEnded(DatabusError):
+    """The scan has ended normally; nothing more will come."""
+
+
+class ClosedError(DatabusError, RuntimeError):
+    """You closed it: a send after ``end()``, a call on a closed bus or sink."""
+
+
+class PublisherLost(DatabusError):
+    """The other side failed: the scan's publisher stopped refreshing it."""
+
+
+class FlushFailed(DatabusError):
+    """The server refused part of a flush; ``__cause__`` is its error. Accepted points
+    that were not acknowledged are listed in the message."""
+
+
+class SinkFull(DatabusError):
+    """``send_nowait()`` found the scan's buffer full."""
+
+
+class BusFull(DatabusError):
+    """The server's memory cap left no room for the data within the timeout."""
+
+
+class ServerError(DatabusError):
+    """The server answered with an error databus has no finer class for."""
+
+
+def redact(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
+@contextlib.contextmanager
+def translate_redis_errors(url: str) -> Iterator[None]:
+    """Turn redis-py exceptions raised inside the block into databus ones (``from exc``)."""
+    try:
+        yield
+    except (rex.ConnectionError, rex.TimeoutError) as exc:
+        raise ServerUnavailable(f"cannot reach the server at {redact(url)}: {exc}", url) from exc
+    except rex.RedisError as exc:
+        raise ServerError(f"the server at {redact(url)} answered: {exc}") from exc

@@ -1,0 +1,102 @@
+"""Every Redis key name databus uses is built here, and nowhere else.
+
+Layout (``P`` is the settings' prefix, names are %-escaped by ``escape``)::
+
+    P:sessions                      ZSET  session name -> last activity (unix s)
+    P:scans                         ZSET  scan key -> creation time (unix s)
+    P:session:<session>:seq         STRING  last scan number (INCR)
+    P:session:<session>:log         STREAM  scan created / prepared / started / ended
+    P:scan:{<session>:<n>}          HASH  the scan record: info, state, descriptors
+    P:scan:{<session>:<n>}:log      STREAM  channel created, state changes, end
+    P:scan:{<session>:<n>}:ch:<ch>  STREAM  one channel's points, ID = first index
+    P:scan:{<session>:<n>}:ctl      STREAM  requests to the running scan (stop)
+
+The braces are the scan's hash tag: every key of one scan lands in one Redis Cluster slot,
+so one XREAD covers all of its streams. Escaping keeps user names from adding braces.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+# Characters kept as they are in a key; everything else (":", "{", "}", "%", spaces,
+# non-ASCII) is %-escaped so a name can neither split a key nor open a hash tag.
+_SAFE = "-_.~!$&'()*+,;=@[]^`|"
+
+
+def escape(name: str) -> str:
+    """A user-given name as it appears inside a key."""
+    return quote(name, safe=_SAFE)
+
+
+def unescape(part: str) -> str:
+    """The inverse of ``escape``."""
+    return unquote(part)
+
+
+def sessions(prefix: str) -> str:
+    """Index of sessions by last activity."""
+    return f"{prefix}:sessions"
+
+
+def scans(prefix: str) -> str:
+    """Index of all scans by creation time (status, memory cap)."""
+    return f"{prefix}:scans"
+
+
+def session_seq(prefix: str, session: str) -> str:
+    """Counter that numbers a session's scans."""
+    return f"{prefix}:session:{escape(session)}:seq"
+
+
+def session_log(prefix: str, session: str) -> str:
+    """The session's log stream."""
+    return f"{prefix}:session:{escape(session)}:log"
+
+
+def scan(prefix: str, session: str, number: int) -> str:
+    """The scan record (a hash); also the scan's public key, ``bus.scan(key)``."""
+    return f"{prefix}:scan:{{{escape(session)}:{number}}}"
+
+
+def scan_log(scan_key: str) -> str:
+    """The scan's log stream."""
+    return f"{scan_key}:log"
+
+
+def scan_control(scan_key: str) -> str:
+    """Requests addressed to the running scan (a stream)."""
+    return f"{scan_key}:ctl"
+
+
+def channel(scan_key: str, name: str) -> str:
+    """The stream of one channel's points."""
+    return f"{scan_key}:ch:{escape(name)}"
+
+
+def parse_scan(key: str) -> tuple[str, str, int]:
+    """Split a scan key into (prefix, session, number); ValueError if it is not one."""
+    head, sep, tag = key.partition(":scan:{")
+    if not sep or not tag.endswith("}") or not head:
+        raise ValueError(f"not a databus scan key: {key!r} (expected '<prefix>:scan:{{s:n}}')")
+    session, _, number = tag[:-1].rpartition(":")
+    if not session or not number.isdigit():
+        raise ValueError(f"not a databus scan key: {key!r} (expected '<prefix>:scan:{{s:n}}')")
+    return head, unescape(session), int(number)
+
+
+def hash_slot(key: str) -> int:
+    """The Redis Cluster slot of ``key`` (CRC16 of its hash tag), as the server computes it."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % 16384

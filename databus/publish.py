@@ -1,0 +1,399 @@
+"""The acquisition side: a ``Scan`` with its channels, publishing through a ``Sink``.
+
+    scan = bus.session("demo").create_scan({"title": "ascan robz 0 1 10 0.1"})
+    x = scan.channel("robz", "float64", unit="mm")
+    img = scan.channel("det:image", "uint16", (1024, 1024))
+    scan.prepare(); scan.start()
+    x.send(0.5); img.send(frame)
+    scan.end()          # flushes, seals every channel, gives the keys their retention TTL
+
+``send()`` returns at once: points go to the scan's sink, whose background flusher writes
+all channels in one pipelined round trip. ``end()`` waits until Redis has acknowledged
+every accepted point, or raises ``FlushFailed`` naming those it has not.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import time
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import keys
+from .encoding import (
+    SEAL_ID,
+    ChannelKind,
+    Descriptor,
+    FileRef,
+    coerce,
+    pack_meta,
+    pack_record,
+    seal_fields,
+)
+from .errors import (
+    ChannelExists,
+    DatabusError,
+    DtypeError,
+    FlushFailed,
+    ScanStateError,
+    translate_redis_errors,
+)
+from .sink import POOL_MIN_BYTES, ChannelBuffer, FlushPolicy, Sink, SinkStatistics
+from .states import EndReason, ScanState, end_reason_for
+
+if TYPE_CHECKING:
+    from .bus import Session
+
+log = logging.getLogger(__name__)
+
+_live_scans: weakref.WeakSet[Scan] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_unended_scans() -> None:
+    """At interpreter exit, flush what scans that were never ended had accepted."""
+    for scan in list(_live_scans):
+        if scan.state < ScanState.ENDED:
+            log.warning("scan %s was never ended; flushing what it accepted", scan.key)
+            try:
+                scan._sink.close(timeout=10)
+            except Exception as exc:
+                log.error("scan %s: %s", scan.key, exc)
+
+
+class ChannelWriter(ChannelBuffer):
+    """One channel of a publishing scan. ``send()`` takes a point or a block of points."""
+
+    def __init__(self, scan: Scan, desc: Descriptor, key: str, fast_limit: int, copy: bool):
+        super().__init__(desc, key, fast_limit)
+        self.scan = scan
+        self._sink = scan._sink
+        self._copy = copy
+        fast = desc.kind == "array" and desc.shape == () and not desc.lossy
+        #: Python type that takes the lock-free path (one float into a float channel).
+        self._fast_type: type | None = None
+        if fast and desc.dtype is not None and desc.dtype.kind == "f":
+            self._fast_type = float
+        elif fast and desc.dtype is not None and desc.dtype.kind == "b":
+            self._fast_type = bool
+
+    def __repr__(self) -> str:
+        d = self.desc
+        what = d.kind if d.kind == "json" else f"{d.kind} {d.dtype}{list(d.shape)}"
+        return f"<ChannelWriter {d.name!r} {what} of {self.scan.key}>"
+
+    @property
+    def name(self) -> str:
+        return self.desc.name
+
+    def send(self, value: Any) -> None:
+        """Publish one point, or a block of points of shape ``(n, *shape)``.
+
+        Returns at once unless the scan's buffer is full (then it blocks, or a lossy
+        channel drops its oldest points). Raises ``DtypeError``/``ShapeError`` for a value
+        the channel cannot take (the scan stays usable), ``ClosedError`` after ``end()``,
+        ``FlushFailed`` if an earlier flush failed.
+        """
+        if type(value) is self._fast_type:
+            queue = self._queue
+            if len(queue) < self._fast_limit:
+                queue.append(value)
+                if self._sink.idle:
+                    self._sink.wake()
+                return
+        self._send(value)
+
+    def extend(self, values: Iterable[Any]) -> None:
+        """Publish several points: records of a json channel, ``FileRef``s of a ref channel,
+        or for an array channel anything that makes a block of shape ``(n, *shape)``."""
+        if self.desc.kind == "array":
+            block = coerce(self.desc, values if hasattr(values, "shape") else list(values))
+            if block.ndim == len(self.desc.shape) and len(block):
+                block = block.reshape((1, *self.desc.shape))
+            self._send(block)
+        else:
+            for value in values:
+                self._send(value)
+
+    def _send(self, value: Any) -> None:
+        sink = self._sink
+        sink.check()
+        desc = self.desc
+        if desc.kind == "json":
+            packed = pack_record(value, desc.name)
+            sink.put(self, packed, len(packed))
+            return
+        if desc.kind == "ref":
+            if not isinstance(value, FileRef):
+                raise DtypeError(
+                    f"channel {desc.name!r} takes file references: send "
+                    f"FileRef(file, dataset, start, stop); got {type(value).__name__}"
+                )
+            sink.put(self, value, 0)
+            return
+        block = coerce(desc, value)
+        if not len(block):
+            return
+        if self._copy and isinstance(value, np.ndarray) and np.may_share_memory(block, value):
+            big = len(block) == 1 and desc.point_nbytes >= POOL_MIN_BYTES
+            block = self._sink.pool.copy(block) if big else block.copy()
+        if desc.shape == () and len(block) == 1 and not desc.lossy:
+            if len(self._queue) >= self._fast_limit:
+                sink.wait_room(self)
+            self._queue.append(block[0].item())
+            if sink.idle:
+                sink.wake()
+            return
+        sink.put(self, block, block.nbytes)
+
+    def __len__(self) -> int:
+        """Points accepted so far (acknowledged, queued or dropped)."""
+        return self.accepted
+
+
+class Scan:
+    """A scan being published. Made by ``Session.create_scan()``; ends with ``end()`` or
+    at the end of a ``with`` block (an exception ends it as failed/interrupted, with the
+    error text in its record)."""
+
+    def __init__(self, session: Session, number: int, info: dict[str, Any]) -> None:
+        self.session = session
+        self.bus = session.bus
+        self.number = number
+        self.key = keys.scan(self.bus.settings.prefix, session.name, number)
+        self._info = dict(info)
+        self.state = ScanState.CREATED
+        self.end_reason: EndReason | None = None
+        self.channels: dict[str, ChannelWriter] = {}
+        settings = self.bus.settings
+        self._sink = Sink(
+            self.bus.publisher_client(),
+            self.bus.runner,
+            policy=FlushPolicy(max_buffer_bytes=settings.buffer_bytes),
+            running_ttl=settings.running_ttl,
+            refresh_keys=self._keys,
+            url=self.bus.url,
+            pool=self.bus.buffer_pool,
+            name=f"databus-sink-{session.name}-{number}",
+        )
+        _live_scans.add(self)
+
+    @classmethod
+    def create(cls, session: Session, info: dict[str, Any]) -> Scan:
+        """Number a new scan atomically and write its record and log entries."""
+        bus = session.bus
+        prefix = bus.settings.prefix
+        packed_info = pack_meta(info, what="scan info")
+        now = time.time()
+        running_ms = int(bus.settings.running_ttl * 1000)
+        retention_ms = int(bus.settings.retention_ttl * 1000)
+        oldest = now - bus.settings.retention_ttl
+        with translate_redis_errors(bus.url):
+            number = int(bus.redis.incr(keys.session_seq(prefix, session.name)))
+            key = keys.scan(prefix, session.name, number)
+            pipe = bus.redis.pipeline(transaction=True)
+            pipe.hset(
+                key,
+                mapping={
+                    "session": session.name,
+                    "number": number,
+                    "info": packed_info,
+                    "state": int(ScanState.CREATED),
+                    "created": now,
+                },
+            )
+            pipe.pexpire(key, running_ms)
+            pipe.xadd(keys.scan_log(key), {"event": "created", "time": now})
+            pipe.pexpire(keys.scan_log(key), running_ms)
+            slog = keys.session_log(prefix, session.name)
+            pipe.xadd(
+                slog,
+                {"event": "created", "scan": key, "number": number, "time": now},
+                minid=int(oldest * 1000),
+                approximate=True,
+            )
+            for k in (slog, keys.session_seq(prefix, session.name)):
+                pipe.pexpire(k, retention_ms)
+            for index, member in ((keys.sessions(prefix), session.name), (keys.scans(prefix), key)):
+                pipe.zadd(index, {member: now})
+                pipe.zremrangebyscore(index, "-inf", oldest)
+                pipe.pexpire(index, retention_ms)
+            pipe.execute()
+        return cls(session, number, info)
+
+    def __repr__(self) -> str:
+        reason = f" ({self.end_reason.value})" if self.end_reason else ""
+        return f"<Scan {self.key} {self.state.name}{reason} channels={len(self.channels)}>"
+
+    # --------------------------------------------------------------- channels
+
+    def channel(
+        self,
+        name: str,
+        dtype: Any = None,
+        shape: Iterable[int] = (),
+        *,
+        unit: str | None = None,
+        kind: ChannelKind = "array",
+        lossy: bool = False,
+        copy: bool = True,
+        attrs: dict[str, Any] | None = None,
+    ) -> ChannelWriter:
+        """Declare a channel of points of ``dtype`` and ``shape`` (``()`` for scalars).
+
+        kind: ``array`` (numeric points stored inline), ``json`` (one JSON-like record per
+            point; no dtype) or ``ref`` (frames of dtype/shape that a detector wrote to its
+            own file: send ``FileRef``s).
+        lossy: when the scan's buffer is full, drop this channel's oldest points (counted
+            in the scan record) instead of blocking ``send()``.
+        copy: False lets ``send()`` keep a reference to the arrays it gets instead of
+            copying them; the caller must then not modify an array after sending it.
+        attrs: extra JSON-like metadata stored in the descriptor.
+
+        Raises ``ChannelExists`` for a second channel of the same name, ``ScanStateError``
+        once the scan is prepared.
+        """
+        if self.state >= ScanState.PREPARED:
+            raise ScanStateError(
+                f"cannot add channel {name!r}: scan {self.key} is {self.state.name}; "
+                f"declare every channel before prepare()"
+            )
+        if name in self.channels:
+            raise ChannelExists(f"scan {self.key} already has a channel {name!r}")
+        if dtype is None and kind == "array":
+            raise DtypeError(f"channel {name!r}: give a dtype (e.g. 'float64'), or kind='json'")
+        desc = Descriptor.create(
+            name, dtype, tuple(shape), unit=unit, kind=kind, lossy=lossy, attrs=attrs
+        )
+        ckey = keys.channel(self.key, name)
+        with translate_redis_errors(self.bus.url):
+            pipe = self.bus.redis.pipeline(transaction=True)
+            pipe.hset(self.key, f"ch:{name}", desc.to_meta())
+            pipe.xadd(keys.scan_log(self.key), {"event": "channel", "name": name})
+            pipe.execute()
+        writer = ChannelWriter(self, desc, ckey, self.bus.settings.scalar_queue, copy)
+        self._sink.add(writer)
+        self.channels[name] = writer
+        return writer
+
+    def _keys(self) -> list[str]:
+        """Every key of this scan."""
+        return [self.key, keys.scan_log(self.key), *(c.key for c in self.channels.values())]
+
+    # ------------------------------------------------------------------- info
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """A copy of the scan info as last written."""
+        return dict(self._info)
+
+    def update_info(self, fields: dict[str, Any] | None = None, **more: Any) -> None:
+        """Merge ``fields`` into the scan info and store it; allowed until the scan ends."""
+        self._check_not_ended("update its info")
+        info = {**self._info, **(fields or {}), **more}
+        packed = pack_meta(info, what="scan info")
+        with translate_redis_errors(self.bus.url):
+            pipe = self.bus.redis.pipeline(transaction=True)
+            pipe.hset(self.key, "info", packed)
+            pipe.xadd(keys.scan_log(self.key), {"event": "info"})
+            pipe.execute()
+        self._info = info
+
+    # -------------------------------------------------------------- lifecycle
+
+    def _check_not_ended(self, action: str) -> None:
+        if self.state is ScanState.ENDED:
+            raise ScanStateError(f"cannot {action}: scan {self.key} has ended")
+
+    def _move(self, new: ScanState) -> None:
+        self.state.check_move(new)
+        now = time.time()
+        with translate_redis_errors(self.bus.url):
+            pipe = self.bus.redis.pipeline(transaction=True)
+            pipe.hset(self.key, "state", int(new))
+            pipe.xadd(keys.scan_log(self.key), {"event": new.name.lower(), "time": now})
+            pipe.xadd(
+                keys.session_log(self.bus.settings.prefix, self.session.name),
+                {"event": new.name.lower(), "scan": self.key, "number": self.number, "time": now},
+            )
+            pipe.execute()
+        self.state = new
+
+    def prepare(self) -> None:
+        """Mark the scan prepared: every channel is declared, data may follow."""
+        self._move(ScanState.PREPARED)
+
+    def start(self) -> None:
+        """Mark the scan started."""
+        self._move(ScanState.STARTED)
+
+    def end(self, reason: str | EndReason = "finished", error: str | None = None) -> None:
+        """Flush every accepted point, seal every channel, record ``reason`` (finished,
+        stopped, aborted, failed, interrupted) and ``error`` text, and give all keys the
+        retention TTL. Blocks until Redis has acknowledged everything; raises
+        ``FlushFailed`` (after recording the scan as failed) if it could not."""
+        end_reason = EndReason.parse(reason)
+        self._check_not_ended("end it again")
+        failure: FlushFailed | None = None
+        try:
+            self._sink.close()
+        except FlushFailed as exc:
+            failure = exc
+            end_reason, error = EndReason.FAILED, str(exc)
+        _live_scans.discard(self)
+        if failure is None:
+            self._write_end(end_reason, error)
+            return
+        try:
+            self._write_end(end_reason, error)
+        except DatabusError as exc:
+            log.error("scan %s: could not record its end: %s", self.key, exc)
+        raise failure
+
+    def _write_end(self, reason: EndReason, error: str | None) -> None:
+        settings = self.bus.settings
+        retention_ms = int(settings.retention_ttl * 1000)
+        now = time.time()
+        fields: dict[str, Any] = {
+            "state": int(ScanState.ENDED),
+            "end_reason": reason.value,
+            "ended": now,
+        }
+        if error:
+            fields["error"] = error
+        for writer in self.channels.values():
+            if writer._dropped:
+                fields[f"dropped:{writer.name}"] = writer._dropped
+        event = {"event": "ended", "reason": reason.value, "time": now}
+        with translate_redis_errors(self.bus.url):
+            pipe = self.bus.redis.pipeline(transaction=True)
+            for writer in self.channels.values():
+                pipe.xadd(writer.key, seal_fields(writer._head_index), id=SEAL_ID)
+            pipe.hset(self.key, mapping=fields)
+            pipe.xadd(keys.scan_log(self.key), {**event, **({"error": error} if error else {})})
+            pipe.xadd(
+                keys.session_log(settings.prefix, self.session.name),
+                {**event, "scan": self.key, "number": self.number},
+            )
+            for key in self._keys():
+                pipe.pexpire(key, retention_ms)
+            pipe.execute()
+        self.state = ScanState.ENDED
+        self.end_reason = reason
+
+    def __enter__(self) -> Scan:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        if self.state is ScanState.ENDED:
+            return
+        error = None if exc is None else f"{type(exc).__name__}: {exc}"
+        self.end(end_reason_for(exc), error=error)
+
+    def statistics(self) -> SinkStatistics:
+        """Counters of the scan's sink (buffered bytes, flushes, dropped points...)."""
+        return self._sink.statistics()

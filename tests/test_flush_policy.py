@@ -1,0 +1,31 @@
+"""FlushPolicy: the sink's decisions, without a server."""
+
+import pytest
+
+from databus.sink import Admission, FlushPolicy
+
+
+def test_flush_when_pending_and_nothing_in_flight():
+    policy = FlushPolicy()
+    assert policy.should_flush(pending=True, in_flight=False)
+    assert not policy.should_flush(pending=True, in_flight=True)
+    assert not policy.should_flush(pending=False, in_flight=False)
+
+
+def test_admission_blocks_or_drops_when_full():
+    policy = FlushPolicy(max_buffer_bytes=100)
+    assert policy.admit(0, 10, lossy=False) is Admission.ACCEPT
+    assert policy.admit(90, 10, lossy=False) is Admission.ACCEPT
+    assert policy.admit(91, 10, lossy=False) is Admission.BLOCK
+    assert policy.admit(91, 10, lossy=True) is Admission.DROP_OLDEST
+
+
+def test_a_block_bigger_than_the_buffer_goes_when_the_buffer_is_empty():
+    policy = FlushPolicy(max_buffer_bytes=100)
+    assert policy.admit(0, 1000, lossy=False) is Admission.ACCEPT
+    assert policy.admit(1, 1000, lossy=False) is Admission.BLOCK
+
+
+def test_policy_checks_its_arguments():
+    with pytest.raises(ValueError, match="must be > 0"):
+        FlushPolicy(max_buffer_bytes=0)
