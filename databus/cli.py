@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import keys
 from .bus import Bus
@@ -25,7 +26,7 @@ def _print_status(url: str, settings: Settings, state: ServerState | None) -> No
         memory = bus.redis.info("memory")
         prefix = settings.prefix
         sessions = bus.redis.zcard(keys.sessions(prefix))
-        scan_keys = bus.redis.zrange(keys.scans(prefix), 0, -1)
+        scan_keys: list[Any] = list(bus.redis.zrange(keys.scans(prefix), 0, -1))
         pipe = bus.redis.pipeline(transaction=False)
         for key in scan_keys:
             pipe.exists(key)
@@ -59,11 +60,11 @@ def _cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "stop":
         print("stopped" if server.stop() else "no server was running")
         return 0
-    state = server.status()
-    if state is None:
+    current = server.status()
+    if current is None:
         print(f"no embedded server running (run dir {server.run_dir})")
         return 1
-    _print_status(state.url, settings, state)
+    _print_status(current.url, settings, current)
     return 0
 
 

@@ -61,7 +61,7 @@ def is_seal(raw: bytes | str) -> bool:
     return (raw if isinstance(raw, bytes) else raw.encode()) == SEAL_ID
 
 
-def seal_fields(total: int) -> dict[bytes, int]:
+def seal_fields(total: int) -> dict[Any, Any]:
     """Fields of the seal entry: the total number of points ever published."""
     return {b"end": total}
 
@@ -344,7 +344,7 @@ def _cast(desc: Descriptor, block: np.ndarray) -> np.ndarray:
 
 def _payload(arr: np.ndarray) -> bytes | memoryview:
     flat = arr.reshape(-1).view(np.uint8)
-    return flat.tobytes() if flat.nbytes < _COPY_BELOW else memoryview(flat)
+    return flat.tobytes() if flat.nbytes < _COPY_BELOW else flat.data
 
 
 def block_entries(

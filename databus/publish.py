@@ -65,6 +65,21 @@ def _flush_unended_scans() -> None:
                 log.error("scan %s: %s", scan.key, exc)
 
 
+def _mutable(value: Any) -> bool:
+    """False for an array whose memory is an immutable ``bytes`` object (``np.frombuffer``
+    of a received message): nobody can change it later, so ``send()`` need not copy it."""
+    if not isinstance(value, np.ndarray):
+        return False
+    base: Any = value
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return True
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return not isinstance(base, bytes)
+
+
 class ChannelWriter(ChannelBuffer):
     """One channel of a publishing scan. ``send()`` takes a point or a block of points."""
 
@@ -138,7 +153,7 @@ class ChannelWriter(ChannelBuffer):
         block = coerce(desc, value)
         if not len(block):
             return
-        if self._copy and isinstance(value, np.ndarray) and np.may_share_memory(block, value):
+        if self._copy and _mutable(value) and np.may_share_memory(block, value):
             big = len(block) == 1 and desc.point_nbytes >= POOL_MIN_BYTES
             block = self._sink.pool.copy(block) if big else block.copy()
         if desc.shape == () and len(block) == 1 and not desc.lossy:
@@ -358,7 +373,7 @@ class Scan:
         settings = self.bus.settings
         retention_ms = int(settings.retention_ttl * 1000)
         now = time.time()
-        fields: dict[str, Any] = {
+        fields: dict[Any, Any] = {
             "state": int(ScanState.ENDED),
             "end_reason": reason.value,
             "ended": now,
@@ -368,11 +383,11 @@ class Scan:
         for writer in self.channels.values():
             if writer._dropped:
                 fields[f"dropped:{writer.name}"] = writer._dropped
-        event = {"event": "ended", "reason": reason.value, "time": now}
+        event: dict[Any, Any] = {"event": "ended", "reason": reason.value, "time": now}
         with translate_redis_errors(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
             for writer in self.channels.values():
-                pipe.xadd(writer.key, seal_fields(writer._head_index), id=SEAL_ID)
+                pipe.xadd(writer.key, dict(seal_fields(writer._head_index)), id=SEAL_ID)
             pipe.hset(self.key, mapping=fields)
             pipe.xadd(keys.scan_log(self.key), {**event, **({"error": error} if error else {})})
             pipe.xadd(

@@ -125,12 +125,16 @@ class BufferPool:
             if staged is not None:
                 self._free_bytes -= staged.nbytes
         if staged is None:
+            # Fresh memory page-faults (1.3 ms per 2 MiB here): np.copyto lets the flusher
+            # run meanwhile, as it releases the GIL.
             staged = np.empty_like(block)
+            np.copyto(staged, block)
             with self._lock:
                 self._owned.add(id(staged))
-        # A memoryview copy is a plain memcpy that keeps the GIL: np.copyto releases it,
-        # and taking it back from the busy flusher costs more than the copy itself.
-        memoryview(staged.reshape(-1).view(np.uint8))[:] = block.reshape(-1).view(np.uint8)
+            return staged
+        # Into a warm buffer, a memoryview copy is a plain memcpy that keeps the GIL:
+        # taking the GIL back from the busy flusher after np.copyto costs more than the copy.
+        staged.reshape(-1).view(np.uint8).data[:] = block.reshape(-1).view(np.uint8).data
         return staged
 
     def recycle(self, items: list[Any]) -> None:
@@ -527,7 +531,8 @@ def _points_in(items: list[Any]) -> int:
 
 def _runs(first: int, items: list[Any]) -> Iterator[tuple[int, list[Any]]]:
     """Split items at gaps into (first index, run) pairs."""
-    index, run = first, []
+    index = first
+    run: list[Any] = []
     for item in items:
         if type(item) is _Gap:
             if run:

@@ -70,6 +70,30 @@ def test_frames_round_trip_and_stay_under_the_size_class(bus):
     assert per_frame < 2.15e6
 
 
+def test_only_memory_the_caller_could_change_is_copied(bus):
+    from databus.publish import _mutable
+
+    received = np.arange(512 * 512, dtype=np.uint16).tobytes()  # as from a socket
+    frozen = np.frombuffer(received, np.uint16).reshape(512, 512)
+    mine = np.zeros((512, 512), np.uint16)
+    read_only_view = mine.view()
+    read_only_view.flags.writeable = False
+    assert not _mutable(frozen) and not _mutable(frozen[::2])
+    assert _mutable(mine) and _mutable(read_only_view)
+    assert _mutable(np.frombuffer(bytearray(8)))
+
+    scan = bus.session("copies").create_scan()
+    img = scan.channel("img", "uint16", (512, 512))
+    img.send(frozen)
+    assert not bus.buffer_pool._owned  # sent from the bytes themselves
+    img.send(mine)
+    assert len(bus.buffer_pool._owned) == 1  # copied into a pooled buffer
+    mine[:] = 7
+    scan.end()
+    got = read_channel(bus, scan.key, "img")[0]
+    assert np.array_equal(got[0], frozen) and not got[1].any()
+
+
 def test_json_and_reference_channels(bus):
     scan = bus.session("kinds").create_scan()
     log = scan.channel("log", kind="json")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import redis
 
@@ -51,6 +52,16 @@ def test_connect_starts_the_embedded_server_once_and_reuses_it(run_dir):
     assert config["unixsocketperm"] == "700"
     bus1.close()
     bus2.close()
+
+
+def test_the_unix_socket_url_works_too(valkey_server):
+    bus = databus.connect(f"{valkey_server.socket_url}?db=2", prefix="sock")
+    scan = bus.session("sock").create_scan()
+    scan.channel("x", "float64").send(np.arange(3.0))
+    scan.end()
+    assert bus.redis.xlen(scan.channels["x"].key) == 2  # one block and the seal
+    bus.redis.flushdb()
+    bus.close()
 
 
 def test_a_stale_state_file_is_recovered_from(run_dir):
