@@ -40,6 +40,7 @@ from .errors import (
     DtypeError,
     FlushFailed,
     ScanStateError,
+    ShapeError,
     translate_redis_errors,
 )
 from .sink import POOL_MIN_BYTES, ChannelBuffer, FlushPolicy, Sink, SinkStatistics
@@ -125,10 +126,15 @@ class ChannelWriter(ChannelBuffer):
     def extend(self, values: Iterable[Any]) -> None:
         """Publish several points: records of a json channel, ``FileRef``s of a ref channel,
         or for an array channel anything that makes a block of shape ``(n, *shape)``."""
-        if self.desc.kind == "array":
-            block = coerce(self.desc, values if hasattr(values, "shape") else list(values))
-            if block.ndim == len(self.desc.shape) and len(block):
-                block = block.reshape((1, *self.desc.shape))
+        desc = self.desc
+        if desc.kind == "array":
+            block = values if isinstance(values, np.ndarray) else np.asarray(list(values))
+            if block.ndim != len(desc.shape) + 1 or block.shape[1:] != desc.shape:
+                raise ShapeError(
+                    f"channel {desc.name!r}: extend() takes a sequence of points of shape "
+                    f"{desc.shape}, i.e. a block of shape ('n', {', '.join(map(str, desc.shape))}"
+                    f"); got shape {block.shape}"
+                )
             self._send(block)
         else:
             for value in values:

@@ -61,8 +61,6 @@ class GeventRunner:
 
     def __init__(self) -> None:
         import gevent
-        import gevent.event
-        import gevent.lock
 
         self._gevent = gevent
 

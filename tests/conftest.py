@@ -17,6 +17,24 @@ import redis
 import databus
 from databus.server import EmbeddedServer, ServerState
 
+#: Every numeric dtype a channel takes.
+DTYPES = [
+    "bool",
+    "int8",
+    "uint8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+]
+
 _DATABASES = itertools.cycle(range(1, 16))
 _PREFIXES = itertools.count()
 

@@ -4,26 +4,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import DTYPES
 
 from databus import encoding as enc
 from databus.errors import CorruptEntry, DtypeError, MetadataError, ShapeError
 
-DTYPES = [
-    "bool",
-    "int8",
-    "uint8",
-    "int16",
-    "uint16",
-    "int32",
-    "uint32",
-    "int64",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-    "complex64",
-    "complex128",
-]
 SHAPES = [(), (3,), (4, 5), (2, 3, 4)]
 
 

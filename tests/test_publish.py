@@ -5,28 +5,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import read_channel
+from conftest import DTYPES, read_channel
 
 import databus
 from databus import keys
 from databus.encoding import unpack_meta
-
-DTYPES = [
-    "bool",
-    "int8",
-    "uint8",
-    "int16",
-    "uint16",
-    "int32",
-    "uint32",
-    "int64",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-    "complex64",
-    "complex128",
-]
 
 
 def log_events(bus, key):
@@ -112,6 +95,20 @@ def test_json_and_reference_channels(bus):
     assert total == 12 and [len(r) for r in refs] == [10, 2]
     first_ids = [e[0] for e in bus.redis.xrange(det.key)][:2]
     assert first_ids == [b"0-1", b"10-1"]
+
+
+def test_extend_takes_a_sequence_of_points(bus):
+    scan = bus.session("extend").create_scan()
+    spec = scan.channel("spec", "float64", (3,))
+    x = scan.channel("x", "int32")
+    spec.extend([[1, 2, 3], [4, 5, 6]])
+    spec.extend(np.zeros((0, 3)))
+    x.extend(range(4))
+    with pytest.raises(databus.ShapeError, match=r"sequence of points of shape \(3,\)"):
+        spec.extend([1, 2, 3])
+    scan.end()
+    assert read_channel(bus, scan.key, "spec")[0].tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert read_channel(bus, scan.key, "x")[0].tolist() == [0, 1, 2, 3]
 
 
 def test_entry_ids_encode_the_first_index_and_the_seal_closes_the_stream(bus):
