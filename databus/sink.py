@@ -281,7 +281,6 @@ class Sink:
                     self._peak = max(self._peak, self._buffered)
                     buf._queued_bytes += nbytes
                     buf._queue.append(item)
-                    self._space.clear()
                     break
                 self._space.clear()
             if verdict is Admission.DROP_OLDEST:
