@@ -8,7 +8,9 @@ commands with redis-py's Python packer, which writes large buffers without copyi
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import redis
@@ -21,6 +23,10 @@ from .errors import ClosedError, InvalidURL, redact, translate_redis_errors
 from .runners import GeventRunner, ThreadRunner, make_runner
 from .server import EmbeddedServer
 from .sink import BufferPool
+
+if TYPE_CHECKING:
+    from .events import Event
+    from .subscribe import ScanNode, SessionNode
 
 _SCHEMES = ("redis", "rediss", "unix")
 
@@ -113,6 +119,21 @@ class Bus:
         """The key of scan ``number`` of ``session`` on this bus."""
         return keys.scan(self.settings.prefix, session, number)
 
+    def scan(self, key: str) -> ScanNode:
+        """The scan stored under ``key`` (``scan.key`` of a publisher, ``node.db_name``);
+        ``UnknownScan`` if it is not (or no longer) in Redis."""
+        self._check_open()
+        from .subscribe import get_scan
+
+        return get_scan(self, key)
+
+    def sessions(self) -> list[str]:
+        """Names of the sessions active within the retention time, oldest first."""
+        self._check_open()
+        with translate_redis_errors(self.url):
+            names = self.redis.zrange(keys.sessions(self.settings.prefix), 0, -1)
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
+
 
 class Session:
     """A named session: scans are created in it and followed through it."""
@@ -141,6 +162,29 @@ class Session:
 
         return Scan.create(self, {**(info or {}), **fields})
 
+    @property
+    def node(self) -> SessionNode:
+        """The session's reader-side node (walks, as in BLISS)."""
+        from .subscribe import SessionNode
+
+        return SessionNode(self.bus, self.name)
+
+    def scans(self) -> list[ScanNode]:
+        """The session's scans still in Redis, oldest first."""
+        return self.node.scans()
+
+    def follow(self, *, replay: bool = False, **kwargs: Any) -> Iterator[Event]:
+        """Events of this session as they happen: ``Event(type, node, data)``.
+
+        From now on by default (a scan already running is delivered whole), or from the
+        first scan still in Redis with ``replay=True``. Keyword arguments are those of the
+        classic walks: ``include_filter``, ``exclude_children``, ``wait``,
+        ``stop_handler``, ``started_event``.
+        """
+        from .subscribe import follow
+
+        return follow(self.node, replay=replay, **kwargs)
+
 
 def connect(url: str | None = None, *, settings: Settings | None = None, **overrides: Any) -> Bus:
     """Connect to the bus at ``url``; with no URL and no ``DATABUS_URL``, to the embedded
@@ -163,3 +207,24 @@ def connect(url: str | None = None, *, settings: Settings | None = None, **overr
     else:
         _check_url(target)
     return Bus(target, settings.replace(url=target))
+
+
+_default: Bus | None = None
+_default_lock = threading.Lock()
+
+
+def default_bus() -> Bus:
+    """The bus of the classic module-level API (``databus.node``...): connected on first
+    use to ``DATABUS_URL`` or the embedded server; see ``set_default_bus``."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = connect()
+        return _default
+
+
+def set_default_bus(bus: Bus | None) -> None:
+    """Make ``bus`` the one the classic API uses (None: connect again on next use)."""
+    global _default
+    with _default_lock:
+        _default = bus

@@ -233,21 +233,22 @@ class Descriptor:
         """Entries one point is split into (1 unless a point exceeds ``entry_bytes``)."""
         return max(1, -(-self.point_nbytes // self.entry_bytes))
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data form (dtype as its string, shape as a list)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "dtype": None if self.dtype is None else self.dtype.str,
+            "shape": list(self.shape),
+            "unit": self.unit,
+            "lossy": self.lossy,
+            "entry_bytes": self.entry_bytes,
+            "attrs": self.attrs,
+        }
+
     def to_meta(self) -> bytes:
         """msgpack form, as stored in the scan record."""
-        return pack_meta(
-            {
-                "name": self.name,
-                "kind": self.kind,
-                "dtype": None if self.dtype is None else self.dtype.str,
-                "shape": list(self.shape),
-                "unit": self.unit,
-                "lossy": self.lossy,
-                "entry_bytes": self.entry_bytes,
-                "attrs": self.attrs,
-            },
-            what=f"channel {self.name!r} attrs",
-        )
+        return pack_meta(self.as_dict(), what=f"channel {self.name!r} attrs")
 
     @classmethod
     def from_meta(cls, raw: bytes) -> Descriptor:

@@ -8,6 +8,7 @@ The tree::
     ├── ReadTimeout (TimeoutError)           a read or wait gave up after its timeout
     ├── DataExpired (IndexError)             the points were written but are gone from Redis
     ├── NotYetPublished (IndexError)         the points have not been written (yet)
+    ├── EndOfData (IndexError)               past the end of an ended scan: never will be
     ├── CorruptEntry (ValueError)            a stored entry cannot be decoded
     ├── UnknownScan (LookupError)            no scan or session under that name
     ├── PointError                           a point sent to a channel is not what it takes
@@ -81,6 +82,10 @@ class DataExpired(DatabusError, IndexError):
 
 class NotYetPublished(DatabusError, IndexError):
     """The points asked for have not been published (yet); waiting may help."""
+
+
+class EndOfData(DatabusError, IndexError):
+    """The points asked for lie past the end of a channel whose scan has ended."""
 
 
 class CorruptEntry(DatabusError, ValueError):

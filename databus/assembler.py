@@ -1,0 +1,361 @@
+"""Turns log and stream entries into events in the promised order. Pure: it reads no
+Redis; the walk loop (``subscribe.py``) feeds it what XREAD returned and the scan records
+it asked for, and asks it which streams to read next.
+
+Per scan, the order is guaranteed by construction::
+
+    session log "created"  -> NEW_NODE(scan)           start reading the scan log
+    scan log "channel"     -> NEW_NODE(channel)
+    scan log "prepared"    -> PREPARED_SCAN            start reading the channel streams
+    channel entries        -> NEW_DATA (one per channel and batch, contiguous points)
+    scan log "ended"  and every followed channel sealed
+                           -> END_SCAN(ScanEnd)        stop reading the scan's streams
+
+Channel streams are read only once the scan is prepared (or started, or ended), so no
+data can come before PREPARED_SCAN, and END_SCAN waits for each channel's seal, so no data
+can come after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from . import keys
+from .encoding import SEAL_ID, Block, Descriptor, decode_entries, parse_id
+from .errors import CorruptEntry
+from .events import Event, EventData, EventType, ScanEnd
+
+log = logging.getLogger(__name__)
+
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+Filter = Callable[[Any], bool]
+
+START = "0-0"
+
+
+def make_filter(include: str | Iterable[str] | Filter | None) -> Filter:
+    """A node predicate from BLISS' ``include_filter``: None (everything), a node type,
+    several types, or a callable taking the node."""
+    if include is None:
+        return lambda node: True
+    if callable(include):
+        return include
+    wanted = {include} if isinstance(include, str) else set(include)
+    return lambda node: node.type in wanted
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _field(fields: dict, name: str) -> Any:
+    value = fields.get(name.encode())
+    return fields.get(name) if value is None else value
+
+
+@dataclasses.dataclass
+class _Channel:
+    node: Any
+    desc: Descriptor
+    key: str
+    wanted: bool  # its events are yielded (NEW_DATA only if also followed)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sealed: bool = False
+    total: int | None = None
+
+
+@dataclasses.dataclass
+class _Scan:
+    node: Any
+    wanted: bool
+    descend: bool
+    prepared: bool = False
+    reading: bool = False  # the channel streams are being read
+    end: ScanEnd | None = None
+    channels: dict[str, _Channel] = dataclasses.field(default_factory=dict)
+
+
+class Assembler:
+    """Event assembly for one walk over one session.
+
+    make_scan(key, record) and make_channel(scan_node, descriptor) build nodes; ``wants``
+    decides which nodes' events are yielded (``include_filter``), ``descend`` whether a
+    scan's channels are walked (``exclude_children``); ``data`` False skips channel
+    streams (walking nodes only).
+    """
+
+    def __init__(
+        self,
+        session_log: str,
+        *,
+        make_scan: Callable[[str, dict], Any],
+        make_channel: Callable[[Any, Descriptor], Any],
+        wants: Filter,
+        descend: Filter,
+        data: bool = True,
+    ) -> None:
+        self.session_log = session_log
+        self._make_scan = make_scan
+        self._make_channel = make_channel
+        self._wants = wants
+        self._descend = descend
+        self._data = data
+        self._scans: dict[str, _Scan] = {}
+        self._by_log: dict[str, str] = {}  # scan log key -> scan key
+        self._by_channel: dict[str, tuple[str, str]] = {}  # stream key -> (scan, channel)
+        self.cursors: dict[str, str] = {session_log: START}
+        #: Corrupt entries skipped so far, as (key, entry id, message).
+        self.skipped: list[tuple[str, str, str]] = []
+
+    # ------------------------------------------------------------------ queries
+
+    def streams(self) -> dict[str, str]:
+        """Stream keys to read next, with the ID after which to read each."""
+        return dict(self.cursors)
+
+    @property
+    def active(self) -> int:
+        """Scans followed that have not ended yet."""
+        return len(self._scans)
+
+    def unfinished(self) -> list[str]:
+        """Keys of followed scans that have not ended."""
+        return list(self._scans)
+
+    def records_needed(self, reply: Iterable[tuple[str, Entries]]) -> set[str]:
+        """Scan keys whose record (HGETALL) ``feed`` will need for this reply."""
+        needed = set()
+        for key, entries in reply:
+            if key == self.session_log:
+                for _, fields in entries:
+                    scan = _field(fields, "scan")
+                    created = _text(_field(fields, "event")) == "created"
+                    if created and scan is not None and _text(scan) not in self._scans:
+                        needed.add(_text(scan))
+            elif key in self._by_log:
+                for _, fields in entries:
+                    if _text(_field(fields, "event")) in ("channel", "info"):
+                        needed.add(self._by_log[key])
+        return needed
+
+    # ------------------------------------------------------------------ feeding
+
+    def add_scan(self, key: str, record: dict | None) -> list[Event]:
+        """Follow the scan ``key`` from its start (a new scan, or one running at walk
+        start); ``record`` is its HGETALL, None or empty if it has expired."""
+        if key in self._scans or not record:
+            return []
+        node = self._make_scan(key, record)
+        scan = _Scan(node, wanted=self._wants(node), descend=self._descend(node))
+        if not scan.wanted and not scan.descend:
+            return []
+        self._scans[key] = scan
+        log_key = keys.scan_log(key)
+        self._by_log[log_key] = key
+        self.cursors[log_key] = START
+        return [Event(EventType.NEW_NODE, node)] if scan.wanted else []
+
+    def feed(self, reply: Iterable[tuple[str, Entries]], records: dict[str, dict]) -> list[Event]:
+        """Events for one XREAD reply. ``records`` holds the HGETALL of every scan that
+        ``records_needed`` named."""
+        order = {self.session_log: 0}
+        batches = sorted(
+            ((k if isinstance(k, str) else k.decode(), e) for k, e in reply),
+            key=lambda item: order.get(item[0], 1 if item[0] in self._by_log else 2),
+        )
+        events: list[Event] = []
+        for key, entries in batches:
+            if not entries:
+                continue
+            if key == self.session_log:
+                events += self._session_entries(entries, records)
+            elif key in self._by_log:
+                events += self._scan_entries(self._by_log[key], entries, records)
+            elif key in self._by_channel:
+                events += self._channel_entries(key, entries)
+        return events
+
+    def lost(self, scan_key: str, why: str) -> list[Event]:
+        """End a scan whose keys are gone before it ended (its publisher died)."""
+        scan = self._scans.get(scan_key)
+        if scan is None:
+            return []
+        scan.end = ScanEnd("lost", why)
+        for channel in scan.channels.values():
+            channel.sealed = True
+        return self._maybe_end(scan_key, scan)
+
+    def _session_entries(self, entries: Entries, records: dict[str, dict]) -> list[Event]:
+        events: list[Event] = []
+        for entry_id, fields in entries:
+            self.cursors[self.session_log] = _text(entry_id)
+            if _text(_field(fields, "event")) == "created" and _field(fields, "scan"):
+                key = _text(_field(fields, "scan"))
+                events += self.add_scan(key, records.get(key))
+        return events
+
+    def _scan_entries(
+        self, scan_key: str, entries: Entries, records: dict[str, dict]
+    ) -> list[Event]:
+        scan = self._scans[scan_key]
+        events: list[Event] = []
+        for entry_id, fields in entries:
+            self.cursors[keys.scan_log(scan_key)] = _text(entry_id)
+            what = _text(_field(fields, "event") or b"")
+            if what == "channel":
+                events += self._new_channel(
+                    scan, _text(_field(fields, "name")), records.get(scan_key)
+                )
+            elif what == "info":
+                record = records.get(scan_key)
+                if record and hasattr(scan.node, "_update"):
+                    scan.node._update(record)
+            elif what in ("prepared", "started"):
+                events += self._prepared(scan)
+            elif what == "ended":
+                events += self._start_reading(scan)
+                reason = _text(_field(fields, "reason") or b"finished")
+                error = _field(fields, "error")
+                scan.end = ScanEnd(reason, None if error is None else _text(error))
+                if hasattr(scan.node, "_ended"):
+                    scan.node._ended(scan.end)
+                events += self._maybe_end(scan_key, scan)
+            elif what != "created":
+                self._skip(keys.scan_log(scan_key), entry_id, f"unknown log event {what!r}")
+        return events
+
+    def _new_channel(self, scan: _Scan, name: str, record: dict | None) -> list[Event]:
+        if not scan.descend or name in scan.channels:
+            return []
+        raw = _field(record or {}, f"ch:{name}")
+        if raw is None:
+            self._skip(keys.scan_log(scan.node.db_name), "-", f"no descriptor for channel {name!r}")
+            return []
+        try:
+            desc = Descriptor.from_meta(raw)
+        except Exception as exc:
+            self._skip(keys.scan_log(scan.node.db_name), "-", f"bad descriptor of {name!r}: {exc}")
+            return []
+        node = self._make_channel(scan.node, desc)
+        channel = _Channel(
+            node, desc, keys.channel(scan.node.db_name, name), self._wants(node), desc.as_dict()
+        )
+        scan.channels[name] = channel
+        if scan.reading:
+            self._follow(scan, channel)
+        return [Event(EventType.NEW_NODE, node)] if channel.wanted else []
+
+    def _prepared(self, scan: _Scan) -> list[Event]:
+        if scan.prepared:
+            return []
+        scan.prepared = True
+        events = [Event(EventType.PREPARED_SCAN, scan.node)] if scan.wanted else []
+        return events + self._start_reading(scan)
+
+    def _start_reading(self, scan: _Scan) -> list[Event]:
+        if not scan.reading:
+            scan.reading = True
+            for channel in scan.channels.values():
+                self._follow(scan, channel)
+        return []
+
+    def _follow(self, scan: _Scan, channel: _Channel) -> None:
+        if self._data and channel.wanted:
+            self.cursors[channel.key] = START
+            self._by_channel[channel.key] = (scan.node.db_name, channel.desc.name)
+        else:
+            channel.sealed = True  # nothing to wait for
+
+    def _channel_entries(self, key: str, entries: Entries) -> list[Event]:
+        scan_key, name = self._by_channel[key]
+        scan = self._scans[scan_key]
+        channel = scan.channels[name]
+        desc = channel.desc
+        blocks = self._decode(channel, entries)
+        self.cursors[key] = self._cursor_after(desc, entries)
+        events = [
+            Event(
+                EventType.NEW_DATA,
+                channel.node,
+                EventData(b.first, b.data, channel.info, b.count),
+            )
+            for b in _merge(blocks)
+        ]
+        if channel.sealed:
+            del self.cursors[key]
+            del self._by_channel[key]
+            events += self._maybe_end(scan_key, scan)
+        return events
+
+    def _decode(self, channel: _Channel, entries: Entries) -> list[Block]:
+        try:
+            items = list(decode_entries(channel.desc, channel.key, entries))
+        except CorruptEntry:
+            items = []
+            for entry in entries:  # again one by one, to skip only what is corrupt
+                try:
+                    items += decode_entries(channel.desc, channel.key, [entry])
+                except CorruptEntry as exc:
+                    self._skip(channel.key, entry[0], str(exc))
+        blocks = []
+        for item in items:
+            if isinstance(item, int):
+                channel.sealed, channel.total = True, item
+            else:
+                blocks.append(item)
+        return blocks
+
+    @staticmethod
+    def _cursor_after(desc: Descriptor, entries: Entries) -> str:
+        last = _text(entries[-1][0])
+        if desc.parts > 1 and last != SEAL_ID.decode():
+            index, part = parse_id(last)
+            if part < desc.parts:
+                return f"{index}-0"  # read the incomplete point again, whole
+        return last
+
+    def _maybe_end(self, scan_key: str, scan: _Scan) -> list[Event]:
+        if scan.end is None or not all(c.sealed for c in scan.channels.values()):
+            return []
+        del self._scans[scan_key]
+        log_key = keys.scan_log(scan_key)
+        self._by_log.pop(log_key, None)
+        self.cursors.pop(log_key, None)
+        for channel in scan.channels.values():
+            self.cursors.pop(channel.key, None)
+            self._by_channel.pop(channel.key, None)
+        return [Event(EventType.END_SCAN, scan.node, scan.end)] if scan.wanted else []
+
+    def _skip(self, key: str, entry_id: Any, message: str) -> None:
+        self.skipped.append((key, _text(entry_id), message))
+        log.warning("databus walk: skipped %s entry %s: %s", key, _text(entry_id), message)
+
+
+def _merge(blocks: list[Block]) -> list[Block]:
+    """Join contiguous blocks into one per run (a lossy channel's gap starts a new run)."""
+    runs: list[list[Block]] = []
+    for block in blocks:
+        if runs and runs[-1][-1].first + runs[-1][-1].count == block.first:
+            runs[-1].append(block)
+        else:
+            runs.append([block])
+    merged = []
+    for run in runs:
+        if len(run) == 1:
+            merged.append(run[0])
+        elif isinstance(run[0].data, np.ndarray):
+            merged.append(
+                Block(
+                    run[0].first, np.concatenate([b.data for b in run]), sum(b.count for b in run)
+                )
+            )
+        else:
+            merged.append(
+                Block(run[0].first, [x for b in run for x in b.data], sum(b.count for b in run))
+            )
+    return merged

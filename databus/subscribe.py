@@ -1,0 +1,690 @@
+"""The reader side: session, scan and channel nodes, channel data access, and walks.
+
+A walk is the ``Assembler`` (pure event ordering) plus a thin loop: one blocking XREAD
+(bounded to ``BLOCK_S`` so a stop handler acts promptly) serves every stream the walk
+follows; the loop fetches the scan records the assembler asks for and yields its events.
+Nothing scans the keyspace: scans are found in the session log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import keys
+from .assembler import START, Assembler, make_filter
+from .encoding import SEAL_ID, Block, Descriptor, FileRef, decode_entries, parse_id, unpack_meta
+from .errors import (
+    DataExpired,
+    EndOfData,
+    NotYetPublished,
+    ReadTimeout,
+    UnknownScan,
+    translate_redis_errors,
+)
+from .events import Event, EventType, ScanEnd
+from .states import EndReason, ScanState
+
+if TYPE_CHECKING:
+    from .bus import Bus
+
+log = logging.getLogger(__name__)
+
+#: Longest a walk's XREAD blocks before it checks its stop handler (seconds).
+BLOCK_S = 0.1
+#: Entries read per stream and XREAD (at least two frames' parts).
+READ_COUNT = 64
+#: How often an idle walk checks that the scans it waits for still exist (seconds).
+LOST_CHECK_S = 5.0
+_MAX_SEQ = "18446744073709551615"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _record_field(record: dict, name: str) -> Any:
+    value = record.get(name.encode())
+    return record.get(name) if value is None else value
+
+
+class StopHandler:
+    """Ends a walk gracefully from another thread or greenlet: ``stop()``, and the walk
+    returns after its current read (within ``BLOCK_S`` seconds)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+# --------------------------------------------------------------------- nodes
+
+
+class Node:
+    """Common to every node: ``db_name`` (its full name on the bus), ``name``, ``type``,
+    ``parent``, ``info`` and ``children()``."""
+
+    type = "node"
+
+    def __init__(self, bus: Bus, db_name: str, name: str, parent: Node | None) -> None:
+        self.bus = bus
+        self.db_name = db_name
+        self.name = name
+        self.parent = parent
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {}
+
+    def children(self) -> list[Node]:
+        return []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.db_name!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and (self.type, self.db_name) == (other.type, other.db_name)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.db_name))
+
+
+class SessionNode(Node):
+    """A session (it need not exist yet): its scans, and walks over them."""
+
+    type = "session"
+
+    def __init__(self, bus: Bus, name: str) -> None:
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ValueError(f"a session name is a non-empty string without ':', got {name!r}")
+        super().__init__(bus, name, name, None)
+        self.log_key = keys.session_log(bus.settings.prefix, name)
+
+    def scans(self) -> list[ScanNode]:
+        """The session's scans still in Redis, oldest first."""
+        with translate_redis_errors(self.bus.url):
+            entries = self.bus.redis.xrange(self.log_key)
+            found = [
+                _text(f[b"scan"])
+                for _, f in entries
+                if f.get(b"event") == b"created" and b"scan" in f
+            ]
+            pipe = self.bus.redis.pipeline(transaction=False)
+            for key in found:
+                pipe.hgetall(key)
+            records = pipe.execute() if found else []
+        return [ScanNode(self.bus, k, r, self) for k, r in zip(found, records, strict=True) if r]
+
+    def children(self) -> list[Node]:
+        return list(self.scans())
+
+    # ------------------------------------------------------------------- walks
+
+    def walk(
+        self,
+        include_filter: Any = None,
+        wait: bool = True,
+        stop_handler: StopHandler | None = None,
+        started_event: Any = None,
+        exclude_children: Any = None,
+        filter: Any = None,
+    ) -> Iterator[Node]:
+        """Every node of the session (scans, their channels), then new ones as they come
+        (``wait``). ``filter`` is the deprecated name of ``include_filter``."""
+        for event in _walk(
+            self,
+            replay=True,
+            wait=wait,
+            data=False,
+            include_filter=_include(include_filter, filter),
+            exclude_children=exclude_children,
+            stop_handler=stop_handler,
+            started_event=started_event,
+        ):
+            if event.type is EventType.NEW_NODE:
+                yield event.node
+
+    def walk_from_last(
+        self,
+        include_filter: Any = None,
+        wait: bool = True,
+        stop_handler: StopHandler | None = None,
+        started_event: Any = None,
+        exclude_children: Any = None,
+        filter: Any = None,
+    ) -> Iterator[Node]:
+        """Like ``walk`` but from the session's last scan on."""
+        for event in _walk(
+            self,
+            replay=True,
+            from_last=True,
+            wait=wait,
+            data=False,
+            include_filter=_include(include_filter, filter),
+            exclude_children=exclude_children,
+            stop_handler=stop_handler,
+            started_event=started_event,
+        ):
+            if event.type is EventType.NEW_NODE:
+                yield event.node
+
+    def walk_events(
+        self,
+        include_filter: Any = None,
+        wait: bool = True,
+        stop_handler: StopHandler | None = None,
+        started_event: Any = None,
+        exclude_children: Any = None,
+        filter: Any = None,
+    ) -> Iterator[Event]:
+        """Every event of the session from its first scan still in Redis, then live."""
+        return _walk(
+            self,
+            replay=True,
+            wait=wait,
+            include_filter=_include(include_filter, filter),
+            exclude_children=exclude_children,
+            stop_handler=stop_handler,
+            started_event=started_event,
+        )
+
+    def walk_on_new_events(
+        self,
+        include_filter: Any = None,
+        wait: bool = True,
+        stop_handler: StopHandler | None = None,
+        started_event: Any = None,
+        exclude_children: Any = None,
+        exclude_existing_children: bool = False,
+        filter: Any = None,
+    ) -> Iterator[Event]:
+        """Events from now on. Unlike BLISS, a scan running when the walk starts is
+        delivered whole (NEW_NODE, PREPARED_SCAN, its data from index 0, END_SCAN), unless
+        ``exclude_existing_children``."""
+        return _walk(
+            self,
+            replay=False,
+            wait=wait,
+            include_filter=_include(include_filter, filter),
+            exclude_children=exclude_children,
+            stop_handler=stop_handler,
+            started_event=started_event,
+            running=not exclude_existing_children,
+        )
+
+
+def _include(include_filter: Any, deprecated: Any) -> Any:
+    if deprecated is not None:
+        import warnings
+
+        warnings.warn(
+            "filter= is deprecated, use include_filter=", DeprecationWarning, stacklevel=3
+        )
+        return deprecated if include_filter is None else include_filter
+    return include_filter
+
+
+class ScanNode(Node):
+    """A scan: ``number``, ``info``, ``state``, ``end_reason``, ``error``, ``channels``
+    (name -> ChannelNode) and ``wait_end()``. ``type`` is ``scan``, or ``scan_group``
+    for a scan whose info declares it a sequence of scans."""
+
+    def __init__(self, bus: Bus, key: str, record: dict, parent: Node | None = None) -> None:
+        self.key = key
+        self._update(record)
+        name = f"{self.number}_{self._info.get('type', 'scan')}"
+        if parent is None:
+            _, session, _ = keys.parse_scan(key)
+            parent = SessionNode(bus, session)
+        super().__init__(bus, key, name, parent)
+
+    def _update(self, record: dict) -> None:
+        self._record = record
+        self.number = int(_record_field(record, "number") or 0)
+        raw = _record_field(record, "info")
+        self._info = unpack_meta(raw) if raw else {}
+        self._channels: dict[str, ChannelNode] | None = None
+
+    def _ended(self, end: ScanEnd) -> None:
+        self._record = {
+            **self._record,
+            b"state": b"%d" % ScanState.ENDED,
+            b"end_reason": str(end.reason).encode(),
+        }
+
+    @property
+    def type(self) -> str:  # type: ignore[override]
+        group = self._info.get("is_scan_sequence") or self._info.get("type") == "sequence"
+        return "scan_group" if group else "scan"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self._info
+
+    @property
+    def state(self) -> ScanState:
+        """The state as last read (``refresh()`` reads it again)."""
+        return ScanState(int(_record_field(self._record, "state") or 0))
+
+    @property
+    def end_reason(self) -> EndReason | str | None:
+        raw = _record_field(self._record, "end_reason")
+        if raw is None:
+            return None
+        try:
+            return EndReason(_text(raw))
+        except ValueError:
+            return _text(raw)
+
+    @property
+    def error(self) -> str | None:
+        raw = _record_field(self._record, "error")
+        return None if raw is None else _text(raw)
+
+    def refresh(self) -> ScanNode:
+        """Read the scan record again; ``UnknownScan`` if it is gone."""
+        with translate_redis_errors(self.bus.url):
+            record = self.bus.redis.hgetall(self.key)
+        if not record:
+            raise UnknownScan(f"scan {self.key} is no longer in Redis (expired or deleted)")
+        self._update(record)
+        return self
+
+    @property
+    def channels(self) -> dict[str, ChannelNode]:
+        """The scan's channels, by full name."""
+        if self._channels is None:
+            self._channels = {}
+            for field, raw in self._record.items():
+                name = _text(field)
+                if name.startswith("ch:"):
+                    desc = Descriptor.from_meta(raw)
+                    self._channels[desc.name] = ChannelNode(self.bus, self, desc)
+        return dict(self._channels)
+
+    def children(self) -> list[Node]:
+        return list(self.channels.values())
+
+    def wait_end(self, timeout: float | None = None) -> ScanEnd:
+        """Block until the scan has ended; its ``ScanEnd``. ``timeout`` None waits
+        forever, 0 does not wait; ``ReadTimeout`` when it runs out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        log_key = keys.scan_log(self.key)
+        cursor = START
+        with translate_redis_errors(self.bus.url):
+            while True:
+                for entry_id, fields in self.bus.redis.xrange(log_key, min=_after(cursor)):
+                    cursor = _text(entry_id)
+                    if fields.get(b"event") == b"ended":
+                        self.refresh()
+                        error = fields.get(b"error")
+                        return ScanEnd(
+                            self.end_reason or _text(fields.get(b"reason", b"")),
+                            None if error is None else _text(error),
+                        )
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ReadTimeout(f"scan {self.key} did not end within {timeout} s")
+                if not self.bus.redis.exists(self.key):
+                    raise UnknownScan(f"scan {self.key} is no longer in Redis")
+                wait = BLOCK_S * 10 if remaining is None else min(BLOCK_S * 10, remaining)
+                self.bus.redis.xread({log_key: cursor}, block=max(1, int(wait * 1000)))
+
+
+def _after(cursor: str) -> str:
+    return "-" if cursor == START else f"({cursor}"
+
+
+class ChannelNode(Node):
+    """A channel's points, read from Redis (and from the detector's files for ``lima``
+    channels): ``len()``, ``get(i)``, ``get(a, b)`` (inclusive), ``ch[a:b]``,
+    ``get_as_array()``, ``np.asarray(ch)``. ``shape`` and ``dtype`` are those of one point.
+    """
+
+    def __init__(self, bus: Bus, scan: ScanNode, desc: Descriptor) -> None:
+        super().__init__(bus, f"{scan.key}:{desc.name}", desc.name, scan)
+        self.scan = scan
+        self.desc = desc
+        self.key = keys.channel(scan.key, desc.name)
+
+    @property
+    def type(self) -> str:  # type: ignore[override]
+        return "lima" if self.desc.kind == "ref" else "channel"
+
+    @property
+    def short_name(self) -> str:
+        return self.name.rsplit(":", 1)[-1]
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        return self.desc.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.desc.shape
+
+    @property
+    def unit(self) -> str | None:
+        return self.desc.unit
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.desc.as_dict()
+
+    def __repr__(self) -> str:
+        what = "json" if self.desc.kind == "json" else f"{self.dtype}{list(self.shape)}"
+        return f"<ChannelNode {self.name!r} {self.type} {what} of {self.scan.key}>"
+
+    def __len__(self) -> int:
+        """Points published so far (a round trip)."""
+        return self._extent()[0]
+
+    def _extent(self) -> tuple[int, bool]:
+        """(points published, sealed)."""
+        with translate_redis_errors(self.bus.url):
+            last = self.bus.redis.xrevrange(self.key, count=1)
+        if not last:
+            return 0, False
+        entry_id, fields = last[0]
+        if _text(entry_id) == SEAL_ID.decode():
+            return int(fields[b"end"]), True
+        index, part = parse_id(entry_id)
+        if self.desc.kind == "array" and self.desc.parts > 1:
+            return index + (1 if part == self.desc.parts else 0), False
+        return index + int(fields.get(b"n", 1)), False
+
+    def get(self, from_index: int, to_index: int | None = None) -> Any:
+        """Point ``from_index``, or points ``from_index`` .. ``to_index`` inclusive
+        (``to_index=-1``: to the last one). Negative indices count from the end.
+
+        Raises ``NotYetPublished`` for points not written yet, ``EndOfData`` past the
+        end of an ended scan, ``DataExpired`` for points gone from Redis (naming the file
+        the writer saved them to, when known), ``CorruptEntry`` for an undecodable entry.
+        """
+        single = to_index is None
+        if from_index < 0 or (to_index is not None and to_index < 0):
+            length = len(self)
+            if from_index < 0:
+                from_index += length
+            if to_index is not None and to_index < 0:
+                to_index += length
+            if from_index < 0:
+                raise IndexError(f"channel {self.name!r} has {length} points; index out of range")
+        last = from_index if to_index is None else to_index
+        if last < from_index:
+            return self._empty()
+        data = self._read(from_index, last)
+        return data[0] if single else data
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if stop <= start:
+                return self._empty()
+            data = self.get(start, stop - 1)
+            return data[::step] if step != 1 else data
+        return self.get(index)
+
+    def get_as_array(self) -> Any:
+        """Every point published so far."""
+        length = len(self)
+        return self._read(0, length - 1) if length else self._empty()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """All points (reads them all, on every call)."""
+        data = np.asarray(self.get_as_array())
+        return data if dtype is None else data.astype(dtype)
+
+    def _empty(self) -> Any:
+        if self.desc.kind == "json":
+            return []
+        return np.empty((0, *self.shape), dtype=self.dtype)
+
+    def _read(self, first: int, last: int) -> Any:
+        """Points first .. last inclusive, from one round trip."""
+        with translate_redis_errors(self.bus.url):
+            pipe = self.bus.redis.pipeline(transaction=False)
+            pipe.xrevrange(self.key, f"{first}-{_MAX_SEQ}", "-", count=1)
+            pipe.xrange(self.key, f"{first}-0", f"{last}-{_MAX_SEQ}")
+            before, within = pipe.execute()
+        # The entry before ``first`` holds it only if it starts earlier and is a whole
+        # block (the parts of a split point all carry the point's own index).
+        split = self.desc.kind == "array" and self.desc.parts > 1
+        starts_before = bool(before) and parse_id(before[0][0])[0] < first
+        entries = before + within if starts_before and not split else within
+        blocks = [b for b in decode_entries(self.desc, self.key, entries) if isinstance(b, Block)]
+        blocks = [b for b in blocks if b.first + b.count > first]
+        covered = blocks[0].first if blocks else None
+        if covered is None or covered > first:
+            self._missing(first, last if covered is None else covered - 1, bool(entries))
+        end = blocks[-1].first + blocks[-1].count
+        for previous, block in itertools.pairwise(blocks):
+            if previous.first + previous.count != block.first:
+                raise DataExpired(
+                    f"channel {self.name!r} of {self.scan.key}: points "
+                    f"{previous.first + previous.count}..{block.first - 1} were dropped "
+                    f"(a lossy channel) and cannot be read",
+                    channel=self.name,
+                    scan=self.scan.key,
+                    first=previous.first + previous.count,
+                    last=block.first - 1,
+                )
+        if end <= last:
+            raise self._beyond(first, last, *self._extent())
+        return self._slice(blocks, first, last)
+
+    def _slice(self, blocks: list[Block], first: int, last: int) -> Any:
+        offset = first - blocks[0].first
+        count = last - first + 1
+        if self.desc.kind == "json":
+            flat = [x for b in blocks for x in b.data]
+            return flat[offset : offset + count]
+        if self.desc.kind == "ref":
+            return self._frames_from_files(blocks, first, last)
+        data = blocks[0].data if len(blocks) == 1 else np.concatenate([b.data for b in blocks])
+        return data[offset : offset + count]
+
+    def _frames_from_files(self, blocks: list[Block], first: int, last: int) -> np.ndarray:
+        try:
+            import h5py
+        except ImportError:
+            raise ImportError(
+                "reading lima frames needs h5py: pip install 'databus[hdf5]'"
+            ) from None
+        out = np.empty((last - first + 1, *self.shape), dtype=self.dtype)
+        for block in blocks:
+            ref: FileRef = block.data[0]
+            lo, hi = max(first, block.first), min(last, block.first + block.count - 1)
+            if lo > hi:
+                continue
+            try:
+                with h5py.File(ref.file, "r", locking=False) as f:
+                    data = f[ref.dataset][
+                        ref.start + lo - block.first : ref.start + hi - block.first + 1
+                    ]
+            except (OSError, KeyError) as exc:
+                raise DataExpired(
+                    f"channel {self.name!r}: frames {lo}..{hi} are in {ref.file}:{ref.dataset}, "
+                    f"which cannot be read ({exc})",
+                    channel=self.name,
+                    scan=self.scan.key,
+                    first=lo,
+                    last=hi,
+                    file=ref.file,
+                    dataset=ref.dataset,
+                ) from exc
+            out[lo - first : hi - first + 1] = data
+        return out
+
+    def _beyond(self, first: int, last: int, length: int, sealed: bool) -> IndexError:
+        """The error for points past the last one published: for now, or for good."""
+        if sealed:
+            return EndOfData(
+                f"channel {self.name!r} of {self.scan.key} ended with {length} points; "
+                f"points {first}..{last} will never exist"
+            )
+        return NotYetPublished(
+            f"channel {self.name!r} of {self.scan.key} has {length} points so far; "
+            f"points {first}..{last} are not published yet"
+        )
+
+    def _missing(self, first: int, last: int, stream_has_entries: bool) -> None:
+        """Raise the right error for points first..last that the stream does not hold."""
+        with translate_redis_errors(self.bus.url):
+            exists = self.bus.redis.exists(self.key)
+            file, dataset = self.bus.redis.hmget(self.scan.key, "file", f"dataset:{self.name}")
+        length, sealed = self._extent() if exists else (0, False)
+        if exists and first >= length:
+            raise self._beyond(first, last, length, sealed)
+        where = (
+            f"; the file writer saved them in {_text(file)}"
+            + (f":{_text(dataset)}" if dataset else "")
+            if file
+            else "; no file writer recorded where they were saved"
+        )
+        why = "were trimmed or dropped" if stream_has_entries or exists else "have expired"
+        raise DataExpired(
+            f"channel {self.name!r} of {self.scan.key}: points {first}..{last} {why}{where}",
+            channel=self.name,
+            scan=self.scan.key,
+            first=first,
+            last=last,
+            file=None if file is None else _text(file),
+            dataset=None if dataset is None else _text(dataset),
+        )
+
+
+# --------------------------------------------------------------------- walks
+
+
+def _xread(bus: Bus, streams: dict[str, str], block_ms: int | None) -> list[tuple[str, list]]:
+    reply = bus.redis.xread(streams, count=READ_COUNT, block=block_ms)
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return [
+            (
+                _text(k),
+                v[0] if v and isinstance(v[0], list) and v[0] and isinstance(v[0][0], list) else v,
+            )
+            for k, v in reply.items()
+        ]
+    return [(_text(k), v) for k, v in reply]
+
+
+def _records(bus: Bus, scan_keys: Iterable[str]) -> dict[str, dict]:
+    scan_keys = list(scan_keys)
+    if not scan_keys:
+        return {}
+    pipe = bus.redis.pipeline(transaction=False)
+    for key in scan_keys:
+        pipe.hgetall(key)
+    return dict(zip(scan_keys, pipe.execute(), strict=True))
+
+
+def _walk(
+    session: SessionNode,
+    *,
+    replay: bool,
+    wait: bool,
+    include_filter: Any = None,
+    exclude_children: Any = None,
+    stop_handler: StopHandler | None = None,
+    started_event: Any = None,
+    data: bool = True,
+    running: bool = True,
+    from_last: bool = False,
+) -> Iterator[Event]:
+    bus = session.bus
+    excluded = make_filter(exclude_children) if exclude_children is not None else None
+    asm = Assembler(
+        session.log_key,
+        make_scan=lambda key, record: ScanNode(bus, key, record, session),
+        make_channel=lambda scan, desc: ChannelNode(bus, scan, desc),
+        wants=make_filter(include_filter),
+        descend=(lambda node: not excluded(node)) if excluded else (lambda node: True),
+        data=data,
+    )
+    with translate_redis_errors(bus.url):
+        entries = bus.redis.xrange(session.log_key)
+        created = [
+            (_text(i), _text(f[b"scan"]))
+            for i, f in entries
+            if f.get(b"event") == b"created" and b"scan" in f
+        ]
+        if from_last:
+            asm.cursors[session.log_key] = _before(created[-1][0]) if created else START
+        elif not replay:
+            asm.cursors[session.log_key] = _text(entries[-1][0]) if entries else START
+        first: list[Event] = []
+        if not replay and running:
+            ended = {
+                _text(f[b"scan"])
+                for _, f in entries
+                if f.get(b"event") == b"ended" and b"scan" in f
+            }
+            live = [key for _, key in created if key not in ended]
+            for key, record in _records(bus, live).items():
+                first += asm.add_scan(key, record)
+    if started_event is not None:
+        started_event.set()
+    yield from first
+    block_ms = max(1, int(BLOCK_S * 1000))
+    idle_since = time.monotonic()
+    while not (stop_handler is not None and stop_handler.stopped):
+        with translate_redis_errors(bus.url):
+            reply = _xread(bus, asm.streams(), block_ms if wait else None)
+            if not reply:
+                if not wait:
+                    return
+                if asm.active and time.monotonic() - idle_since > LOST_CHECK_S:
+                    idle_since = time.monotonic()
+                    yield from _check_lost(bus, asm)
+                continue
+            idle_since = time.monotonic()
+            records = _records(bus, asm.records_needed(reply))
+        yield from asm.feed(reply, records)
+
+
+def _before(entry_id: str) -> str:
+    ms, seq = parse_id(entry_id)
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{_MAX_SEQ}"
+
+
+def _check_lost(bus: Bus, asm: Assembler) -> Iterator[Event]:
+    scans = asm.unfinished()
+    pipe = bus.redis.pipeline(transaction=False)
+    for key in scans:
+        pipe.exists(key)
+    for key, exists in zip(scans, pipe.execute(), strict=True):
+        if not exists:
+            yield from asm.lost(
+                key, "the scan's keys expired before it ended: its publisher stopped"
+            )
+
+
+def follow(session: SessionNode, *, replay: bool = False, **kwargs: Any) -> Iterator[Event]:
+    """Events of ``session``: from now (running scans whole), or ``replay`` from its start."""
+    if replay:
+        return session.walk_events(**kwargs)
+    return session.walk_on_new_events(**kwargs)
+
+
+def get_scan(bus: Bus, key: str) -> ScanNode:
+    """The scan stored under ``key``; ``UnknownScan`` if there is none."""
+    try:
+        keys.parse_scan(key)
+    except ValueError as exc:
+        raise UnknownScan(str(exc)) from None
+    with translate_redis_errors(bus.url):
+        record = bus.redis.hgetall(key)
+    if not record:
+        raise UnknownScan(f"no scan {key} on {bus!r} (it may have expired)")
+    return ScanNode(bus, key, record)
