@@ -3,11 +3,13 @@
 Layout: ``config`` (Settings), ``server`` (the embedded Valkey), ``bus`` (connect, Bus,
 Session), ``keys`` (every key name), ``encoding`` (bytes on the wire, pure), ``states``
 (scan lifecycle), ``sink`` (the batching flusher), ``publish`` (Scan, ChannelWriter),
-``runners`` (threads or gevent), ``errors`` (every exception), ``cli`` (the command).
-Everything a user needs is re-exported here.
+``events`` (Event types), ``assembler`` (pure event ordering), ``subscribe`` (nodes,
+channel data, walks), ``node`` (the classic BLISS API), ``runners`` (threads or gevent),
+``errors`` (every exception), ``cli`` (the command). Everything a user needs is
+re-exported here.
 """
 
-from .bus import Bus, Session, connect
+from .bus import Bus, Session, connect, default_bus, set_default_bus
 from .config import Settings
 from .encoding import Descriptor, FileRef
 from .errors import (
@@ -18,6 +20,7 @@ from .errors import (
     DatabusError,
     DataExpired,
     DtypeError,
+    EndOfData,
     FlushFailed,
     InvalidURL,
     MetadataError,
@@ -33,9 +36,11 @@ from .errors import (
     SinkFull,
     UnknownScan,
 )
+from .events import Event, EventData, EventType, ScanEnd
 from .publish import ChannelWriter, Scan
 from .sink import FlushPolicy, SinkStatistics
 from .states import EndReason, ScanState
+from .subscribe import ChannelNode, ScanNode, SessionNode, StopHandler
 
 __version__ = "0.1.0"
 
@@ -43,6 +48,7 @@ __all__ = [
     "Bus",
     "BusFull",
     "ChannelExists",
+    "ChannelNode",
     "ChannelWriter",
     "ClosedError",
     "CorruptEntry",
@@ -50,7 +56,11 @@ __all__ = [
     "DatabusError",
     "Descriptor",
     "DtypeError",
+    "EndOfData",
     "EndReason",
+    "Event",
+    "EventData",
+    "EventType",
     "FileRef",
     "FlushFailed",
     "FlushPolicy",
@@ -61,17 +71,23 @@ __all__ = [
     "PublisherLost",
     "ReadTimeout",
     "Scan",
+    "ScanEnd",
     "ScanEnded",
+    "ScanNode",
     "ScanState",
     "ScanStateError",
     "ServerError",
     "ServerUnavailable",
     "Session",
+    "SessionNode",
     "Settings",
     "ShapeError",
     "SinkFull",
     "SinkStatistics",
+    "StopHandler",
     "UnknownScan",
     "__version__",
     "connect",
+    "default_bus",
+    "set_default_bus",
 ]

@@ -98,6 +98,7 @@ class Assembler:
         wants: Filter,
         descend: Filter,
         data: bool = True,
+        sequential: Iterable[str] = (),
     ) -> None:
         self.session_log = session_log
         self._make_scan = make_scan
@@ -105,6 +106,10 @@ class Assembler:
         self._wants = wants
         self._descend = descend
         self._data = data
+        #: Scans that had ended when the walk started: replayed one after the other, so a
+        #: replay reads as a tree (scan 1 and its channels, then scan 2...).
+        self._sequential = set(sequential)
+        self._held: str | None = None
         self._scans: dict[str, _Scan] = {}
         self._by_log: dict[str, str] = {}  # scan log key -> scan key
         self._by_channel: dict[str, tuple[str, str]] = {}  # stream key -> (scan, channel)
@@ -116,6 +121,8 @@ class Assembler:
 
     def streams(self) -> dict[str, str]:
         """Stream keys to read next, with the ID after which to read each."""
+        if self._held in self._scans:
+            return {k: v for k, v in self.cursors.items() if k != self.session_log}
         return dict(self.cursors)
 
     @property
@@ -193,10 +200,14 @@ class Assembler:
     def _session_entries(self, entries: Entries, records: dict[str, dict]) -> list[Event]:
         events: list[Event] = []
         for entry_id, fields in entries:
+            if self._held in self._scans:
+                break  # the rest is read again once the replayed scan has ended
             self.cursors[self.session_log] = _text(entry_id)
             if _text(_field(fields, "event")) == "created" and _field(fields, "scan"):
                 key = _text(_field(fields, "scan"))
                 events += self.add_scan(key, records.get(key))
+                if key in self._sequential:
+                    self._held = key
         return events
 
     def _scan_entries(

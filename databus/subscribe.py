@@ -604,6 +604,14 @@ def _walk(
 ) -> Iterator[Event]:
     bus = session.bus
     excluded = make_filter(exclude_children) if exclude_children is not None else None
+    with translate_redis_errors(bus.url):
+        entries = bus.redis.xrange(session.log_key)
+    created = [
+        (_text(i), _text(f[b"scan"]))
+        for i, f in entries
+        if f.get(b"event") == b"created" and b"scan" in f
+    ]
+    ended = {_text(f[b"scan"]) for _, f in entries if f.get(b"event") == b"ended" and b"scan" in f}
     asm = Assembler(
         session.log_key,
         make_scan=lambda key, record: ScanNode(bus, key, record, session),
@@ -611,25 +619,15 @@ def _walk(
         wants=make_filter(include_filter),
         descend=(lambda node: not excluded(node)) if excluded else (lambda node: True),
         data=data,
+        sequential=ended,
     )
     with translate_redis_errors(bus.url):
-        entries = bus.redis.xrange(session.log_key)
-        created = [
-            (_text(i), _text(f[b"scan"]))
-            for i, f in entries
-            if f.get(b"event") == b"created" and b"scan" in f
-        ]
         if from_last:
             asm.cursors[session.log_key] = _before(created[-1][0]) if created else START
         elif not replay:
             asm.cursors[session.log_key] = _text(entries[-1][0]) if entries else START
         first: list[Event] = []
         if not replay and running:
-            ended = {
-                _text(f[b"scan"])
-                for _, f in entries
-                if f.get(b"event") == b"ended" and b"scan" in f
-            }
             live = [key for _, key in created if key not in ended]
             for key, record in _records(bus, live).items():
                 first += asm.add_scan(key, record)
