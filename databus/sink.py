@@ -200,6 +200,7 @@ class _Batch:
     points: dict[ChannelBuffer, int] = dataclasses.field(default_factory=dict)
     blocks: list[Any] = dataclasses.field(default_factory=list)
     nbytes: int = 0
+    split: bool = False  # holds points stored in several entries
 
 
 class Sink:
@@ -372,7 +373,9 @@ class Sink:
                 break
         now = time.monotonic()
         refresh = now >= self._next_refresh
-        pipe = self._client.pipeline(transaction=False)
+        # A point split into parts must appear whole: as MULTI/EXEC, blocked readers are
+        # served after the last part, instead of waking on the first and reading it twice.
+        pipe = self._client.pipeline(transaction=batch.split)
         for command in batch.commands:
             pipe.execute_command(*command)
         if refresh:
@@ -410,6 +413,7 @@ class Sink:
             buf._expiring = True
         batch.points[buf] = batch.points.get(buf, 0) + count
         batch.nbytes += nbytes
+        batch.split |= buf.desc.parts > 1
         if nbytes:
             batch.blocks += items
 

@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -37,15 +37,27 @@ log = logging.getLogger(__name__)
 
 #: Longest a walk's XREAD blocks before it checks its stop handler (seconds).
 BLOCK_S = 0.1
-#: Entries read per stream and XREAD (at least two frames' parts).
-READ_COUNT = 64
 #: How often an idle walk checks that the scans it waits for still exist (seconds).
 LOST_CHECK_S = 5.0
 _MAX_SEQ = "18446744073709551615"
 
 
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _xrange(bus: Bus, key: str, start: str = "-", end: str = "+") -> Entries:
+    """Entries of stream ``key`` from ``start`` to ``end``, typed as the server sends them."""
+    return cast(Entries, bus.redis.xrange(key, start, end))
+
+
+def _last_entry(bus: Bus, key: str) -> tuple[bytes, dict[bytes, bytes]] | None:
+    """The last entry of stream ``key`` (None if empty or absent)."""
+    last = cast(Entries, bus.redis.xrevrange(key, count=1))
+    return last[0] if last else None
 
 
 def _record_field(record: dict, name: str) -> Any:
@@ -110,7 +122,7 @@ class SessionNode(Node):
     def scans(self) -> list[ScanNode]:
         """The session's scans still in Redis, oldest first."""
         with translate_redis_errors(self.bus.url):
-            entries = self.bus.redis.xrange(self.log_key)
+            entries = _xrange(self.bus, self.log_key)
             found = [
                 _text(f[b"scan"])
                 for _, f in entries
@@ -320,7 +332,7 @@ class ScanNode(Node):
         cursor = START
         with translate_redis_errors(self.bus.url):
             while True:
-                for entry_id, fields in self.bus.redis.xrange(log_key, min=_after(cursor)):
+                for entry_id, fields in _xrange(self.bus, log_key, _after(cursor)):
                     cursor = _text(entry_id)
                     if fields.get(b"event") == b"ended":
                         self.refresh()
@@ -389,10 +401,10 @@ class ChannelNode(Node):
     def _extent(self) -> tuple[int, bool]:
         """(points published, sealed)."""
         with translate_redis_errors(self.bus.url):
-            last = self.bus.redis.xrevrange(self.key, count=1)
-        if not last:
+            last = _last_entry(self.bus, self.key)
+        if last is None:
             return 0, False
-        entry_id, fields = last[0]
+        entry_id, fields = last
         if _text(entry_id) == SEAL_ID.decode():
             return int(fields[b"end"]), True
         index, part = parse_id(entry_id)
@@ -564,8 +576,10 @@ class ChannelNode(Node):
 # --------------------------------------------------------------------- walks
 
 
-def _xread(bus: Bus, streams: dict[str, str], block_ms: int | None) -> list[tuple[str, list]]:
-    reply = bus.redis.xread(streams, count=READ_COUNT, block=block_ms)
+def _xread(
+    bus: Bus, streams: dict[str, str], count: int, block_ms: int | None
+) -> list[tuple[str, list]]:
+    reply: Any = bus.redis.xread(cast(Any, streams), count=count, block=block_ms)
     if not reply:
         return []
     if isinstance(reply, dict):  # RESP3
@@ -605,7 +619,7 @@ def _walk(
     bus = session.bus
     excluded = make_filter(exclude_children) if exclude_children is not None else None
     with translate_redis_errors(bus.url):
-        entries = bus.redis.xrange(session.log_key)
+        entries = _xrange(bus, session.log_key)
     created = [
         (_text(i), _text(f[b"scan"]))
         for i, f in entries
@@ -638,7 +652,7 @@ def _walk(
     idle_since = time.monotonic()
     while not (stop_handler is not None and stop_handler.stopped):
         with translate_redis_errors(bus.url):
-            reply = _xread(bus, asm.streams(), block_ms if wait else None)
+            reply = _xread(bus, asm.streams(), asm.read_count(), block_ms if wait else None)
             if not reply:
                 if not wait:
                     return
