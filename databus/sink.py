@@ -200,7 +200,6 @@ class _Batch:
     points: dict[ChannelBuffer, int] = dataclasses.field(default_factory=dict)
     blocks: list[Any] = dataclasses.field(default_factory=list)
     nbytes: int = 0
-    split: bool = False  # holds points stored in several entries
 
 
 class Sink:
@@ -373,9 +372,10 @@ class Sink:
                 break
         now = time.monotonic()
         refresh = now >= self._next_refresh
-        # A point split into parts must appear whole: as MULTI/EXEC, blocked readers are
-        # served after the last part, instead of waking on the first and reading it twice.
-        pipe = self._client.pipeline(transaction=batch.split)
+        # MULTI/EXEC: a blocked reader is served once, after the whole flush, with every
+        # channel's points (and every part of a split frame); without it the server wakes
+        # it after the first XADD and it needs another round trip for the rest.
+        pipe = self._client.pipeline(transaction=True)
         for command in batch.commands:
             pipe.execute_command(*command)
         if refresh:
@@ -413,7 +413,6 @@ class Sink:
             buf._expiring = True
         batch.points[buf] = batch.points.get(buf, 0) + count
         batch.nbytes += nbytes
-        batch.split |= buf.desc.parts > 1
         if nbytes:
             batch.blocks += items
 
