@@ -62,7 +62,7 @@ class Settings:
     retention_ttl: float = 86400.0
     memory_cap: int = 1_000_000_000
     buffer_bytes: int = 256 * 2**20
-    scalar_queue: int = 65536
+    scalar_queue: int = 16384
     concurrency: Concurrency = "auto"
     connect_timeout: float = 5.0
     run_dir: Path | None = None
