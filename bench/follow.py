@@ -17,14 +17,12 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from _server import bench_server
 
 import databus
-from databus.server import EmbeddedServer
 
 SESSION = "bench_follow"
 CHANNELS = 4
@@ -209,12 +207,7 @@ def main() -> int:
         subscriber(args.subscriber)
         return 0
     rounds = args.rounds or (1 if args.quick else 3)
-    with tempfile.TemporaryDirectory() as tmp:
-        server = None
-        url = args.url
-        if url is None:
-            server = EmbeddedServer(Path(tmp), maxmemory=4 * 10**9)
-            url = server.start().url
+    with bench_server(args.url) as url:
         sub = subprocess.Popen(
             [sys.executable, __file__, "--subscriber", url], stdout=subprocess.PIPE, text=True
         )
@@ -238,8 +231,6 @@ def main() -> int:
         finally:
             sub.kill()
             sub.wait()
-            if server is not None:
-                server.stop()
     out = {k: statistics.median(r[k] for r in runs) for k in TARGETS}
     print(f"databus follow bench: {rounds} round(s), medians; subscriber in its own process")
     print(

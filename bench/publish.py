@@ -13,18 +13,16 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import redis
+from _server import bench_server
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
 import databus
-from databus.server import EmbeddedServer
 
 CHANNELS = 4
 # name: (unit, target, comparison, blissdata 2.4.5 measured here)
@@ -145,41 +143,32 @@ def main() -> int:
     points = 20_000 if args.quick else 100_000
     nframes = 50 if args.quick else 200
 
-    with tempfile.TemporaryDirectory() as tmp:
-        server = None
-        url = args.url
-        if url is None:
-            server = EmbeddedServer(Path(tmp), maxmemory=4 * 10**9)
-            url = server.start().url
-        try:
-            bus = databus.connect(url, prefix="bench")
-            frames = make_frames(nframes)
-            out: dict[str, float] = {}
-            out["point_sends_per_s"], out["bytes_per_point"] = median_of(
-                runs, lambda: run_points(bus, points)
-            )
-            (out["block_points_per_s"],) = median_of(runs, lambda: run_blocks(bus, points))
-            # A fresh server pays page faults for memory it has never used (~300 MB/s on
-            # these VMs); warm it once so both sides measure the steady state. Then
-            # interleave ours and the raw ceiling so both see the same machine state.
-            run_raw_frames(url, frames, True)
-            ours, raw, nocopy = [], [], []
-            for _ in range(runs):
-                ours.append(run_frames(bus, frames))
-                raw.append(max(run_raw_frames(url, frames, p) for p in (True, False)))
-                nocopy.append(run_frames(bus, frames, copy=False)[0])
-            out["frame_mb_per_s"] = statistics.median(o[0] for o in ours)
-            out["bytes_per_frame"] = statistics.median(o[1] for o in ours)
-            out["raw_frame_mb_per_s"] = statistics.median(raw)
-            out["frame_ratio"] = statistics.median(o[0] / r for o, r in zip(ours, raw, strict=True))
-            out["frame_mb_per_s_nocopy"] = statistics.median(nocopy)
-            out["frame_ratio_nocopy"] = statistics.median(
-                n / r for n, r in zip(nocopy, raw, strict=True)
-            )
-            bus.close()
-        finally:
-            if server is not None:
-                server.stop()
+    with bench_server(args.url) as url:
+        bus = databus.connect(url, prefix="bench")
+        frames = make_frames(nframes)
+        out: dict[str, float] = {}
+        out["point_sends_per_s"], out["bytes_per_point"] = median_of(
+            runs, lambda: run_points(bus, points)
+        )
+        (out["block_points_per_s"],) = median_of(runs, lambda: run_blocks(bus, points))
+        # A fresh server pays page faults for memory it has never used (~300 MB/s on
+        # these VMs); warm it once so both sides measure the steady state. Then
+        # interleave ours and the raw ceiling so both see the same machine state.
+        run_raw_frames(url, frames, True)
+        ours, raw, nocopy = [], [], []
+        for _ in range(runs):
+            ours.append(run_frames(bus, frames))
+            raw.append(max(run_raw_frames(url, frames, p) for p in (True, False)))
+            nocopy.append(run_frames(bus, frames, copy=False)[0])
+        out["frame_mb_per_s"] = statistics.median(o[0] for o in ours)
+        out["bytes_per_frame"] = statistics.median(o[1] for o in ours)
+        out["raw_frame_mb_per_s"] = statistics.median(raw)
+        out["frame_ratio"] = statistics.median(o[0] / r for o, r in zip(ours, raw, strict=True))
+        out["frame_mb_per_s_nocopy"] = statistics.median(nocopy)
+        out["frame_ratio_nocopy"] = statistics.median(
+            n / r for n, r in zip(nocopy, raw, strict=True)
+        )
+        bus.close()
 
     print(
         f"databus publish bench: {runs} run(s), medians; {points} points x {CHANNELS} channels, "

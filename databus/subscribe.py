@@ -8,9 +8,11 @@ Nothing scans the keyspace: scans are found in the session log.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -150,18 +152,10 @@ class SessionNode(Node):
     ) -> Iterator[Node]:
         """Every node of the session (scans, their channels), then new ones as they come
         (``wait``). ``filter`` is the deprecated name of ``include_filter``."""
-        for event in _walk(
-            self,
-            replay=True,
-            wait=wait,
-            data=False,
-            include_filter=_include(include_filter, filter),
-            exclude_children=exclude_children,
-            stop_handler=stop_handler,
-            started_event=started_event,
-        ):
-            if event.type is EventType.NEW_NODE:
-                yield event.node
+        opts = _WalkOptions.of(
+            include_filter, filter, wait, stop_handler, started_event, exclude_children
+        )
+        return _nodes(_walk(self, opts, replay=True, data=False))
 
     def walk_from_last(
         self,
@@ -173,19 +167,10 @@ class SessionNode(Node):
         filter: Any = None,
     ) -> Iterator[Node]:
         """Like ``walk`` but from the session's last scan on."""
-        for event in _walk(
-            self,
-            replay=True,
-            from_last=True,
-            wait=wait,
-            data=False,
-            include_filter=_include(include_filter, filter),
-            exclude_children=exclude_children,
-            stop_handler=stop_handler,
-            started_event=started_event,
-        ):
-            if event.type is EventType.NEW_NODE:
-                yield event.node
+        opts = _WalkOptions.of(
+            include_filter, filter, wait, stop_handler, started_event, exclude_children
+        )
+        return _nodes(_walk(self, opts, replay=True, data=False, from_last=True))
 
     def walk_events(
         self,
@@ -197,15 +182,10 @@ class SessionNode(Node):
         filter: Any = None,
     ) -> Iterator[Event]:
         """Every event of the session from its first scan still in Redis, then live."""
-        return _walk(
-            self,
-            replay=True,
-            wait=wait,
-            include_filter=_include(include_filter, filter),
-            exclude_children=exclude_children,
-            stop_handler=stop_handler,
-            started_event=started_event,
+        opts = _WalkOptions.of(
+            include_filter, filter, wait, stop_handler, started_event, exclude_children
         )
+        return _walk(self, opts, replay=True)
 
     def walk_on_new_events(
         self,
@@ -220,27 +200,43 @@ class SessionNode(Node):
         """Events from now on. Unlike BLISS, a scan running when the walk starts is
         delivered whole (NEW_NODE, PREPARED_SCAN, its data from index 0, END_SCAN), unless
         ``exclude_existing_children``."""
-        return _walk(
-            self,
-            replay=False,
-            wait=wait,
-            include_filter=_include(include_filter, filter),
-            exclude_children=exclude_children,
-            stop_handler=stop_handler,
-            started_event=started_event,
-            running=not exclude_existing_children,
+        opts = _WalkOptions.of(
+            include_filter, filter, wait, stop_handler, started_event, exclude_children
         )
+        return _walk(self, opts, replay=False, running=not exclude_existing_children)
 
 
-def _include(include_filter: Any, deprecated: Any) -> Any:
-    if deprecated is not None:
-        import warnings
+@dataclasses.dataclass(frozen=True)
+class _WalkOptions:
+    """The keyword arguments every classic walk takes."""
 
-        warnings.warn(
-            "filter= is deprecated, use include_filter=", DeprecationWarning, stacklevel=3
-        )
-        return deprecated if include_filter is None else include_filter
-    return include_filter
+    include_filter: Any
+    wait: bool
+    stop_handler: StopHandler | None
+    started_event: Any
+    exclude_children: Any
+
+    @classmethod
+    def of(
+        cls,
+        include_filter: Any,
+        deprecated_filter: Any,
+        wait: bool,
+        stop_handler: Any,
+        started_event: Any,
+        exclude_children: Any,
+    ) -> _WalkOptions:
+        """Options from a walk's arguments; ``filter=`` (deprecated) still works."""
+        if deprecated_filter is not None:
+            warnings.warn(
+                "filter= is deprecated, use include_filter=", DeprecationWarning, stacklevel=3
+            )
+            include_filter = deprecated_filter if include_filter is None else include_filter
+        return cls(include_filter, wait, stop_handler, started_event, exclude_children)
+
+
+def _nodes(events: Iterator[Event]) -> Iterator[Node]:
+    return (event.node for event in events if event.type is EventType.NEW_NODE)
 
 
 class ScanNode(Node):
@@ -605,19 +601,16 @@ def _records(bus: Bus, scan_keys: Iterable[str]) -> dict[str, dict]:
 
 def _walk(
     session: SessionNode,
+    opts: _WalkOptions,
     *,
     replay: bool,
-    wait: bool,
-    include_filter: Any = None,
-    exclude_children: Any = None,
-    stop_handler: StopHandler | None = None,
-    started_event: Any = None,
     data: bool = True,
     running: bool = True,
     from_last: bool = False,
 ) -> Iterator[Event]:
     bus = session.bus
-    excluded = make_filter(exclude_children) if exclude_children is not None else None
+    wait, stop_handler = opts.wait, opts.stop_handler
+    excluded = make_filter(opts.exclude_children) if opts.exclude_children is not None else None
     with translate_redis_errors(bus.url):
         entries = _xrange(bus, session.log_key)
     created = [
@@ -630,7 +623,7 @@ def _walk(
         session.log_key,
         make_scan=lambda key, record: ScanNode(bus, key, record, session),
         make_channel=lambda scan, desc: ChannelNode(bus, scan, desc),
-        wants=make_filter(include_filter),
+        wants=make_filter(opts.include_filter),
         descend=(lambda node: not excluded(node)) if excluded else (lambda node: True),
         data=data,
         sequential=ended,
@@ -645,8 +638,8 @@ def _walk(
             live = [key for _, key in created if key not in ended]
             for key, record in _records(bus, live).items():
                 first += asm.add_scan(key, record)
-    if started_event is not None:
-        started_event.set()
+    if opts.started_event is not None:
+        opts.started_event.set()
     yield from first
     block_ms = max(1, int(BLOCK_S * 1000))
     idle_since = time.monotonic()

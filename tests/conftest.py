@@ -139,6 +139,26 @@ def run_python(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     return run
 
 
+def stored(entries):
+    """Entries as the server gives them back: every field value as bytes."""
+    out = []
+    for eid, fields in entries:
+        out.append(
+            (
+                eid,
+                {
+                    k: bytes(v)
+                    if isinstance(v, memoryview)
+                    else str(v).encode()
+                    if isinstance(v, int)
+                    else v
+                    for k, v in fields.items()
+                },
+            )
+        )
+    return out
+
+
 def read_channel(bus: databus.Bus, scan_key: str, name: str):
     """(points, seal total) of a channel, read with raw XRANGE and decoded."""
     import numpy as np

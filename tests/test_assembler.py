@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import stored
 
 from databus import encoding as enc
 from databus import keys
@@ -26,23 +27,6 @@ def record(*channels):
     for desc in channels:
         rec[f"ch:{desc.name}".encode()] = desc.to_meta()
     return rec
-
-
-def stored(entries):
-    out = []
-    for eid, fields in entries:
-        out.append(
-            (
-                eid,
-                {
-                    k: bytes(v)
-                    if isinstance(v, memoryview)
-                    else (str(v).encode() if isinstance(v, int) else v)
-                    for k, v in fields.items()
-                },
-            )
-        )
-    return out
 
 
 def make(include=None, descend=lambda n: True, data=True):

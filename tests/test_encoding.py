@@ -4,30 +4,12 @@ import math
 
 import numpy as np
 import pytest
-from conftest import DTYPES
+from conftest import DTYPES, stored
 
 from databus import encoding as enc
 from databus.errors import CorruptEntry, DtypeError, MetadataError, ShapeError
 
 SHAPES = [(), (3,), (4, 5), (2, 3, 4)]
-
-
-def stored(entries):
-    """Entries as the server gives them back: every field value as bytes."""
-    out = []
-    for eid, fields in entries:
-        out.append(
-            (
-                eid,
-                {
-                    k: bytes(v)
-                    if isinstance(v, memoryview)
-                    else (str(v).encode() if isinstance(v, int) else v)
-                    for k, v in fields.items()
-                },
-            )
-        )
-    return out
 
 
 def random_block(dtype, shape, n, seed=0):
