@@ -29,7 +29,7 @@ import numpy as np
 import redis
 
 from .encoding import Descriptor, FileRef, block_entries, record_entry, ref_entry
-from .errors import ClosedError, FlushFailed, ReadTimeout, redact
+from .errors import ClosedError, FlushFailed, ReadTimeout, redact, translate_redis_errors
 from .runners import GeventRunner, ThreadRunner
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,8 @@ class Sink:
         name: str = "databus-sink",
     ) -> None:
         self._client = client
+        with translate_redis_errors(url):
+            self._conn: Any = client.connection_pool.get_connection()
         self.pool = pool
         self._runner = runner
         self.policy = policy
@@ -370,17 +372,10 @@ class Sink:
                 self._collect(buf, batch)
             if batch.nbytes >= self.policy.max_flush_bytes:
                 break
-        now = time.monotonic()
-        refresh = now >= self._next_refresh
-        # MULTI/EXEC: a blocked reader is served once, after the whole flush, with every
-        # channel's points (and every part of a split frame); without it the server wakes
-        # it after the first XADD and it needs another round trip for the rest.
-        pipe = self._client.pipeline(transaction=True)
-        for command in batch.commands:
-            pipe.execute_command(*command)
-        if refresh:
-            self._add_refresh(pipe)
-        pipe.execute()
+        commands = batch.commands
+        if time.monotonic() >= self._next_refresh:
+            commands = commands + self._refresh_commands()
+        self._transact(commands)
         self._flushes += 1
         self._entries += sum(1 for c in batch.commands if c[0] == "XADD")
         with self._lock:
@@ -458,16 +453,37 @@ class Sink:
             for index, block in _blocks(desc, first, items):
                 yield from block_entries(desc, index, block)
 
-    def _add_refresh(self, pipe: Any) -> None:
-        for key in self._refresh_keys():
-            pipe.execute_command("PEXPIRE", key, self._ttl_ms)
+    def _transact(self, commands: list[tuple[Any, ...]]) -> None:
+        """Run ``commands`` as one MULTI/EXEC in one write, and raise the first error.
+
+        MULTI/EXEC so a blocked reader is served once, after the whole flush, with every
+        channel's points (and every part of a split frame): after a plain pipeline's first
+        XADD the server wakes it with that alone, and it needs another round trip for the
+        rest. The sink's own connection and packing, rather than redis-py's Pipeline,
+        because its bookkeeping costs the flusher more GIL time than the I/O."""
+        conn = self._conn
+        conn.send_packed_command(
+            conn.pack_commands([("MULTI",), *commands, ("EXEC",)]), check_health=False
+        )
+        first: BaseException | None = None
+        for _ in range(len(commands) + 2):  # +OK, QUEUED..., then EXEC's array
+            try:
+                reply = conn.read_response()
+            except redis.ResponseError as exc:
+                first = first or exc
+                continue
+            if isinstance(reply, list):
+                first = first or next((r for r in reply if isinstance(r, Exception)), None)
+        if first is not None:
+            raise first
+
+    def _refresh_commands(self) -> list[tuple[Any, ...]]:
         self._next_refresh = time.monotonic() + self._running_ttl / 4
+        return [("PEXPIRE", key, self._ttl_ms) for key in self._refresh_keys()]
 
     def _refresh_if_due(self) -> None:
         if time.monotonic() >= self._next_refresh:
-            pipe = self._client.pipeline(transaction=False)
-            self._add_refresh(pipe)
-            pipe.execute()
+            self._transact(self._refresh_commands())
 
     # ------------------------------------------------------------------ closing
 
@@ -503,6 +519,7 @@ class Sink:
             if any(buf._queue for buf in self._channels):
                 raise ReadTimeout(f"the sink did not flush everything within {timeout} s")
         finally:
+            self._client.connection_pool.release(self._conn)
             self._client.close()
 
     def statistics(self) -> SinkStatistics:
