@@ -573,20 +573,24 @@ class ChannelNode(Node):
 
 
 def _xread(
-    bus: Bus, streams: dict[str, str], count: int, block_ms: int | None
-) -> list[tuple[str, list]]:
-    reply: Any = bus.redis.xread(cast(Any, streams), count=count, block=block_ms)
+    conn: Any, streams: dict[str, str], count: int, block_ms: int | None
+) -> list[tuple[str, Entries]]:
+    """One XREAD on the walk's own connection, parsed here: redis-py's reply callback
+    (a dict per entry, through generic helpers) costs ~50 µs a call, a quarter of the
+    round trip on this machine."""
+    args: list[Any] = ["XREAD", "COUNT", count]
+    if block_ms is not None:
+        args += ["BLOCK", block_ms]
+    args += ["STREAMS", *streams.keys(), *streams.values()]
+    conn.send_command(*args, check_health=False)
+    reply = conn.read_response()
     if not reply:
         return []
-    if isinstance(reply, dict):  # RESP3
-        return [
-            (
-                _text(k),
-                v[0] if v and isinstance(v[0], list) and v[0] and isinstance(v[0][0], list) else v,
-            )
-            for k, v in reply.items()
-        ]
-    return [(_text(k), v) for k, v in reply]
+    pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 array
+    return [
+        (_text(key), [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries])
+        for key, entries in pairs
+    ]
 
 
 def _records(bus: Bus, scan_keys: Iterable[str]) -> dict[str, dict]:
@@ -643,19 +647,30 @@ def _walk(
     yield from first
     block_ms = max(1, int(BLOCK_S * 1000))
     idle_since = time.monotonic()
-    while not (stop_handler is not None and stop_handler.stopped):
-        with translate_redis_errors(bus.url):
-            reply = _xread(bus, asm.streams(), asm.read_count(), block_ms if wait else None)
-            if not reply:
-                if not wait:
-                    return
-                if asm.active and time.monotonic() - idle_since > LOST_CHECK_S:
-                    idle_since = time.monotonic()
-                    yield from _check_lost(bus, asm)
-                continue
-            idle_since = time.monotonic()
-            records = _records(bus, asm.records_needed(reply))
-        yield from asm.feed(reply, records)
+    pool = bus.redis.connection_pool
+    with translate_redis_errors(bus.url):
+        conn = pool.get_connection()  # the walk's own, for its blocking reads
+    reading = False
+    try:
+        while not (stop_handler is not None and stop_handler.stopped):
+            with translate_redis_errors(bus.url):
+                reading = True
+                reply = _xread(conn, asm.streams(), asm.read_count(), block_ms if wait else None)
+                reading = False
+                if not reply:
+                    if not wait:
+                        return
+                    if asm.active and time.monotonic() - idle_since > LOST_CHECK_S:
+                        idle_since = time.monotonic()
+                        yield from _check_lost(bus, asm)
+                    continue
+                idle_since = time.monotonic()
+                records = _records(bus, asm.records_needed(reply))
+            yield from asm.feed(reply, records)
+    finally:
+        if reading:  # interrupted with a reply pending: the connection is out of step
+            conn.disconnect()
+        pool.release(conn)
 
 
 def _before(entry_id: str) -> str:
