@@ -89,6 +89,8 @@ class Bus:
         self.redis: redis.Redis = _client(url, settings, python_packer=False)
         #: Frame buffers reused by this bus's scans (see ``sink.BufferPool``).
         self.buffer_pool = BufferPool(settings.buffer_bytes)
+        self._channel_hub: Any = None  # the shared channels' listener (channels.py)
+        self._hub_lock = threading.Lock()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -108,6 +110,8 @@ class Bus:
         """Close the bus's connections. Scans still running keep their own connection."""
         if not self._closed:
             self._closed = True
+            if self._channel_hub is not None:
+                self._channel_hub.close()
             self.redis.close()
 
     def __enter__(self) -> Bus:

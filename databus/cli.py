@@ -75,6 +75,15 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return _cmd_server(argparse.Namespace(action="status"), settings)
 
 
+def _cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    from .bus import connect
+
+    with connect(settings=settings) as bus:
+        bus.scan(args.scan).request_stop(args.reason)
+    print(f"asked {args.scan} to stop")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``databus`` command."""
     parser = argparse.ArgumentParser(prog="databus", description=__doc__)
@@ -86,11 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("--password", action="store_true", help="start with a generated password")
     srv.add_argument("--appendonly", action="store_true", help="keep an append-only file")
     sub.add_parser("status", help="URL, memory used, sessions and scans of the bus")
+    stop = sub.add_parser("stop", help="ask a running scan to stop before its next point")
+    stop.add_argument("scan", help="the scan's key, e.g. databus:scan:{demo_session:3}")
+    stop.add_argument("--reason", default="requested from the command line")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(url=args.url, prefix=args.prefix)
         if args.command == "server":
             return _cmd_server(args, settings)
+        if args.command == "stop":
+            return _cmd_stop(args, settings)
         return _cmd_status(args, settings)
     except (DatabusError, ValueError, FileNotFoundError) as exc:
         print(f"databus: {exc}", file=sys.stderr)

@@ -10,6 +10,8 @@ Layout (``P`` is the settings' prefix, names are %-escaped by ``escape``)::
     P:scan:{<session>:<n>}:log      STREAM  channel created, state changes, end
     P:scan:{<session>:<n>}:ch:<ch>  STREAM  one channel's points, ID = first index
     P:scan:{<session>:<n>}:ctl      STREAM  requests to the running scan (stop)
+    P:shared:<name>                 HASH  a shared channel: n (version), v (msgpack value);
+                                          also the pub/sub topic its changes go to
 
 The braces are the scan's hash tag: every key of one scan lands in one Redis Cluster slot,
 so one XREAD covers all of its streams. Escaping keeps user names from adding braces.
@@ -72,6 +74,11 @@ def scan_control(scan_key: str) -> str:
 def channel(scan_key: str, name: str) -> str:
     """The stream of one channel's points."""
     return f"{scan_key}:ch:{escape(name)}"
+
+
+def shared(prefix: str, name: str) -> str:
+    """A shared channel's hash, and the pub/sub topic that announces its changes."""
+    return f"{prefix}:shared:{escape(name)}"
 
 
 def parse_scan(key: str) -> tuple[str, str, int]:

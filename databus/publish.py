@@ -303,7 +303,12 @@ class Scan:
 
     def _keys(self) -> list[str]:
         """Every key of this scan."""
-        return [self.key, keys.scan_log(self.key), *(c.key for c in self.channels.values())]
+        return [
+            self.key,
+            keys.scan_log(self.key),
+            keys.scan_control(self.key),
+            *(c.key for c in self.channels.values()),
+        ]
 
     # ------------------------------------------------------------------- info
 

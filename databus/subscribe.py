@@ -26,6 +26,7 @@ from .errors import (
     EndOfData,
     NotYetPublished,
     ReadTimeout,
+    ScanStateError,
     UnknownScan,
     translate_redis_errors,
 )
@@ -320,6 +321,21 @@ class ScanNode(Node):
     def children(self) -> list[Node]:
         return list(self.channels.values())
 
+    def request_stop(self, reason: str = "requested") -> None:
+        """Ask the scan's runner to stop before its next point (end reason ``stopped``).
+        ``ScanStateError`` if the scan has already ended."""
+        self.refresh()
+        if self.state is ScanState.ENDED:
+            raise ScanStateError(
+                f"scan {self.key} has already ended ({self.end_reason}); nothing to stop"
+            )
+        ctl = keys.scan_control(self.key)
+        with translate_redis_errors(self.bus.url):
+            pipe = self.bus.redis.pipeline(transaction=True)
+            pipe.xadd(ctl, {"event": "stop", "reason": reason, "time": time.time()})
+            pipe.pexpire(ctl, int(self.bus.settings.retention_ttl * 1000))
+            pipe.execute()
+
     def wait_end(self, timeout: float | None = None) -> ScanEnd:
         """Block until the scan has ended; its ``ScanEnd``. ``timeout`` None waits
         forever, 0 does not wait; ``ReadTimeout`` when it runs out."""
@@ -344,6 +360,14 @@ class ScanNode(Node):
                     raise UnknownScan(f"scan {self.key} is no longer in Redis")
                 wait = BLOCK_S * 10 if remaining is None else min(BLOCK_S * 10, remaining)
                 self.bus.redis.xread({log_key: cursor}, block=max(1, int(wait * 1000)))
+
+
+def _open_h5(h5py: Any, path: str) -> Any:
+    """Open a detector's file for reading; SWMR when its writer is still at work."""
+    try:
+        return h5py.File(path, "r", swmr=True, locking=False)
+    except OSError:
+        return h5py.File(path, "r", locking=False)
 
 
 def _after(cursor: str) -> str:
@@ -513,7 +537,7 @@ class ChannelNode(Node):
             if lo > hi:
                 continue
             try:
-                with h5py.File(ref.file, "r", locking=False) as f:
+                with _open_h5(h5py, ref.file) as f:
                     data = f[ref.dataset][
                         ref.start + lo - block.first : ref.start + hi - block.first + 1
                     ]

@@ -1,0 +1,249 @@
+"""A simulated beamline for demos and tests: motors, counters and a 2D detector.
+
+Counters read from a ``PointContext`` (the scanned motors' positions, the elapsed time and
+the count time), so a scan of ``robz`` through ``sim_ct_gauss_noise`` draws a noisy peak at
+robz = 0. ``sim_det`` makes diffraction-like frames and either hands them to the scan
+inline or writes them to its own HDF5 file and hands back ``FileRef``s (a lima channel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .encoding import FileRef
+
+
+@dataclasses.dataclass
+class PointContext:
+    """What counters see at one point: scanned motor positions, time since the scan
+    started and the count time, all in seconds and motor units."""
+
+    index: int
+    positions: dict[str, float]
+    elapsed: float
+    count_time: float
+
+
+class SimMotor:
+    """A motor with a position, limits and a speed (units per second; None moves at once).
+    ``move`` outside the limits raises ValueError naming the motor and its limits."""
+
+    def __init__(
+        self,
+        name: str,
+        position: float = 0.0,
+        low: float = -math.inf,
+        high: float = math.inf,
+        speed: float | None = None,
+        unit: str = "mm",
+    ) -> None:
+        self.name, self.low, self.high, self.speed, self.unit = name, low, high, speed, unit
+        self._position = float(position)
+
+    def __repr__(self) -> str:
+        return f"<SimMotor {self.name} at {self._position:g} {self.unit}>"
+
+    @property
+    def position(self) -> float:
+        return self._position
+
+    def move(self, target: float) -> None:
+        """Go to ``target``, taking ``distance / speed`` seconds."""
+        target = float(target)
+        if not (self.low <= target <= self.high):
+            raise ValueError(
+                f"motor {self.name}: {target:g} is outside its limits [{self.low:g}, {self.high:g}]"
+            )
+        if self.speed:
+            time.sleep(abs(target - self._position) / self.speed)
+        self._position = target
+
+
+class SimCounter:
+    """A scalar counter read once per point (``controller:name`` is its channel name)."""
+
+    dtype = "float64"
+    unit: str | None = None
+
+    def __init__(self, name: str, controller: str = "simulation", seed: int | None = None) -> None:
+        self.name, self.controller = name, controller
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def channel_name(self) -> str:
+        return f"{self.controller}:{self.name}"
+
+    def read(self, ctx: PointContext) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.channel_name}>"
+
+
+class GaussNoiseCounter(SimCounter):
+    """A gaussian of the scanned motors' positions (centre, fwhm) plus gaussian noise."""
+
+    def __init__(
+        self,
+        name: str = "sim_ct_gauss_noise",
+        *,
+        center: float = 0.0,
+        fwhm: float = 2.0,
+        height: float = 1000.0,
+        noise: float = 5.0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(name, seed=seed)
+        self.center, self.sigma, self.height, self.noise = center, fwhm / 2.3548, height, noise
+
+    def read(self, ctx: PointContext) -> float:
+        r2 = sum((x - self.center) ** 2 for x in ctx.positions.values())
+        return float(
+            self.height * math.exp(-r2 / (2 * self.sigma**2)) + self.rng.normal(0, self.noise)
+        )
+
+
+class DiodeCounter(SimCounter):
+    """A slowly varying signal with noise."""
+
+    def read(self, ctx: PointContext) -> float:
+        x = next(iter(ctx.positions.values()), ctx.elapsed)
+        return float(100 + 20 * math.sin(x) + self.rng.normal(0, 1))
+
+
+class MonitorCounter(SimCounter):
+    """Beam monitor counts: Poisson around 1e5 per second of count time."""
+
+    dtype = "int64"
+    unit = "counts"
+
+    def read(self, ctx: PointContext) -> int:
+        return int(self.rng.poisson(1e5 * max(ctx.count_time, 1e-3)))
+
+
+class ElapsedTimeCounter(SimCounter):
+    """Seconds since the scan started."""
+
+    unit = "s"
+
+    def __init__(self) -> None:
+        super().__init__("elapsed_time", controller="timer")
+
+    def read(self, ctx: PointContext) -> float:
+        return ctx.elapsed
+
+
+class SimDetector:
+    """A 2D detector making diffraction-like frames: dark current and air scattering,
+    powder rings, Bragg spots that light up at some motor positions, Poisson noise.
+
+    mode: ``inline`` (frames go into the bus) or ``file`` (frames go to an HDF5 file in
+        ``directory`` and the bus gets ``FileRef``s: a lima channel).
+    """
+
+    def __init__(
+        self,
+        name: str = "sim_det",
+        shape: tuple[int, int] = (1024, 1024),
+        dtype: Any = "uint16",
+        mode: Literal["inline", "file"] = "inline",
+        directory: str | Path | None = None,
+        seed: int = 7,
+    ) -> None:
+        if mode not in ("inline", "file"):
+            raise ValueError(f"detector {name}: mode must be 'inline' or 'file', not {mode!r}")
+        self.name, self.shape, self.dtype, self.mode = name, tuple(shape), np.dtype(dtype), mode
+        self.directory = Path(directory) if directory is not None else None
+        self.rng = np.random.default_rng(seed)
+        h, w = self.shape
+        y, x = np.ogrid[:h, :w]
+        r = np.hypot(y - h / 2, x - w / 2)
+        scale = min(h, w) / 1024
+        base = 8.0 + 60.0 * np.exp(-r / (200 * scale))  # dark current + air scattering
+        for radius, intensity in ((150, 120.0), (260, 80.0), (340, 60.0), (430, 30.0)):
+            base += intensity * np.exp(-((r - radius * scale) ** 2) / (2 * (3 * scale) ** 2))
+        self._background = base
+        n_spots = 12
+        self._spots = [
+            (
+                self.rng.uniform(0.1, 0.9) * h,
+                self.rng.uniform(0.1, 0.9) * w,
+                self.rng.uniform(-4, 4),
+            )
+            for _ in range(n_spots)
+        ]
+        self._y, self._x, self._scale = y, x, scale
+        self._file: Any = None
+        self._count = 0
+
+    @property
+    def channel_name(self) -> str:
+        return f"{self.name}:image"
+
+    def frame(self, ctx: PointContext) -> np.ndarray:
+        """One frame at the motor positions of ``ctx``."""
+        position = next(iter(ctx.positions.values()), 0.0)
+        lam = self._background.copy()
+        for sy, sx, where in self._spots:
+            if abs(position - where) < 0.5:  # the crystal is in Bragg condition
+                lam += 3000 * np.exp(
+                    -((self._y - sy) ** 2 + (self._x - sx) ** 2) / (2 * (2 * self._scale) ** 2)
+                )
+        frame = self.rng.poisson(lam * max(ctx.count_time, 1e-3) * 10)
+        info = np.iinfo(self.dtype) if self.dtype.kind in "iu" else None
+        if info is not None:
+            frame = np.clip(frame, info.min, info.max)
+        return frame.astype(self.dtype)
+
+    # ------------------------------------------------------------------ file mode
+
+    def open_file(self, path: str | Path, npoints: int | None) -> None:
+        """Start writing frames to ``path`` (HDF5, SWMR so readers can follow)."""
+        import h5py
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(path, "w", libver="latest")
+        self._dataset = self._file.create_dataset(
+            "entry/data/data",
+            shape=(0, *self.shape),
+            maxshape=(None, *self.shape),
+            dtype=self.dtype,
+            chunks=(1, *self.shape),
+        )
+        self._file.swmr_mode = True
+        self._path = str(path)
+        self._count = 0
+
+    def store(self, frame: np.ndarray) -> FileRef:
+        """Append ``frame`` to the file; the reference the bus gets instead of it."""
+        ds = self._dataset
+        ds.resize(self._count + 1, axis=0)
+        ds[self._count] = frame
+        ds.flush()
+        self._count += 1
+        return FileRef(self._path, ds.name, self._count - 1, self._count)
+
+    def close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __repr__(self) -> str:
+        return f"<SimDetector {self.name} {self.shape} {self.dtype} {self.mode}>"
+
+
+#: The simulated beamline's devices, by the names BLISS demos use.
+robz = SimMotor("robz", low=-100, high=100)
+roby = SimMotor("roby", low=-100, high=100)
+robx = SimMotor("robx", low=-100, high=100)
+sim_ct_gauss_noise = GaussNoiseCounter()
+diode = DiodeCounter("diode")
+mon = MonitorCounter("mon")
+elapsed_time = ElapsedTimeCounter()
+sim_det = SimDetector()
