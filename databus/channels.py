@@ -190,19 +190,23 @@ class _Hub:
             if channel in holders:
                 holders.remove(channel)
 
-    def _read(self, topics: list[str]) -> None:
-        """Read the stored values of ``topics`` and hand them to their holders."""
+    def _read(self, topics: list[str], *, restarted: bool = False) -> None:
+        """Read the stored values of ``topics`` and hand them to their holders.
+        ``restarted``: the server may be a new one whose versions start again at 1, so
+        its values replace the local copies whatever their versions."""
         pipe = self.bus.redis.pipeline(transaction=False)
         for topic in topics:
             pipe.hmget(topic, "n", "v")
         for topic, (version, packed) in zip(topics, pipe.execute(), strict=True):
             if version is not None and packed is not None:
-                self._deliver(topic, int(version), packed)
+                self._deliver(topic, int(version), packed, restarted=restarted)
 
-    def _deliver(self, topic: str, version: int, packed: bytes) -> None:
+    def _deliver(self, topic: str, version: int, packed: bytes, *, restarted: bool = False) -> None:
         with self._lock:
             holders = list(self._holders.get(topic, ()))
         for channel in holders:
+            if restarted and channel._version >= version:
+                channel._version = version - 1
             channel._apply(version, packed, notify=True)
 
     def _subscribe_pending(self) -> None:
@@ -222,7 +226,7 @@ class _Hub:
                 if resync:
                     with self._lock:
                         topics = list(self._holders)
-                    self._read(topics)
+                    self._read(topics, restarted=True)
                     resync = False
                 delay = 0.1
             except (redis.ConnectionError, redis.TimeoutError, ServerUnavailable) as exc:

@@ -308,14 +308,17 @@ class ScanNode(Node):
 
     @property
     def channels(self) -> dict[str, ChannelNode]:
-        """The scan's channels, by full name."""
+        """The scan's channels, by full name, in the order of the scan info's
+        ``channels`` list when it has one (then by name)."""
         if self._channels is None:
-            self._channels = {}
+            found = {}
             for field, raw in self._record.items():
-                name = _text(field)
-                if name.startswith("ch:"):
+                if _text(field).startswith("ch:"):
                     desc = Descriptor.from_meta(raw)
-                    self._channels[desc.name] = ChannelNode(self.bus, self, desc)
+                    found[desc.name] = ChannelNode(self.bus, self, desc)
+            listed = [n for n in self._info.get("channels") or () if n in found]
+            order = listed + sorted(set(found) - set(listed))
+            self._channels = {name: found[name] for name in order}
         return dict(self._channels)
 
     def children(self) -> list[Node]:
