@@ -16,10 +16,9 @@ import sys
 import threading
 import time
 
-from databus.hooks import StopOnChannel
-
 import databus
 from databus import channels, scan
+from databus.hooks import StopOnChannel
 from databus.sim import SimDetector, diode, mon, roby, robz, sim_ct_gauss_noise
 
 from .monitor import Monitor

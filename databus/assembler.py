@@ -236,14 +236,11 @@ class Assembler:
         for entry_id, fields in entries:
             self.cursors[keys.scan_log(scan_key)] = _text(entry_id)
             what = _text(_field(fields, "event") or b"")
+            record = records.get(scan_key)
+            if what in ("channel", "info") and record and hasattr(scan.node, "_update"):
+                scan.node._update(record)  # the node's channels and info as of now
             if what == "channel":
-                events += self._new_channel(
-                    scan, _text(_field(fields, "name")), records.get(scan_key)
-                )
-            elif what == "info":
-                record = records.get(scan_key)
-                if record and hasattr(scan.node, "_update"):
-                    scan.node._update(record)
+                events += self._new_channel(scan, _text(_field(fields, "name")), record)
             elif what in ("prepared", "started"):
                 events += self._prepared(scan)
             elif what == "ended":

@@ -171,7 +171,9 @@ class Scan:
 
     def _channel_specs(self) -> list[tuple[str, str, tuple[int, ...], str | None, str]]:
         """(name, dtype, shape, unit, kind) of every channel the scan publishes."""
-        specs = [(f"axis:{m.name}", "float64", (), m.unit, "array") for m in self.motors]
+        specs: list[tuple[str, str, tuple[int, ...], str | None, str]] = [
+            (f"axis:{m.name}", "float64", (), m.unit, "array") for m in self.motors
+        ]
         specs.append(("timer:elapsed_time", "float64", (), "s", "array"))
         for c in self.counters:
             if isinstance(c, SimDetector):

@@ -19,6 +19,7 @@ args = parser.parse_args()
 
 bus = databus.connect()
 session = bus.session(args.session or current_session())
+print(f"following {session.name} on {bus!r}", flush=True)
 tables: dict[str, dict] = {}
 ended = 0
 for event in session.follow():
@@ -27,7 +28,7 @@ for event in session.follow():
         scalars = [c for c in node.channels.values() if c.shape == () and c.type == "channel"]
         names = [c.short_name for c in scalars]
         tables[node.db_name] = {"columns": {c.name: [] for c in scalars}, "printed": 0}
-        print(f"\n{node.info.get('title', node.db_name)}")
+        print(f"\n{node.info.get('title', node.db_name)}", flush=True)
         print(f"{'#':>5}" + "".join(f"{n:>16}" for n in names))
     elif event.type is databus.EventType.NEW_DATA and node.parent.db_name in tables:
         table = tables[node.parent.db_name]
@@ -35,11 +36,12 @@ for event in session.follow():
             table["columns"][node.name].extend(np.asarray(event.data.data).tolist())
             complete = min(len(v) for v in table["columns"].values())
             for row in range(table["printed"], complete):
-                print(f"{row:>5}" + "".join(f"{v[row]:>16.6g}" for v in table["columns"].values()))
+                cells = "".join(f"{v[row]:>16.6g}" for v in table["columns"].values())
+                print(f"{row:>5}{cells}", flush=True)
             table["printed"] = complete
     elif event.type is databus.EventType.END_SCAN:
         tables.pop(node.db_name, None)
-        print(f"-- {node.db_name} {event.data.reason}")
+        print(f"-- {node.db_name} {event.data.reason}", flush=True)
         ended += 1
         if args.scans and ended >= args.scans:
             break

@@ -1,23 +1,104 @@
-"""Every example runs against a real server."""
+"""Every example, and ``databus demo``, run against a real server."""
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def test_publish_scan(bus):
-    env = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "publish_scan.py"), "--points", "20", "--session", "ex"],
+def env_for(bus, session="ex"):
+    return {
+        **os.environ,
+        "DATABUS_URL": bus.url,
+        "DATABUS_PREFIX": bus.settings.prefix,
+        "DATABUS_SESSION": session,
+    }
+
+
+def run(script, bus, *args, session="ex", timeout=120):
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
         capture_output=True,
         text=True,
-        env=env,
-        timeout=120,
+        env=env_for(bus, session),
+        timeout=timeout,
         check=True,
     )
+
+
+def start(script, bus, *args, session="ex"):
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / script), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env_for(bus, session),
+    )
+    assert proc.stdout.readline().startswith("following")  # it is subscribed
+    return proc
+
+
+def test_publish_scan(bus):
+    proc = run("publish_scan.py", bus, "--points", "20", "--session", "ex")
     assert f"published {bus.settings.prefix}:scan:{{ex:1}} (finished)" in proc.stdout
     assert "sim_det:image" in proc.stdout and "20 points" in proc.stdout
     assert "kept in Redis for 24.0 h" in proc.stdout
+
+
+def test_stop_alignment_loop_stops_just_past_the_peak(bus):
+    analysis = start("stop_alignment_analysis.py", bus, session="align")
+    try:
+        out = run("stop_alignment_scan.py", bus, session="align").stdout
+        result, _ = analysis.communicate(timeout=30)
+    finally:
+        analysis.kill()
+    points = int(out.split(" after ")[1].split(" of ")[0])
+    robz = float(out.split("robz at ")[1])
+    # The peak is at robz = 0 (point 250); half height is passed at robz ~ 0.85-1.
+    assert "stopped after" in out and 250 < points < 330 and 0.5 < robz < 1.6, out
+    assert "passed at point" in result and "ended: stopped" in result
+
+
+def test_follow_session_and_live_table(bus):
+    follower = start("follow_session.py", bus, "--scans", "1", session="ft")
+    table = start("live_table.py", bus, "--scans", "1", session="ft")
+    code = (
+        "import databus; from databus import scan; from databus.sim import robz, diode;"
+        f"databus.set_default_bus(databus.connect({bus.url!r}, prefix={bus.settings.prefix!r}));"
+        "scan.set_session('ft'); scan.ascan(robz, 0, 1, 6, 0.001, diode)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    followed, _ = follower.communicate(timeout=30)
+    tabled, _ = table.communicate(timeout=30)
+    key = f"{bus.settings.prefix}:scan:{{ft:1}}"
+    assert (
+        f"{key} started: ascan robz 0 1 6 0.001" in followed
+        and f"{key} ended: finished" in followed
+    )
+    rows = [line.split() for line in tabled.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(6)) and float(rows[-1][1]) == 1.0
+    assert "robz    elapsed_time           diode" in tabled  # every scalar channel
+    assert f"-- {key} finished" in tabled
+
+
+def test_databus_demo(bus):
+    started = time.monotonic()
+    env = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
+    proc = subprocess.run(
+        [sys.executable, "-m", "databus.cli", "demo", "--session", "demo_t"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert time.monotonic() - started < 60
+    out = proc.stdout
+    assert "ascan robz -5 5 500 0.002: stopped after" in out
+    stopped_at = int(out.split("ascan robz -5 5 500 0.002: stopped after ")[1].split()[0])
+    assert 250 < stopped_at < 500
+    assert "loopscan 50 0.005: finished after 50 points" in out
+    assert "amesh robz -1 1 6 roby -1 1 4 0.01: finished after 24 points" in out
+    assert "image[1024, 1024] x24" in out and "The data is in Redis at" in out
