@@ -97,11 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("status", help="URL, memory used, sessions and scans of the bus")
     sub.add_parser("demo", help="run a short simulated session, followed live", add_help=False)
     sub.add_parser("monitor", help="watch a session's scans live", add_help=False)
+    sub.add_parser(
+        "writer", help="write the scans of sessions to NeXus files, live", add_help=False
+    )
     stop = sub.add_parser("stop", help="ask a running scan to stop before its next point")
     stop.add_argument("scan", help="the scan's key, e.g. databus:scan:{demo_session:3}")
     stop.add_argument("--reason", default="requested from the command line")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("demo", "monitor"):  # they parse their own options
+    if argv and argv[0] in ("demo", "monitor", "writer"):  # they parse their own options
         from importlib import import_module
 
         return int(import_module(f"databus.clients.{argv[0]}").main(argv[1:]))
