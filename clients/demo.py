@@ -6,7 +6,8 @@ while a monitor draws them and an analysis thread plays the online-analysis loop
      just past the peak by setting the shared channel ``stop_alignment``;
   2. a ``loopscan`` of the diode and the monitor;
   3. a small ``amesh`` with the 2D detector ``sim_det``.
-At the end it prints what happened and where the data is.
+A NeXus writer follows the session too and writes every scan to ``--root`` (default
+``./databus_demo``) while it runs. At the end it prints what happened and where the data is.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import sys
 import threading
 import time
+from pathlib import Path
 
 import databus
 from databus import channels, scan
@@ -22,6 +24,7 @@ from databus.hooks import StopOnChannel
 from databus.sim import SimDetector, diode, mon, roby, robz, sim_ct_gauss_noise
 
 from .monitor import Monitor
+from .writer import NexusWriter
 
 
 def _analysis(
@@ -43,7 +46,9 @@ def _analysis(
                 done = True
 
 
-def run(session_name: str = "demo", url: str | None = None, out=None) -> int:
+def run(
+    session_name: str = "demo", url: str | None = None, out=None, root: str = "databus_demo"
+) -> int:
     """Run the demo; returns the process exit code."""
     out = out or sys.stdout
     started = time.monotonic()
@@ -53,6 +58,11 @@ def run(session_name: str = "demo", url: str | None = None, out=None) -> int:
     session = bus.session(session_name)
     print(f"databus demo: session {session_name!r} on {bus!r}", file=out, flush=True)
 
+    writer = NexusWriter(bus, [session_name], root)
+    writer_ready = threading.Event()
+    writer_thread = threading.Thread(target=writer.run, args=(writer_ready,), daemon=True)
+    writer_thread.start()
+    writer_ready.wait(10)
     monitor = Monitor(session, out=out)
     flag = channels.Channel("stop_alignment", default_value=False, bus=bus)
     ready, stop = threading.Event(), databus.StopHandler()
@@ -66,10 +76,15 @@ def run(session_name: str = "demo", url: str | None = None, out=None) -> int:
         loop = scan.loopscan(50, 0.005, diode, mon)
         mesh = scan.amesh(robz, -1, 1, 6, roby, -1, 1, 4, 0.01, SimDetector(), sim_ct_gauss_noise)
         monitor.wait_idle(timeout=30)
+        deadline = time.monotonic() + 20
+        while len(writer.written) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         stop.stop()
         monitor.close()
         analysis.join(2)
+        writer.stop_handler.stop()
+        writer_thread.join(5)
 
     print(f"\ndone in {time.monotonic() - started:.1f} s:", file=out)
     for s in (align, loop, mesh):
@@ -95,8 +110,15 @@ def run(session_name: str = "demo", url: str | None = None, out=None) -> int:
         f".channels['simulation:sim_ct_gauss_noise'].get_as_array())\"",
         file=out,
     )
+    files = sorted({w.split("::")[0] for w in writer.written})
+    print("\nNeXus files (silx view or h5web show each entry's default plot):", file=out)
+    for path in files:
+        entries = ", ".join(w.split("::")[1] for w in writer.written if w.startswith(path))
+        print(f"  {Path(path).resolve()}  entries {entries}", file=out)
+    for error in writer.errors:
+        print(f"  writer error: {error}", file=out)
     print(
-        "Follow a session live: python examples/follow_session.py --session " + session_name,
+        f"Follow a session live: python examples/follow_session.py --session {session_name}",
         file=out,
     )
     bus.close()
@@ -111,5 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--session", default="demo", help="session name (default: demo)")
     parser.add_argument("--url", default=None, help="server URL (default: DATABUS_URL or embedded)")
+    parser.add_argument("--root", default="databus_demo", help="where the NeXus files go")
     args = parser.parse_args(argv)
-    return run(args.session, args.url)
+    return run(args.session, args.url, root=args.root)
