@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -37,6 +38,8 @@ import numpy as np
 
 import databus
 from databus.encoding import FileRef
+
+from ._h5clear import clear_status_flags
 
 log = logging.getLogger("databus.writer")
 
@@ -89,6 +92,21 @@ class _File:
         self.h5: Any = None
         self.generation = 0
         self.last_flush = time.monotonic()
+        self._lock: Any = None
+
+    def _take_lock(self) -> None:
+        """Hold ``<file>.lock`` while this writer has the file: no two writers write one
+        file, and only the lock's holder may repair what a killed writer left."""
+        if self._lock is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.path.with_name(self.path.name + ".lock"), "w")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RuntimeError(f"{self.path} is being written by another writer process") from None
+        self._lock = lock
 
     def structural(self) -> Any:
         """The file, open for structure changes (SWMR off)."""
@@ -97,9 +115,18 @@ class _File:
             self.h5.close()
             self.h5 = None
         if self.h5 is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
             new = not self.path.exists()
-            self.h5 = h5py.File(self.path, "a", libver="latest", locking=False)
+            try:
+                self.h5 = h5py.File(self.path, "a", libver="latest", locking=False)
+            except OSError as exc:
+                if "already open for write" not in str(exc):
+                    raise
+                # A writer was killed while the file was in SWMR mode; we hold the lock,
+                # so no writer is alive: repair it as h5clear would, then open it.
+                clear_status_flags(self.path)
+                log.warning("%s: cleared what a killed writer left in its superblock", self.path)
+                self.h5 = h5py.File(self.path, "a", libver="latest", locking=False)
             self.generation += 1
             if new:
                 _root_attributes(self.h5, self.path)
@@ -122,6 +149,9 @@ class _File:
         if self.h5 is not None:
             self.h5.close()
             self.h5 = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 def _root_attributes(h5: Any, path: Path) -> None:
@@ -394,7 +424,7 @@ class NexusWriter:
                 )
             else:
                 shape = ch.shape
-                frame = bool(shape) and int(np.prod(shape)) * ch.dtype.itemsize >= 65536
+                frame = len(shape) >= 2 or int(np.prod(shape)) * ch.dtype.itemsize >= 65536
                 chunks = (
                     (1, *shape)
                     if frame
@@ -603,34 +633,33 @@ class NexusWriter:
     def mark_expired(self) -> None:
         """Entries left unfinished by an earlier run whose scan is gone from Redis: mark
         them (end_reason and, per channel, the points missing from ``writer/progress``)."""
-        h5py = _h5py()
         for session in self.sessions:
             for path in sorted((self.root / hdf5_name(session)).glob("*.h5")):
                 try:
-                    with h5py.File(path, "a", libver="latest", locking=False) as h5:
-                        for name, entry in h5.items():
-                            if "writer" not in entry or "end_reason" in entry:
-                                continue
-                            key = entry["scan_key"][()].decode()
-                            if self.bus.redis.exists(key):
-                                continue  # still in Redis: the walk will resume it
-                            progress = entry["writer/progress"][()]
-                            channels = [c.decode() for c in entry["writer/channels"][()]]
-                            missing = {
-                                c: [int(p), None] for c, p in zip(channels, progress, strict=True)
-                            }
-                            entry["end_reason"] = (
-                                "incomplete: the scan expired from Redis before it was written"
-                            )
-                            entry["end_time"] = _iso(None)
-                            entry["writer/missing"] = json.dumps(missing)
-                            log.error(
-                                "%s::%s: data expired before it was written; missing %s",
-                                path,
-                                name,
-                                missing,
-                            )
-                except OSError as exc:
+                    h5 = self._file(path).structural()
+                    for name, entry in h5.items():
+                        if "writer" not in entry or "end_reason" in entry:
+                            continue
+                        key = entry["scan_key"][()].decode()
+                        if self.bus.redis.exists(key):
+                            continue  # still in Redis: the walk will resume it
+                        progress = entry["writer/progress"][()]
+                        channels = [c.decode() for c in entry["writer/channels"][()]]
+                        missing = {
+                            c: [int(p), None] for c, p in zip(channels, progress, strict=True)
+                        }
+                        entry["end_reason"] = (
+                            "incomplete: the scan expired from Redis before it was written"
+                        )
+                        entry["end_time"] = _iso(None)
+                        entry["writer/missing"] = json.dumps(missing)
+                        log.error(
+                            "%s::%s: data expired before it was written; missing %s",
+                            path,
+                            name,
+                            missing,
+                        )
+                except (OSError, RuntimeError, ValueError) as exc:
                     self._error(f"{path}: {exc}")
 
 
