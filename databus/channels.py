@@ -200,6 +200,10 @@ class _Hub:
         for topic, (version, packed) in zip(topics, pipe.execute(), strict=True):
             if version is not None and packed is not None:
                 self._deliver(topic, int(version), packed, restarted=restarted)
+            elif restarted:  # the server lost the value: its next write is version 1 again
+                with self._lock:
+                    for channel in self._holders.get(topic, ()):
+                        channel._version = 0
 
     def _deliver(self, topic: str, version: int, packed: bytes, *, restarted: bool = False) -> None:
         with self._lock:
