@@ -139,6 +139,38 @@ def run_python(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     return run
 
 
+def eventually(condition, timeout=5.0):
+    """Poll ``condition`` until true or ``timeout`` seconds; its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+@pytest.fixture
+def beamline(bus):
+    """A fresh simulated beamline publishing into session ``runner`` of this test's bus."""
+    from databus import scan
+    from databus.sim import DiodeCounter, GaussNoiseCounter, MonitorCounter, SimMotor
+
+    scan.set_session("runner")
+    databus.set_default_bus(bus)
+    yield {
+        "bus": bus,
+        "robz": SimMotor("robz", low=-10, high=10),
+        "roby": SimMotor("roby", low=-10, high=10),
+        "gauss": GaussNoiseCounter(seed=1),
+        "diode": DiodeCounter("diode", seed=2),
+        "mon": MonitorCounter("mon", seed=3),
+    }
+    databus.set_default_bus(None)
+    scan.set_session(None)
+
+
 def stored(entries):
     """Entries as the server gives them back: every field value as bytes."""
     out = []

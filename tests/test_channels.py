@@ -3,23 +3,14 @@
 import logging
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from conftest import eventually
 
 import databus
 from databus.channels import Channel
 from databus.server import server_binary
-
-
-def eventually(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def test_default_value_only_if_never_set_and_value_is_authoritative(make_bus):

@@ -4,10 +4,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
+from conftest import eventually
 
 import databus
 from databus import scan
@@ -19,24 +19,7 @@ from databus.hooks import (
     StopOnThreshold,
     StopOutsideWindow,
 )
-from databus.sim import DiodeCounter, GaussNoiseCounter, MonitorCounter, SimDetector, SimMotor
-
-
-@pytest.fixture
-def beamline(bus):
-    """A fresh simulated beamline publishing into this test's bus and session."""
-    scan.set_session("runner")
-    databus.set_default_bus(bus)
-    yield {
-        "bus": bus,
-        "robz": SimMotor("robz", low=-10, high=10),
-        "roby": SimMotor("roby", low=-10, high=10),
-        "gauss": GaussNoiseCounter(seed=1),
-        "diode": DiodeCounter("diode", seed=2),
-        "mon": MonitorCounter("mon", seed=3),
-    }
-    databus.set_default_bus(None)
-    scan.set_session(None)
+from databus.sim import SimDetector
 
 
 def channel_lengths(bus, key):
@@ -282,12 +265,3 @@ print(json.dumps(result))
 
     out = json.loads(run_python(code).stdout.strip().splitlines()[-1])
     assert out["reason"] == "stopped" and 10 < out["points"] < 5000 and out["runner"] == "gevent"
-
-
-def eventually(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()

@@ -16,30 +16,14 @@ h5py = pytest.importorskip("h5py")
 import databus  # noqa: E402
 from databus import scan  # noqa: E402
 from databus.clients.writer import NexusWriter, hdf5_name  # noqa: E402
-from databus.sim import DiodeCounter, GaussNoiseCounter, MonitorCounter, SimDetector, SimMotor  # noqa: E402
-
-
-@pytest.fixture
-def beamline(bus):
-    scan.set_session("w")
-    databus.set_default_bus(bus)
-    yield {
-        "bus": bus,
-        "robz": SimMotor("robz", low=-10, high=10),
-        "roby": SimMotor("roby"),
-        "gauss": GaussNoiseCounter(seed=1),
-        "diode": DiodeCounter("diode", seed=2),
-        "mon": MonitorCounter("mon", seed=3),
-    }
-    databus.set_default_bus(None)
-    scan.set_session(None)
+from databus.sim import SimDetector  # noqa: E402
 
 
 class Running:
     """A NexusWriter in a thread, for the duration of a ``with`` block."""
 
     def __init__(self, bus, root, **kwargs):
-        self.writer = NexusWriter(bus, ["w"], root, **kwargs)
+        self.writer = NexusWriter(bus, ["runner"], root, **kwargs)
         self.thread = threading.Thread(
             target=self.writer.run, args=(started := threading.Event(),), daemon=True
         )
@@ -58,7 +42,7 @@ class Running:
 
 
 def the_file(root):
-    files = sorted((root / "w").glob("*.h5"))
+    files = sorted((root / "runner").glob("*.h5"))
     assert len(files) == 1, files
     return files[0]
 
@@ -175,7 +159,7 @@ def test_readers_see_the_file_grow_while_it_is_written(beamline, tmp_path):
     runner = threading.Thread(target=s.run)
     runner.start()
     deadline = time.monotonic() + 10
-    while not list((tmp_path / "w").glob("*.h5")) and time.monotonic() < deadline:
+    while not list((tmp_path / "runner").glob("*.h5")) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
     lengths = []
@@ -195,7 +179,7 @@ def test_readers_see_the_file_grow_while_it_is_written(beamline, tmp_path):
 def writer_process(bus, root):
     env = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
     return subprocess.Popen(
-        [sys.executable, "-m", "databus.cli", "writer", "--session", "w", "--root", str(root)],
+        [sys.executable, "-m", "databus.cli", "writer", "--session", "runner", "--root", str(root)],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -269,7 +253,7 @@ def test_unsaved_scans_bad_names_and_scan_layout(beamline, tmp_path):
     b = beamline
     w = Running(b["bus"], tmp_path, layout="scan")
     scan.ct(0.001, b["diode"])  # save=False: no file
-    published = b["bus"].session("w").create_scan(title="odd names")
+    published = b["bus"].session("runner").create_scan(title="odd names")
     odd = published.channel("ctrl:a/b", "float64")
     published.prepare()
     odd.send(np.arange(3.0))
@@ -277,9 +261,9 @@ def test_unsaved_scans_bad_names_and_scan_layout(beamline, tmp_path):
     s = scan.loopscan(2, 0, b["mon"])
     w.wait_for(2)
     w.stop()
-    files = sorted(p.name for p in (tmp_path / "w").glob("*.h5"))
-    assert files == ["w_0002.h5", "w_0003.h5"]
-    with h5py.File(tmp_path / "w" / "w_0002.h5", "r") as f:
+    files = sorted(p.name for p in (tmp_path / "runner").glob("*.h5"))
+    assert files == ["runner_0002.h5", "runner_0003.h5"]
+    with h5py.File(tmp_path / "runner" / "runner_0002.h5", "r") as f:
         assert f["2.1/measurement/a_b"][()].tolist() == [0, 1, 2]
     assert hdf5_name("a/b") == "a_b" and hdf5_name("..") == "_.." and hdf5_name("") == "_"
     assert s.key.endswith(":3}")
@@ -288,7 +272,7 @@ def test_unsaved_scans_bad_names_and_scan_layout(beamline, tmp_path):
 def test_a_corrupt_entry_is_a_logged_error_and_the_file_stays_valid(beamline, tmp_path, caplog):
     b = beamline
     w = Running(b["bus"], tmp_path)
-    published = b["bus"].session("w").create_scan(title="corrupt")
+    published = b["bus"].session("runner").create_scan(title="corrupt")
     x = published.channel("x", "float64")
     published.prepare()
     x.send(np.arange(3.0))
