@@ -23,6 +23,7 @@ The tree::
     ├── FlushFailed                          the server refused a flush; see __cause__
     ├── SinkFull                             send_nowait() found the buffer full
     ├── BusFull                              the server's memory cap left no room in time
+    ├── PermissionDenied (PermissionError)   the server's ACL forbids this user the command
     └── ServerError                          any other error the server answered with
 
 Names ending in the builtin's meaning also derive from that builtin, so ``except
@@ -149,6 +150,11 @@ class BusFull(DatabusError):
     """The server's memory cap left no room for the data within the timeout."""
 
 
+class PermissionDenied(DatabusError, PermissionError):
+    """The server's ACL does not let this connection's user run the command (a read-only
+    user publishing a scan or setting a shared channel)."""
+
+
 class ServerError(DatabusError):
     """The server answered with an error databus has no finer class for."""
 
@@ -163,11 +169,24 @@ def redact(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
+def _user(url: str) -> str:
+    """The ACL user named in ``url`` ("default" when none is)."""
+    _, sep, rest = url.partition("://")
+    creds = rest.rpartition("@")[0] if sep and "@" in rest else ""
+    return creds.partition(":")[0] or "default"
+
+
 @contextlib.contextmanager
 def translate_redis_errors(url: str) -> Iterator[None]:
     """Turn redis-py exceptions raised inside the block into databus ones (``from exc``)."""
     try:
         yield
+    except rex.NoPermissionError as exc:
+        user = _user(url)
+        raise PermissionDenied(
+            f"the server at {redact(url)} refuses this to user {user!r}: {exc} "
+            f"(a read-only user can follow and read sessions, not publish or set channels)"
+        ) from exc
     except (rex.ConnectionError, rex.TimeoutError) as exc:
         raise ServerUnavailable(f"cannot reach the server at {redact(url)}: {exc}", url) from exc
     except rex.RedisError as exc:
