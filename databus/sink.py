@@ -29,7 +29,7 @@ import numpy as np
 import redis
 
 from .encoding import Descriptor, FileRef, block_entries, record_entry, ref_entry
-from .errors import ClosedError, FlushFailed, ReadTimeout, redact, translate_redis_errors
+from .errors import BusFull, ClosedError, FlushFailed, ReadTimeout, redact, translate_redis_errors
 from .runners import GeventRunner, ThreadRunner
 
 log = logging.getLogger(__name__)
@@ -221,9 +221,15 @@ class Sink:
         refresh_keys: Callable[[], list[str]],
         url: str,
         pool: BufferPool,
+        guard: Callable[..., Any] | None = None,
+        bus_full_timeout: float = 30.0,
         name: str = "databus-sink",
     ) -> None:
         self._client = client
+        self._guard = guard
+        self._bus_full_timeout = bus_full_timeout
+        self._oom_since: float | None = None
+        self._next_guard = 0.0
         with translate_redis_errors(url):
             self._conn: Any = client.connection_pool.get_connection()
         self.pool = pool
@@ -375,7 +381,18 @@ class Sink:
         commands = batch.commands
         if time.monotonic() >= self._next_refresh:
             commands = commands + self._refresh_commands()
-        self._transact(commands)
+        self._guard_if_due()
+        while True:
+            try:
+                self._transact(commands)
+                break
+            except redis.OutOfMemoryError as exc:
+                self._wait_for_memory(exc)  # the server applied nothing: send it all again
+        if self._oom_since is not None:
+            log.warning(
+                "the server has room again after %.1f s", time.monotonic() - self._oom_since
+            )
+            self._oom_since = None
         self._flushes += 1
         self._entries += sum(1 for c in batch.commands if c[0] == "XADD")
         with self._lock:
@@ -477,6 +494,33 @@ class Sink:
         if first is not None:
             raise first
 
+    def _guard_if_due(self) -> None:
+        """Run the memory guard about once a second while data flows."""
+        now = time.monotonic()
+        if self._guard is not None and now >= self._next_guard:
+            self._next_guard = now + 1.0
+            self._guard()
+
+    def _wait_for_memory(self, exc: BaseException) -> None:
+        """The server is at its cap: evict what can go, wait, or give up with BusFull."""
+        now = time.monotonic()
+        if self._oom_since is None:
+            self._oom_since = now
+            log.warning(
+                "the server at %s is at its memory cap: send() waits for room (BusFull after %g s)",
+                redact(self._url),
+                self._bus_full_timeout,
+            )
+        if now - self._oom_since > self._bus_full_timeout:
+            raise BusFull(
+                f"the server at {redact(self._url)} stayed at its memory cap for "
+                f"{self._bus_full_timeout:g} s with no ended scan left to delete: running scans "
+                f"fill it. Raise its maxmemory, end scans, or declare frame channels lossy=True"
+            ) from exc
+        if self._guard is not None:
+            self._guard(force=True)
+        time.sleep(0.05)
+
     def _refresh_commands(self) -> list[tuple[Any, ...]]:
         self._next_refresh = time.monotonic() + self._running_ttl / 4
         return [("PEXPIRE", key, self._ttl_ms) for key in self._refresh_keys()]
@@ -487,7 +531,7 @@ class Sink:
 
     # ------------------------------------------------------------------ closing
 
-    def _failure(self) -> FlushFailed:
+    def _failure(self) -> FlushFailed | BusFull:
         lost = []
         for buf in self._channels:
             accepted = buf.accepted
@@ -498,7 +542,8 @@ class Sink:
                 )
         detail = "; ".join(lost) if lost else "all accepted points were acknowledged"
         error = self._error
-        exc = FlushFailed(
+        kind = BusFull if isinstance(error, BusFull) else FlushFailed
+        exc = kind(
             f"writing to {redact(self._url)} failed ({type(error).__name__}: {error}); "
             f"not acknowledged: {detail}"
         )

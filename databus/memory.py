@@ -1,0 +1,161 @@
+"""Keeping the server under its memory cap by deleting the oldest *ended* scans, whole.
+
+The server runs with ``maxmemory`` and ``noeviction``: it refuses writes past the cap
+rather than dropping keys at random. ``MemoryGuard.check()`` reads ``used_memory``; past
+``high`` x cap it deletes ended scans, oldest first (from the ``P:scans`` index), every key
+of each, and notes ``evicted`` in their session's log, until usage is under ``low`` x cap.
+A running scan is never touched. The publisher runs the guard when it creates a scan,
+about once a second while it flushes, and whenever the server answers OOM; ``databus
+memory-guard`` runs it in a loop for servers no databus publisher writes to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import keys
+from .states import ScanState
+
+if TYPE_CHECKING:
+    from .bus import Bus
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardReport:
+    """What one check did: memory before and after (bytes), the cap, scans deleted."""
+
+    used_before: int
+    used_after: int
+    cap: int
+    evicted: tuple[str, ...]
+
+
+class MemoryGuard:
+    """Deletes ended scans, oldest first, when the server's memory passes ``high`` x cap,
+    until it is under ``low`` x cap. ``cap`` None reads the server's ``maxmemory``."""
+
+    def __init__(
+        self, bus: Bus, cap: int | None = None, high: float = 0.85, low: float = 0.7
+    ) -> None:
+        if not 0 < low < high <= 1:
+            raise ValueError(f"need 0 < low < high <= 1, got low={low}, high={high}")
+        self.bus, self.high, self.low = bus, high, low
+        self._cap = cap
+
+    def cap(self) -> int:
+        """The memory cap in bytes (the server's ``maxmemory`` unless given)."""
+        if self._cap is None:
+            self._cap = int(self.bus.redis.info("memory").get("maxmemory", 0) or 0)
+        return self._cap
+
+    def used(self) -> int:
+        return int(self.bus.redis.info("memory")["used_memory"])
+
+    def check(self, force: bool = False) -> GuardReport:
+        """Evict ended scans if memory is past the high-water mark, or with ``force``
+        (the server has just refused a write: a large pipeline counts toward its memory
+        while it is queued, so usage read afterwards can look lower than it was)."""
+        cap = self.cap()
+        before = used = self.used()
+        evicted: list[str] = []
+        if cap and (force or used > self.high * cap):
+            for key in self._ended_scans_oldest_first():
+                self._evict(key)
+                evicted.append(key)
+                used = self.used()
+                if used < self.low * cap:
+                    break
+            if used > self.high * cap and not evicted:
+                log.warning(
+                    "memory %.0f MB of %.0f MB cap, and no ended scan is left to delete: "
+                    "the running scans fill it",
+                    used / 1e6,
+                    cap / 1e6,
+                )
+        if evicted:
+            log.warning(
+                "memory was %.0f MB of %.0f MB: deleted %d ended scans (%s), now %.0f MB",
+                before / 1e6,
+                cap / 1e6,
+                len(evicted),
+                ", ".join(evicted),
+                used / 1e6,
+            )
+        return GuardReport(before, used, cap, tuple(evicted))
+
+    def _ended_scans_oldest_first(self) -> list[str]:
+        prefix = self.bus.settings.prefix
+        scan_keys: list[Any] = list(self.bus.redis.zrange(keys.scans(prefix), 0, -1))
+        names = [k.decode() if isinstance(k, bytes) else k for k in scan_keys]
+        pipe = self.bus.redis.pipeline(transaction=False)
+        for key in names:
+            pipe.hget(key, "state")
+        states = pipe.execute() if names else []
+        return [
+            k
+            for k, s in zip(names, states, strict=True)
+            if s is not None and int(s) == ScanState.ENDED
+        ]
+
+    def _evict(self, key: str) -> None:
+        """Delete every key of the ended scan ``key`` and note it in its session log."""
+        prefix, session, number = keys.parse_scan(key)
+        fields: list[Any] = list(self.bus.redis.hkeys(key))
+        names = [f.decode() if isinstance(f, bytes) else f for f in fields]
+        channels = [f[3:] for f in names if f.startswith("ch:")]
+        pipe = self.bus.redis.pipeline(transaction=True)
+        pipe.delete(
+            key,
+            keys.scan_log(key),
+            keys.scan_control(key),
+            *[keys.channel(key, name) for name in channels],
+        )
+        pipe.zrem(keys.scans(prefix), key)
+        pipe.xadd(
+            keys.session_log(prefix, session),
+            {"event": "evicted", "scan": key, "number": number, "time": time.time()},
+        )
+        pipe.execute()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``databus memory-guard``: keep a server under its cap, checking every interval."""
+    import argparse
+
+    from .bus import connect
+
+    parser = argparse.ArgumentParser(
+        prog="databus memory-guard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--url", default=None)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
+    parser.add_argument(
+        "--high", type=float, default=0.85, help="fraction of the cap that triggers"
+    )
+    parser.add_argument(
+        "--low", type=float, default=0.7, help="fraction of the cap to get back under"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    bus = connect(args.url)
+    guard = MemoryGuard(bus, high=args.high, low=args.low)
+    log.info(
+        "guarding %r: cap %.0f MB, high %.0f%%, low %.0f%%",
+        bus,
+        guard.cap() / 1e6,
+        100 * args.high,
+        100 * args.low,
+    )
+    try:
+        while True:
+            guard.check()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
