@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -324,7 +325,9 @@ def _cast(desc: Descriptor, block: np.ndarray) -> np.ndarray:
         or (src.kind == "f" and dt.kind in "fc")
         or (src.kind == "c" and dt.kind == "c")
     )
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"), warnings.catch_warnings():
+        # complex -> real warns; the round trip below refuses what lost its imaginary part
+        warnings.simplefilter("ignore", np.exceptions.ComplexWarning)
         out = block.astype(dt)
         if widening:
             return out

@@ -1,0 +1,235 @@
+"""Bad input, fuzzed with hypothesis: every case ends in a clear exception or a skipped,
+logged entry; no hang, no crash of a walk, no corruption of other channels.
+
+Example counts (sum >= 10,000): coerce 3000, metadata 2000, names 1500, raw entries 3000,
+records 500, server round trips 300, walks over garbage 100, shared-channel garbage 100.
+"""
+
+import contextlib
+import math
+import threading
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import databus
+from databus import encoding as enc
+from databus import keys
+from databus.errors import CorruptEntry, DtypeError, MetadataError, PointError, ShapeError
+
+NUMERIC = [
+    "bool",
+    "int8",
+    "uint8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+]
+FAST = settings(deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def fuzz(examples):
+    """Hypothesis settings for ``examples`` cases, without deadlines (a shared CI box)."""
+    return settings(FAST, max_examples=examples)
+
+
+point_shapes = st.sampled_from([(), (3,), (2, 2), (1, 4, 2)])
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text() | st.binary(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+awkward = (
+    anything
+    | st.builds(object)
+    | st.sets(st.integers(), max_size=3)
+    | st.just(1j)
+    | st.just(math.inf)
+)
+
+
+def value_for_a_channel():
+    return st.one_of(
+        hnp.arrays(
+            st.sampled_from([*NUMERIC, "U3", "M8[s]"]),
+            hnp.array_shapes(min_dims=0, max_dims=4, max_side=4),
+        ),
+        st.none(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.lists(st.lists(st.floats(), max_size=3), max_size=3),  # ragged more often than not
+        st.text(max_size=4),
+        st.binary(max_size=4),
+        st.complex_numbers(),
+    )
+
+
+@fuzz(3000)
+@given(dtype=st.sampled_from(NUMERIC), shape=point_shapes, value=value_for_a_channel())
+def test_coerce_accepts_or_says_why(dtype, shape, value):
+    desc = enc.Descriptor.create("c", dtype, shape)
+    try:
+        block = enc.coerce(desc, value)
+    except (DtypeError, ShapeError) as exc:
+        assert "'c'" in str(exc)  # the message names the channel
+        return
+    assert block.dtype == np.dtype(dtype) and block.shape[1:] == shape and block.flags.c_contiguous
+    source = np.asarray(value)
+    if source.dtype.kind in "iub" and np.dtype(dtype).kind in "iub":  # exact for integers
+        assert np.array_equal(block.reshape(-1), source.astype(dtype).reshape(-1))
+
+
+@fuzz(2000)
+@given(info=awkward)
+def test_metadata_round_trips_or_names_the_culprit(info):
+    try:
+        raw = enc.pack_meta({"k": info}, what="scan info")
+    except MetadataError as exc:
+        assert "scan info" in str(exc)
+        return
+    enc.unpack_meta(raw)  # whatever was packed unpacks
+
+
+@fuzz(1500)
+@given(
+    session=st.text(min_size=1, max_size=60)
+    | st.builds(lambda c, n: c * n, st.characters(), st.integers(10_000, 10_050)),
+    channel=st.text(max_size=40),
+    number=st.integers(1, 10**9),
+)
+def test_any_name_makes_keys_that_round_trip_in_one_slot(session, channel, number):
+    scan = keys.scan("p", session, number)
+    assert keys.parse_scan(scan) == ("p", session, number)
+    assert keys.hash_slot(keys.channel(scan, channel)) == keys.hash_slot(scan)
+    assert keys.unescape(keys.escape(channel)) == channel
+
+
+raw_fields = st.dictionaries(
+    st.sampled_from([b"d", b"n", b"m", b"r", b"end", b"x", "d", "n"]),
+    st.binary(max_size=40) | st.integers().map(lambda i: str(i).encode()),
+    max_size=4,
+)
+raw_ids = st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 4)).map(
+    lambda t: b"%d-%d" % t
+) | st.just(enc.SEAL_ID)
+
+
+@fuzz(3000)
+@given(
+    kind=st.sampled_from(["array", "json", "ref", "frames"]),
+    entries=st.lists(st.tuples(raw_ids, raw_fields), max_size=5),
+)
+def test_decoding_garbage_yields_blocks_or_a_corrupt_entry(kind, entries):
+    desc = {
+        "array": enc.Descriptor.create("c", "float64", (2,)),
+        "json": enc.Descriptor.create("c", None, kind="json"),
+        "ref": enc.Descriptor.create("c", "uint16", (2, 2), kind="ref"),
+        "frames": enc.Descriptor.create("c", "uint8", (3 * enc.ENTRY_BYTES,)),
+    }[kind]
+    try:
+        for item in enc.decode_entries(desc, "key", entries):
+            assert isinstance(item, (int, enc.Block))
+    except CorruptEntry as exc:
+        assert exc.key == "key" and exc.entry_id is not None
+
+
+@fuzz(500)
+@given(records=st.lists(awkward, max_size=5))
+def test_record_packing(records):
+    try:
+        packed = [enc.pack_record(r, "log") for r in records]
+    except MetadataError as exc:
+        assert "channel 'log'" in str(exc)
+        return
+    _, fields = enc.record_entry(0, packed)
+    (block,) = enc.decode_entries(
+        enc.Descriptor.create("log", None, kind="json"),
+        "k",
+        [(b"0-1", {k: (str(v).encode() if isinstance(v, int) else v) for k, v in fields.items()})],
+    )
+    assert block.count == len(records)
+
+
+@pytest.fixture(scope="module")
+def fuzz_bus(valkey_server):
+    bus = databus.connect(f"{valkey_server.url}/15", prefix="fuzz")
+    yield bus
+    bus.redis.flushdb()
+    bus.close()
+
+
+@fuzz(300)
+@given(
+    dtype=st.sampled_from(NUMERIC),
+    shape=point_shapes,
+    values=st.lists(value_for_a_channel(), min_size=1, max_size=4),
+)
+def test_bad_sends_leave_the_scan_and_its_other_channels_intact(fuzz_bus, dtype, shape, values):
+    scan = fuzz_bus.session("fz").create_scan(title="fuzz")
+    fuzzed = scan.channel("fuzzed", dtype, shape)
+    witness = scan.channel("witness", "float64")
+    accepted = 0
+    for i, value in enumerate(values):
+        witness.send(float(i))
+        try:
+            fuzzed.send(value)
+            accepted += len(enc.coerce(fuzzed.desc, value))
+        except PointError:
+            pass
+    scan.end()
+    node = fuzz_bus.scan(scan.key)
+    assert node.channels["witness"].get_as_array().tolist() == [
+        float(i) for i in range(len(values))
+    ]
+    assert len(node.channels["fuzzed"]) == accepted
+
+
+@fuzz(100)
+@given(
+    garbage=st.lists(st.tuples(st.integers(0, 50), raw_fields), min_size=1, max_size=5),
+    log_garbage=st.lists(raw_fields, max_size=3),
+)
+def test_a_walk_survives_garbage_in_streams_and_logs(fuzz_bus, garbage, log_garbage):
+    session = fuzz_bus.session("walk")
+    scan = session.create_scan(title="garbage")
+    good, bad = scan.channel("good", "float64"), scan.channel("bad", "float64")
+    scan.prepare()
+    good.send(np.arange(5.0))
+    for fields in log_garbage:
+        fuzz_bus.redis.xadd(keys.scan_log(scan.key), fields or {b"x": b"1"})
+    for index, fields in sorted(garbage, key=lambda g: g[0]):
+        with contextlib.suppress(redis.ResponseError):  # an ID out of order: refused
+            fuzz_bus.redis.xadd(bad.key, fields or {b"x": b"1"}, id=f"{index + 100}-1")
+    scan.end()
+    events = list(session.node.walk_events(wait=False))
+    mine = [e for e in events if e.node.db_name.startswith(scan.key)]
+    assert mine[-1].type is databus.EventType.END_SCAN
+    got = [e.data for e in mine if e.type is databus.EventType.NEW_DATA and e.node.name == "good"]
+    assert np.concatenate([d.data for d in got]).tolist() == [0, 1, 2, 3, 4]
+
+
+@fuzz(100)
+@given(message=st.binary(max_size=60))
+def test_garbage_on_a_shared_channel_topic_is_ignored(fuzz_bus, message):
+    from databus.channels import Channel
+
+    holder = Channel("fuzzed_flag", default_value="safe", bus=fuzz_bus)
+    fuzz_bus.redis.publish(holder.key, message)
+    holder.value = "still fine"
+    deadline = threading.Event()
+    deadline.wait(0.01)
+    assert holder.value == "still fine"
