@@ -55,6 +55,8 @@ class Settings:
     connect_timeout: seconds to wait for the server before ``ServerUnavailable``.
     bus_full_timeout: how long ``send()``/``end()`` wait while the server is at its memory
         cap with nothing left to evict, before ``BusFull``.
+    reconnect_timeout: how long a publisher keeps reconnecting to a server that went away
+        (its points stay buffered meanwhile) before ``FlushFailed``.
     memory_guard: publishers delete the oldest ended scans when memory runs high
         (``databus.memory``).
     run_dir: where the embedded server keeps its state; None means ``default_run_dir()``.
@@ -71,6 +73,7 @@ class Settings:
     concurrency: Concurrency = "auto"
     connect_timeout: float = 5.0
     bus_full_timeout: float = 30.0
+    reconnect_timeout: float = 60.0
     memory_guard: bool = True
     run_dir: Path | None = None
     server_binary: str | None = None
@@ -78,7 +81,13 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
             raise ValueError(f"prefix must be non-empty without braces, got {self.prefix!r}")
-        for name in ("running_ttl", "retention_ttl", "connect_timeout", "bus_full_timeout"):
+        for name in (
+            "running_ttl",
+            "retention_ttl",
+            "connect_timeout",
+            "bus_full_timeout",
+            "reconnect_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
         for name in ("memory_cap", "buffer_bytes", "scalar_queue"):

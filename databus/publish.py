@@ -220,6 +220,7 @@ class Scan:
             pool=self.bus.buffer_pool,
             guard=_guard(self.bus),
             bus_full_timeout=settings.bus_full_timeout,
+            reconnect_timeout=settings.reconnect_timeout,
             name=f"databus-sink-{session.name}-{number}",
         )
         _live_scans.add(self)

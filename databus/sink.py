@@ -223,11 +223,13 @@ class Sink:
         pool: BufferPool,
         guard: Callable[..., Any] | None = None,
         bus_full_timeout: float = 30.0,
+        reconnect_timeout: float = 60.0,
         name: str = "databus-sink",
     ) -> None:
         self._client = client
         self._guard = guard
         self._bus_full_timeout = bus_full_timeout
+        self._reconnect_timeout = reconnect_timeout
         self._oom_since: float | None = None
         self._next_guard = 0.0
         with translate_redis_errors(url):
@@ -478,6 +480,36 @@ class Sink:
         XADD the server wakes it with that alone, and it needs another round trip for the
         rest. The sink's own connection and packing, rather than redis-py's Pipeline,
         because its bookkeeping costs the flusher more GIL time than the I/O."""
+        resent = False
+        lost_since: float | None = None
+        while True:
+            try:
+                self._exchange(commands, resent)
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # The connection dropped or the server restarted: reconnect and send the
+                # batch again. Entry IDs are point indices, so what the server already has
+                # is refused as "equal or smaller", which _exchange takes as written.
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since > self._reconnect_timeout:
+                    raise
+                if not resent:
+                    log.warning(
+                        "lost the server at %s (%s); reconnecting for up to %g s",
+                        redact(self._url),
+                        exc,
+                        self._reconnect_timeout,
+                    )
+                resent = True
+                self._conn.disconnect()
+                time.sleep(min(1.0, 0.05 + (now - lost_since) / 4))
+        if resent:
+            log.warning("reconnected to %s and sent the batch again", redact(self._url))
+
+    def _exchange(self, commands: list[tuple[Any, ...]], resent: bool) -> None:
+        """One MULTI/EXEC round trip; after a reconnect (``resent``), entries the server
+        already holds are not an error."""
         conn = self._conn
         conn.send_packed_command(
             conn.pack_commands([("MULTI",), *commands, ("EXEC",)]), check_health=False
@@ -490,7 +522,10 @@ class Sink:
                 first = first or exc
                 continue
             if isinstance(reply, list):
-                first = first or next((r for r in reply if isinstance(r, Exception)), None)
+                errors = [r for r in reply if isinstance(r, Exception)]
+                if resent:
+                    errors = [e for e in errors if "equal or smaller" not in str(e)]
+                first = first or (errors[0] if errors else None)
         if first is not None:
             raise first
 

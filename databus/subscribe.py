@@ -27,6 +27,7 @@ from .errors import (
     NotYetPublished,
     ReadTimeout,
     ScanStateError,
+    ServerUnavailable,
     UnknownScan,
     translate_redis_errors,
 )
@@ -678,12 +679,37 @@ def _walk(
     with translate_redis_errors(bus.url):
         conn = pool.get_connection()  # the walk's own, for its blocking reads
     reading = False
+    lost_since: float | None = None
     try:
         while not (stop_handler is not None and stop_handler.stopped):
-            with translate_redis_errors(bus.url):
-                reading = True
-                reply = _xread(conn, asm.streams(), asm.read_count(), block_ms if wait else None)
+            try:
+                with translate_redis_errors(bus.url):
+                    reading = True
+                    reply = _xread(
+                        conn, asm.streams(), asm.read_count(), block_ms if wait else None
+                    )
+                    reading = False
+            except ServerUnavailable as exc:
+                # Keep the cursors, reconnect, carry on where the walk was; a walk that
+                # does not wait has nothing to wait for.
+                if not wait:
+                    raise
                 reading = False
+                now = time.monotonic()
+                if lost_since is None:
+                    lost_since = now
+                    log.warning("walk of %s: %s; reconnecting", session.name, exc)
+                conn.disconnect()
+                time.sleep(min(2.0, 0.05 + (now - lost_since) / 4))
+                continue
+            if lost_since is not None:
+                log.warning(
+                    "walk of %s: reconnected after %.1f s",
+                    session.name,
+                    time.monotonic() - lost_since,
+                )
+                lost_since = None
+            with translate_redis_errors(bus.url):
                 if not reply:
                     if not wait:
                         return
