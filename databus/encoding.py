@@ -330,7 +330,14 @@ def _cast(desc: Descriptor, block: np.ndarray) -> np.ndarray:
         warnings.simplefilter("ignore", np.exceptions.ComplexWarning)
         out = block.astype(dt)
         if widening:
-            return out
+            overflowed = np.isinf(out) & np.isfinite(block) if dt.kind in "fc" else None
+            if overflowed is None or not overflowed.any():
+                return out
+            bad = block.reshape(-1)[np.flatnonzero(overflowed.reshape(-1))[0]].item()
+            raise DtypeError(
+                f"channel {desc.name!r} holds {dt} points: {bad!r} ({src}) is too large for "
+                f"{dt} (it would become infinite); declare the channel with dtype {src}"
+            )
         back = out.astype(src)
     same = back == block
     if same.all():

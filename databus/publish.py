@@ -109,9 +109,10 @@ class ChannelWriter(ChannelBuffer):
         self._sink = scan._sink
         self._copy = copy
         fast = desc.kind == "array" and desc.shape == () and not desc.lossy
-        #: Python type that takes the lock-free path (one float into a float channel).
+        #: Python type that takes the lock-free path (one float into a float64 channel:
+        #: narrower float channels go through coerce(), which refuses overflows).
         self._fast_type: type | None = None
-        if fast and desc.dtype is not None and desc.dtype.kind == "f":
+        if fast and desc.dtype is not None and desc.dtype == np.float64:
             self._fast_type = float
         elif fast and desc.dtype is not None and desc.dtype.kind == "b":
             self._fast_type = bool

@@ -153,6 +153,13 @@ class TestCoerce:
         with pytest.raises(DtypeError, match="300"):
             enc.coerce(enc.Descriptor.create("b", "uint8"), 300)
 
+    def test_a_float_too_large_for_a_narrower_float_is_refused(self):
+        f2 = enc.Descriptor.create("half", "float16")
+        with pytest.raises(DtypeError, match=r"'half' holds float16 points: 1e\+300 .*too large"):
+            enc.coerce(f2, 1e300)
+        assert np.isinf(enc.coerce(f2, np.inf)[0])  # an infinity stays one
+        assert enc.coerce(f2, 1000.0)[0] == 1000.0
+
     def test_nan_and_widening_are_kept(self):
         out = enc.coerce(self.f8, [np.nan, 1])
         assert np.isnan(out[0]) and out[1] == 1

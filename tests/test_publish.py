@@ -233,6 +233,15 @@ class TestBadInput:
         assert read_channel(bus, scan.key, "n")[0].tolist() == [7]
         assert read_channel(bus, scan.key, "img")[1] == 1
 
+    def test_a_float_that_would_overflow_a_narrower_channel_is_refused(self, bus):
+        scan = bus.session("overflow").create_scan()
+        x = scan.channel("x", "float32")
+        with pytest.raises(databus.DtypeError, match="too large for float32"):
+            x.send(1e300)  # a Python float: it must not slip through as inf
+        x.send(1.5)
+        scan.end()
+        assert read_channel(bus, scan.key, "x")[0].tolist() == [1.5]
+
     def test_nan_is_kept_in_float_channels(self, bus):
         scan = bus.session("nan").create_scan()
         x = scan.channel("x", "float32")
