@@ -222,6 +222,7 @@ class NexusWriter:
     ) -> None:
         if layout not in ("session", "scan"):
             raise ValueError(f"layout must be 'session' or 'scan', not {layout!r}")
+        _h5py()  # fail here, once, rather than on every scan
         self.bus = bus
         self.sessions = list(sessions)
         self.root = Path(root)
