@@ -95,12 +95,12 @@ class _File:
         self._lock: Any = None
 
     def _take_lock(self) -> None:
-        """Hold ``<file>.lock`` while this writer has the file: no two writers write one
+        """Hold ``.<file>.lock`` while this writer has the file: no two writers write one
         file, and only the lock's holder may repair what a killed writer left."""
         if self._lock is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(self.path.with_name(self.path.name + ".lock"), "w")  # noqa: SIM115
+        lock = open(self.path.with_name(f".{self.path.name}.lock"), "w")  # noqa: SIM115
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
