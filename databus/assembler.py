@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import keys
-from .encoding import SEAL_ID, Block, Descriptor, decode_entries, parse_id
+from .encoding import SEAL_ID, Block, Descriptor, decode_entries, field, parse_id, text
 from .errors import CorruptEntry
 from .events import Event, EventData, EventType, ScanEnd
 
@@ -52,15 +52,6 @@ def make_filter(include: str | Iterable[str] | Filter | None) -> Filter:
         return include
     wanted = {include} if isinstance(include, str) else set(include)
     return lambda node: node.type in wanted
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _field(fields: dict, name: str) -> Any:
-    value = fields.get(name.encode())
-    return fields.get(name) if value is None else value
 
 
 @dataclasses.dataclass
@@ -158,13 +149,13 @@ class Assembler:
         for key, entries in reply:
             if key == self.session_log:
                 for _, fields in entries:
-                    scan = _field(fields, "scan")
-                    created = _text(_field(fields, "event")) == "created"
-                    if created and scan is not None and _text(scan) not in self._scans:
-                        needed.add(_text(scan))
+                    scan = field(fields, "scan")
+                    created = text(field(fields, "event")) == "created"
+                    if created and scan is not None and text(scan) not in self._scans:
+                        needed.add(text(scan))
             elif key in self._by_log:
                 for _, fields in entries:
-                    if _text(_field(fields, "event")) in ("channel", "info"):
+                    if text(field(fields, "event")) in ("channel", "info"):
                         needed.add(self._by_log[key])
         return needed
 
@@ -220,9 +211,9 @@ class Assembler:
         for entry_id, fields in entries:
             if self._held in self._scans:
                 break  # the rest is read again once the replayed scan has ended
-            self.cursors[self.session_log] = _text(entry_id)
-            if _text(_field(fields, "event")) == "created" and _field(fields, "scan"):
-                key = _text(_field(fields, "scan"))
+            self.cursors[self.session_log] = text(entry_id)
+            if text(field(fields, "event")) == "created" and field(fields, "scan"):
+                key = text(field(fields, "scan"))
                 events += self.add_scan(key, records.get(key))
                 if key in self._sequential:
                     self._held = key
@@ -234,20 +225,20 @@ class Assembler:
         scan = self._scans[scan_key]
         events: list[Event] = []
         for entry_id, fields in entries:
-            self.cursors[keys.scan_log(scan_key)] = _text(entry_id)
-            what = _text(_field(fields, "event") or b"")
+            self.cursors[keys.scan_log(scan_key)] = text(entry_id)
+            what = text(field(fields, "event") or b"")
             record = records.get(scan_key)
             if what in ("channel", "info") and record and hasattr(scan.node, "_update"):
                 scan.node._update(record)  # the node's channels and info as of now
             if what == "channel":
-                events += self._new_channel(scan, _text(_field(fields, "name")), record)
+                events += self._new_channel(scan, text(field(fields, "name")), record)
             elif what in ("prepared", "started"):
                 events += self._prepared(scan)
             elif what == "ended":
                 events += self._start_reading(scan)
-                reason = _text(_field(fields, "reason") or b"finished")
-                error = _field(fields, "error")
-                scan.end = ScanEnd(reason, None if error is None else _text(error))
+                reason = text(field(fields, "reason") or b"finished")
+                error = field(fields, "error")
+                scan.end = ScanEnd(reason, None if error is None else text(error))
                 if hasattr(scan.node, "_ended"):
                     scan.node._ended(scan.end)
                 events += self._maybe_end(scan_key, scan)
@@ -258,7 +249,7 @@ class Assembler:
     def _new_channel(self, scan: _Scan, name: str, record: dict | None) -> list[Event]:
         if not scan.descend or name in scan.channels:
             return []
-        raw = _field(record or {}, f"ch:{name}")
+        raw = field(record or {}, f"ch:{name}")
         if raw is None:
             self._skip(keys.scan_log(scan.node.db_name), "-", f"no descriptor for channel {name!r}")
             return []
@@ -338,7 +329,7 @@ class Assembler:
 
     @staticmethod
     def _cursor_after(desc: Descriptor, entries: Entries) -> str:
-        last = _text(entries[-1][0])
+        last = text(entries[-1][0])
         if desc.parts > 1 and last != SEAL_ID.decode():
             index, part = parse_id(last)
             if part < desc.parts:
@@ -358,8 +349,8 @@ class Assembler:
         return [Event(EventType.END_SCAN, scan.node, scan.end)] if scan.wanted else []
 
     def _skip(self, key: str, entry_id: Any, message: str) -> None:
-        self.skipped.append((key, _text(entry_id), message))
-        log.warning("databus walk: skipped %s entry %s: %s", key, _text(entry_id), message)
+        self.skipped.append((key, text(entry_id), message))
+        log.warning("databus walk: skipped %s entry %s: %s", key, text(entry_id), message)
 
 
 def _merge(blocks: list[Block]) -> list[Block]:

@@ -414,11 +414,15 @@ class Block:
     count: int
 
 
-def _field(fields: dict, name: bytes) -> Any:
-    value = fields.get(name)
-    if value is None:
-        value = fields.get(name.decode())
-    return value
+def text(value: Any) -> str:
+    """``value`` as str: bytes from the server are decoded as UTF-8."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def field(fields: dict, name: str) -> Any:
+    """``fields[name]`` whether the server's keys came back as bytes or as str."""
+    value = fields.get(name.encode())
+    return fields.get(name) if value is None else value
 
 
 def decode_entries(
@@ -434,7 +438,7 @@ def decode_entries(
     for raw_id, fields in entries:
         eid = raw_id if isinstance(raw_id, bytes) else raw_id.encode()
         if eid == SEAL_ID:
-            total = _field(fields, b"end")
+            total = field(fields, "end")
             try:
                 yield int(total)
             except (TypeError, ValueError):
@@ -447,9 +451,9 @@ def decode_entries(
         try:
             index, part = parse_id(eid)
             if desc.kind == "json":
-                yield Block(index, unpack_meta(_field(fields, b"m")), int(_field(fields, b"n")))
+                yield Block(index, unpack_meta(field(fields, "m")), int(field(fields, "n")))
             elif desc.kind == "ref":
-                file, dataset, start, stop = unpack_meta(_field(fields, b"r"))
+                file, dataset, start, stop = unpack_meta(field(fields, "r"))
                 ref = FileRef(file, dataset, start, stop)
                 yield Block(index, [ref], len(ref))
             elif desc.parts == 1:
@@ -459,7 +463,7 @@ def decode_entries(
                     pending, pending_index = [], index
                 if index != pending_index or part != len(pending) + 1:
                     raise ValueError(f"part {part} of point {index} out of sequence")
-                pending.append(bytes(_field(fields, b"d")))
+                pending.append(bytes(field(fields, "d")))
                 if part == desc.parts:
                     data = np.frombuffer(b"".join(pending), dtype=desc.dtype)
                     pending = []
@@ -475,8 +479,8 @@ def decode_entries(
 
 
 def _decode_block(desc: Descriptor, index: int, fields: dict) -> Block:
-    raw = _field(fields, b"d")
-    n = int(_field(fields, b"n"))
+    raw = field(fields, "d")
+    n = int(field(fields, "n"))
     data = np.frombuffer(raw, dtype=desc.dtype)
     expected = n * math.prod(desc.shape)
     if data.size != expected:

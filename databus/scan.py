@@ -32,6 +32,7 @@ from .errors import DatabusError
 from .publish import Scan as PublishedScan
 from .sim import ElapsedTimeCounter, PointContext, SimDetector, SimMotor
 from .states import EndReason
+from .subscribe import read_streams
 
 __all__ = [
     "Scan",
@@ -300,46 +301,47 @@ class Scan:
         """While the scan runs: take stop requests from the control stream, and call
         ``on_timeout`` whenever no point came for ``watchdog_timeout`` seconds."""
         ctl = keys.scan_control(str(self.key))
-        cursor = "0-0"
-        client = bus.redis
-        while self._running:
-            timeout = self._watchdog.watchdog_timeout if self._watchdog else 1.0
-            block = max(1, int(min(0.1, timeout) * 1000))
-            try:
-                entries = _read_after(client, ctl, cursor, block)
-            except Exception as exc:  # the server went away: keep the watchdog going
-                log.warning("scan %s: cannot read stop requests (%s)", self.key, exc)
-                entries = []
-                time.sleep(0.1)
+        cursor: Any = "0-0"
+        conn = bus.redis.connection_pool.get_connection()  # its own: the read blocks
+        try:
+            while self._running:
+                cursor = self._watch_once(conn, ctl, cursor)
+        finally:
+            bus.redis.connection_pool.release(conn)
+
+    def _watch_once(self, conn: Any, ctl: str, cursor: Any) -> Any:
+        """One round of ``_monitor``: read stop requests (blocking up to 0.1 s), then
+        call ``on_timeout`` if it is due. Returns the control stream's new cursor."""
+        timeout = self._watchdog.watchdog_timeout if self._watchdog else 1.0
+        block = max(1, int(min(0.1, timeout) * 1000))
+        try:
+            replies = read_streams(conn, {ctl: cursor}, 16, block)
+        except Exception as exc:  # the server went away: keep the watchdog going
+            log.warning("scan %s: cannot read stop requests (%s)", self.key, exc)
+            conn.disconnect()
+            replies = []
+            time.sleep(0.1)
+        for _, entries in replies:
             for entry_id, fields in entries:
                 cursor = entry_id
                 if fields.get(b"event") == b"stop":
                     self._stop_reason = fields.get(b"reason", b"requested").decode(errors="replace")
-            if self._watchdog is not None and time.monotonic() - self._last_point > timeout:
-                self._last_point = time.monotonic()  # call again after another timeout
-                try:
-                    self._watchdog.on_timeout()
-                except StopIteration:
-                    self._stop_reason = "watchdog timeout"
-                except Exception as exc:
-                    self._abort = _HookFailed("on_timeout")
-                    self._abort.__cause__ = exc
+        if self._watchdog is not None and time.monotonic() - self._last_point > timeout:
+            self._last_point = time.monotonic()  # call again after another timeout
+            try:
+                self._watchdog.on_timeout()
+            except StopIteration:
+                self._stop_reason = "watchdog timeout"
+            except Exception as exc:
+                self._abort = _HookFailed("on_timeout")
+                self._abort.__cause__ = exc
+        return cursor
 
     @staticmethod
     def _detector_file(det: SimDetector, bus: Bus, published: PublishedScan) -> Path:
         base = det.directory or (bus.settings.server_dir / "detectors")
         safe = f"{published.session.name}_{published.number}_{det.name}.h5".replace("/", "_")
         return Path(base) / safe
-
-
-def _read_after(client: Any, key: str, cursor: Any, block_ms: int) -> list[tuple[Any, dict]]:
-    """Entries of stream ``key`` after ``cursor``, waiting up to ``block_ms``."""
-    reply = client.xread({key: cursor}, block=block_ms)
-    if not reply:
-        return []
-    if isinstance(reply, dict):  # RESP3: {key: [entries]}
-        return list(next(iter(reply.values()))[0])
-    return list(reply[0][1])
 
 
 def _run_or_return(scan: Scan, run: bool) -> Scan:

@@ -20,7 +20,17 @@ import numpy as np
 
 from . import keys
 from .assembler import START, Assembler, make_filter
-from .encoding import SEAL_ID, Block, Descriptor, FileRef, decode_entries, parse_id, unpack_meta
+from .encoding import (
+    SEAL_ID,
+    Block,
+    Descriptor,
+    FileRef,
+    decode_entries,
+    field,
+    parse_id,
+    text,
+    unpack_meta,
+)
 from .errors import (
     DataExpired,
     EndOfData,
@@ -49,10 +59,6 @@ _MAX_SEQ = "18446744073709551615"
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _xrange(bus: Bus, key: str, start: str = "-", end: str = "+") -> Entries:
     """Entries of stream ``key`` from ``start`` to ``end``, typed as the server sends them."""
     return cast(Entries, bus.redis.xrange(key, start, end))
@@ -62,11 +68,6 @@ def _last_entry(bus: Bus, key: str) -> tuple[bytes, dict[bytes, bytes]] | None:
     """The last entry of stream ``key`` (None if empty or absent)."""
     last = cast(Entries, bus.redis.xrevrange(key, count=1))
     return last[0] if last else None
-
-
-def _record_field(record: dict, name: str) -> Any:
-    value = record.get(name.encode())
-    return record.get(name) if value is None else value
 
 
 class StopHandler:
@@ -128,7 +129,7 @@ class SessionNode(Node):
         with translate_redis_errors(self.bus.url):
             entries = _xrange(self.bus, self.log_key)
             found = [
-                _text(f[b"scan"])
+                text(f[b"scan"])
                 for _, f in entries
                 if f.get(b"event") == b"created" and b"scan" in f
             ]
@@ -257,8 +258,8 @@ class ScanNode(Node):
 
     def _update(self, record: dict) -> None:
         self._record = record
-        self.number = int(_record_field(record, "number") or 0)
-        raw = _record_field(record, "info")
+        self.number = int(field(record, "number") or 0)
+        raw = field(record, "info")
         self._info = unpack_meta(raw) if raw else {}
         self._channels: dict[str, ChannelNode] | None = None
 
@@ -281,22 +282,22 @@ class ScanNode(Node):
     @property
     def state(self) -> ScanState:
         """The state as last read (``refresh()`` reads it again)."""
-        return ScanState(int(_record_field(self._record, "state") or 0))
+        return ScanState(int(field(self._record, "state") or 0))
 
     @property
     def end_reason(self) -> EndReason | str | None:
-        raw = _record_field(self._record, "end_reason")
+        raw = field(self._record, "end_reason")
         if raw is None:
             return None
         try:
-            return EndReason(_text(raw))
+            return EndReason(text(raw))
         except ValueError:
-            return _text(raw)
+            return text(raw)
 
     @property
     def error(self) -> str | None:
-        raw = _record_field(self._record, "error")
-        return None if raw is None else _text(raw)
+        raw = field(self._record, "error")
+        return None if raw is None else text(raw)
 
     def refresh(self) -> ScanNode:
         """Read the scan record again; ``UnknownScan`` if it is gone."""
@@ -314,7 +315,7 @@ class ScanNode(Node):
         if self._channels is None:
             found = {}
             for field, raw in self._record.items():
-                if _text(field).startswith("ch:"):
+                if text(field).startswith("ch:"):
                     desc = Descriptor.from_meta(raw)
                     found[desc.name] = ChannelNode(self.bus, self, desc)
             listed = [n for n in self._info.get("channels") or () if n in found]
@@ -349,13 +350,13 @@ class ScanNode(Node):
         with translate_redis_errors(self.bus.url):
             while True:
                 for entry_id, fields in _xrange(self.bus, log_key, _after(cursor)):
-                    cursor = _text(entry_id)
+                    cursor = text(entry_id)
                     if fields.get(b"event") == b"ended":
                         self.refresh()
                         error = fields.get(b"error")
                         return ScanEnd(
-                            self.end_reason or _text(fields.get(b"reason", b"")),
-                            None if error is None else _text(error),
+                            self.end_reason or text(fields.get(b"reason", b"")),
+                            None if error is None else text(error),
                         )
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -429,7 +430,7 @@ class ChannelNode(Node):
         if last is None:
             return 0, False
         entry_id, fields = last
-        if _text(entry_id) == SEAL_ID.decode():
+        if text(entry_id) == SEAL_ID.decode():
             return int(fields[b"end"]), True
         index, part = parse_id(entry_id)
         if self.desc.kind == "array" and self.desc.parts > 1:
@@ -580,8 +581,8 @@ class ChannelNode(Node):
         if exists and first >= length:
             raise self._beyond(first, last, length, sealed)
         where = (
-            f"; the file writer saved them in {_text(file)}"
-            + (f":{_text(dataset)}" if dataset else "")
+            f"; the file writer saved them in {text(file)}"
+            + (f":{text(dataset)}" if dataset else "")
             if file
             else "; no file writer recorded where they were saved"
         )
@@ -592,20 +593,21 @@ class ChannelNode(Node):
             scan=self.scan.key,
             first=first,
             last=last,
-            file=None if file is None else _text(file),
-            dataset=None if dataset is None else _text(dataset),
+            file=None if file is None else text(file),
+            dataset=None if dataset is None else text(dataset),
         )
 
 
 # --------------------------------------------------------------------- walks
 
 
-def _xread(
+def read_streams(
     conn: Any, streams: dict[str, str], count: int, block_ms: int | None
 ) -> list[tuple[str, Entries]]:
-    """One XREAD on the walk's own connection, parsed here: redis-py's reply callback
-    (a dict per entry, through generic helpers) costs ~50 µs a call, a quarter of the
-    round trip on this machine."""
+    """One XREAD on ``conn`` (a connection of its caller's own: a blocking read holds it),
+    parsed here: redis-py's reply callback (a dict per entry, through generic helpers)
+    costs ~50 µs a call, a quarter of the round trip on this machine. Returns
+    [(stream key, [(entry id, fields)])]; blocks up to ``block_ms`` (None: not at all)."""
     args: list[Any] = ["XREAD", "COUNT", count]
     if block_ms is not None:
         args += ["BLOCK", block_ms]
@@ -616,7 +618,7 @@ def _xread(
         return []
     pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 array
     return [
-        (_text(key), [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries])
+        (text(key), [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries])
         for key, entries in pairs
     ]
 
@@ -646,11 +648,11 @@ def _walk(
     with translate_redis_errors(bus.url):
         entries = _xrange(bus, session.log_key)
     created = [
-        (_text(i), _text(f[b"scan"]))
+        (text(i), text(f[b"scan"]))
         for i, f in entries
         if f.get(b"event") == b"created" and b"scan" in f
     ]
-    ended = {_text(f[b"scan"]) for _, f in entries if f.get(b"event") == b"ended" and b"scan" in f}
+    ended = {text(f[b"scan"]) for _, f in entries if f.get(b"event") == b"ended" and b"scan" in f}
     asm = Assembler(
         session.log_key,
         make_scan=lambda key, record: ScanNode(bus, key, record, session),
@@ -664,7 +666,7 @@ def _walk(
         if from_last:
             asm.cursors[session.log_key] = _before(created[-1][0]) if created else START
         elif not replay:
-            asm.cursors[session.log_key] = _text(entries[-1][0]) if entries else START
+            asm.cursors[session.log_key] = text(entries[-1][0]) if entries else START
         first: list[Event] = []
         if not replay and running:
             live = [key for _, key in created if key not in ended]
@@ -685,7 +687,7 @@ def _walk(
             try:
                 with translate_redis_errors(bus.url):
                     reading = True
-                    reply = _xread(
+                    reply = read_streams(
                         conn, asm.streams(), asm.read_count(), block_ms if wait else None
                     )
                     reading = False

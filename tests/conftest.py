@@ -151,6 +151,18 @@ def eventually(condition, timeout=5.0):
     return condition()
 
 
+def ping(url, timeout=0.5):
+    """True if a server answers at ``url`` (for waiting on servers a test starts)."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
+
+
 @pytest.fixture
 def beamline(bus):
     """A fresh simulated beamline publishing into session ``runner`` of this test's bus."""

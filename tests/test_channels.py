@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import eventually
+from conftest import eventually, ping
 
 import databus
 from databus.channels import Channel
@@ -120,13 +120,13 @@ def test_a_holder_reconnects_after_a_server_restart_and_reads_the_value(tmp_path
     server = start()
     url = f"redis://127.0.0.1:{port}"
     try:
-        assert eventually(lambda: _ping(url))
+        assert eventually(lambda: ping(url))
         holder_bus = databus.connect(url, prefix="rs")
         holder = Channel("state", value="before", bus=holder_bus)
         server.kill()
         server.wait()
         server = start()
-        assert eventually(lambda: _ping(url))
+        assert eventually(lambda: ping(url))
         other = databus.connect(url, prefix="rs")
         Channel("state", bus=other).value = "after"  # the new server's version 1
         assert eventually(lambda: holder.value == "after", timeout=10)
@@ -135,15 +135,6 @@ def test_a_holder_reconnects_after_a_server_restart_and_reads_the_value(tmp_path
     finally:
         server.kill()
         server.wait()
-
-
-def _ping(url):
-    import redis
-
-    try:
-        return redis.Redis.from_url(url, socket_connect_timeout=0.2).ping()
-    except redis.RedisError:
-        return False
 
 
 def test_channels_under_gevent(bus, tmp_path):

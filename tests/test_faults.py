@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import redis
-from conftest import eventually
+from conftest import eventually, ping
 
 import databus
 from databus.server import _free_port, server_binary
@@ -87,17 +87,11 @@ def restartable(tmp_path):
     ]
     url = f"redis://127.0.0.1:{port}"
 
-    def up():
-        try:
-            return redis.Redis.from_url(url, socket_connect_timeout=0.2).ping()
-        except redis.RedisError:
-            return False
-
     procs = []
 
     def start():
         procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
-        assert eventually(up, timeout=10)
+        assert eventually(lambda: ping(url), timeout=10)
 
     def kill():
         procs[-1].kill()

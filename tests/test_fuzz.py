@@ -13,6 +13,7 @@ import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 import redis
+from conftest import DTYPES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,22 +22,7 @@ from databus import encoding as enc
 from databus import keys
 from databus.errors import CorruptEntry, DtypeError, MetadataError, PointError, ShapeError
 
-NUMERIC = [
-    "bool",
-    "int8",
-    "uint8",
-    "int16",
-    "uint16",
-    "int32",
-    "uint32",
-    "int64",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-    "complex64",
-    "complex128",
-]
+NUMERIC = DTYPES
 FAST = settings(deadline=None, suppress_health_check=list(HealthCheck))
 
 

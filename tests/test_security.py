@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from conftest import eventually
+from conftest import eventually, ping
 
 import databus
 from databus.channels import Channel
@@ -103,13 +103,7 @@ def tls_url(tmp_path):
     )
     url = f"rediss://127.0.0.1:{port}?ssl_ca_certs={ca}"
 
-    def up():
-        try:
-            return redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-        except redis.RedisError:
-            return False
-
-    assert eventually(up, timeout=10)
+    assert eventually(lambda: ping(url), timeout=10)
     yield url, port
     proc.kill()
     proc.wait()
