@@ -19,6 +19,7 @@ from .errors import (
     CorruptEntry,
     DatabusError,
     DataExpired,
+    DataLost,
     DtypeError,
     EndOfData,
     FlushFailed,
@@ -37,7 +38,7 @@ from .errors import (
     SinkFull,
     UnknownScan,
 )
-from .events import Event, EventData, EventType, ScanEnd
+from .events import DataGap, Event, EventData, EventType, ScanEnd
 from .publish import ChannelWriter, Scan
 from .sink import FlushPolicy, SinkStatistics
 from .states import EndReason, ScanState
@@ -54,6 +55,8 @@ __all__ = [
     "ClosedError",
     "CorruptEntry",
     "DataExpired",
+    "DataGap",
+    "DataLost",
     "DatabusError",
     "Descriptor",
     "DtypeError",

@@ -8,6 +8,7 @@ Per scan, the order is guaranteed by construction::
     scan log "channel"     -> NEW_NODE(channel)
     scan log "prepared"    -> PREPARED_SCAN            start reading the channel streams
     channel entries        -> NEW_DATA (one per channel and batch, contiguous points)
+    gap markers            -> GAP (points this reader will never get, in index order)
     scan log "ended"  and every followed channel sealed
                            -> END_SCAN(ScanEnd)        stop reading the scan's streams
 
@@ -26,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from . import keys
-from .encoding import SEAL_ID, Block, Descriptor, decode_entries, field, parse_id, text
+from .encoding import SEAL_ID, Block, Descriptor, Gap, decode_entries, field, parse_id, text
 from .errors import CorruptEntry
-from .events import Event, EventData, EventType, ScanEnd
+from .events import DataGap, Event, EventData, EventType, ScanEnd
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class _Channel:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     sealed: bool = False
     total: int | None = None
+    next: int = 0  # index after the last point delivered or reported missing
 
 
 @dataclasses.dataclass
@@ -242,7 +244,7 @@ class Assembler:
                 if hasattr(scan.node, "_ended"):
                     scan.node._ended(scan.end)
                 events += self._maybe_end(scan_key, scan)
-            elif what != "created":
+            elif what not in ("created", "gap"):  # gaps come as markers in the streams
                 self._skip(keys.scan_log(scan_key), entry_id, f"unknown log event {what!r}")
         return events
 
@@ -293,23 +295,32 @@ class Assembler:
         scan = self._scans[scan_key]
         channel = scan.channels[name]
         desc = channel.desc
-        blocks = self._decode(channel, entries)
+        items = self._decode(channel, entries)
         self.cursors[key] = self._cursor_after(desc, entries)
-        events = [
-            Event(
-                EventType.NEW_DATA,
-                channel.node,
-                EventData(b.first, b.data, channel.info, b.count),
-            )
-            for b in _merge(blocks)
-        ]
+        events = []
+        for item in _merge(items):
+            end = item.first + item.count
+            if isinstance(item, Block):
+                events.append(
+                    Event(
+                        EventType.NEW_DATA,
+                        channel.node,
+                        EventData(item.first, item.data, channel.info, item.count),
+                    )
+                )
+            elif end > channel.next:  # only what this reader has not had
+                first = max(item.first, channel.next)
+                events.append(
+                    Event(EventType.GAP, channel.node, DataGap(first, end - first, item.reason))
+                )
+            channel.next = max(channel.next, end)
         if channel.sealed:
             del self.cursors[key]
             del self._by_channel[key]
             events += self._maybe_end(scan_key, scan)
         return events
 
-    def _decode(self, channel: _Channel, entries: Entries) -> list[Block]:
+    def _decode(self, channel: _Channel, entries: Entries) -> list[Block | Gap]:
         try:
             items = list(decode_entries(channel.desc, channel.key, entries))
         except CorruptEntry:
@@ -319,13 +330,13 @@ class Assembler:
                     items += decode_entries(channel.desc, channel.key, [entry])
                 except CorruptEntry as exc:
                     self._skip(channel.key, entry[0], str(exc))
-        blocks = []
+        decoded: list[Block | Gap] = []
         for item in items:
             if isinstance(item, int):
                 channel.sealed, channel.total = True, item
             else:
-                blocks.append(item)
-        return blocks
+                decoded.append(item)
+        return decoded
 
     @staticmethod
     def _cursor_after(desc: Descriptor, entries: Entries) -> str:
@@ -353,15 +364,17 @@ class Assembler:
         log.warning("databus walk: skipped %s entry %s: %s", key, text(entry_id), message)
 
 
-def _merge(blocks: list[Block]) -> list[Block]:
-    """Join contiguous blocks into one per run (a lossy channel's gap starts a new run)."""
-    runs: list[list[Block]] = []
-    for block in blocks:
-        if runs and runs[-1][-1].first + runs[-1][-1].count == block.first:
-            runs[-1].append(block)
+def _merge(items: list[Block | Gap]) -> list[Block | Gap]:
+    """Join contiguous blocks into one per run; a gap ends a run and is kept as it is."""
+    runs: list[list[Any]] = []
+    for item in items:
+        last = runs[-1][-1] if runs else None
+        contiguous = isinstance(last, Block) and last.first + last.count == item.first
+        if isinstance(item, Block) and contiguous:
+            runs[-1].append(item)
         else:
-            runs.append([block])
-    merged = []
+            runs.append([item])
+    merged: list[Block | Gap] = []
     for run in runs:
         if len(run) == 1:
             merged.append(run[0])

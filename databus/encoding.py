@@ -8,12 +8,18 @@ the index of its first point, so index arithmetic needs no lookup::
     points      0 1 2 3 4 | 5 6 7 | 8 ...         entry ID   fields
     entry A     [0 ..... 4]                       "0-1"      d=<5 points>, n=5
     entry B                 [5 ... 7]             "5-1"      d=<3 points>, n=3
+    gap marker                                    "12-0"     gap=8, why=<reason>
     seal                                          MAX-MAX    end=<total points>
 
 A point larger than ``entry_bytes`` (a big frame) is split into parts with IDs
 ``<index>-1``, ``<index>-2``... so that no entry crosses an allocator size class (a 2 MiB
 frame in one entry would cost 2.5 MiB on jemalloc). The seal has the largest possible ID:
 nothing can follow it, and a reader blocked in XREAD sees it as an ordinary entry.
+
+Points that will never be in the stream (a lossy channel dropped them, or the server
+restarted without them) are announced by a gap marker ``<stop>-0``: it sorts after every
+point before ``stop`` and right before the next point's entry, so any reader that misses
+some of them reads it.
 """
 
 from __future__ import annotations
@@ -60,6 +66,16 @@ def parse_id(raw: bytes | str) -> tuple[int, int]:
 def is_seal(raw: bytes | str) -> bool:
     """True for the ID of a stream's seal entry."""
     return (raw if isinstance(raw, bytes) else raw.encode()) == SEAL_ID
+
+
+#: Reasons a gap marker gives.
+GAP_DROPPED = "dropped"  # a lossy channel dropped them to stay within the scan's buffer
+GAP_SERVER_LOST = "server lost"  # acknowledged, then lost when the server restarted empty
+
+
+def gap_entry(first: int, stop: int, reason: str) -> tuple[bytes, dict[bytes, Any]]:
+    """The marker entry saying points ``first`` .. ``stop - 1`` will never be published."""
+    return entry_id(stop, 0), {b"gap": first, b"why": reason}
 
 
 def seal_fields(total: int) -> dict[Any, Any]:
@@ -414,6 +430,29 @@ class Block:
     count: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """Points ``first .. first+count-1`` that will never be in the stream, and why
+    (``GAP_DROPPED``, ``GAP_SERVER_LOST``)."""
+
+    first: int
+    count: int
+    reason: str
+
+
+def points_through(desc: Descriptor, raw_id: bytes | str, fields: dict) -> int:
+    """How many points a stream vouches for (published, dropped or lost) when ``raw_id``
+    (with ``fields``) is its last entry: the seal's total, or the index after that entry."""
+    if is_seal(raw_id):
+        return int(field(fields, "end"))
+    index, part = parse_id(raw_id)
+    if part == 0:  # a gap marker ends at its own index
+        return index
+    if desc.kind == "array" and desc.parts > 1:
+        return index + (1 if part == desc.parts else 0)
+    return index + int(field(fields, "n") or 1)
+
+
 def text(value: Any) -> str:
     """``value`` as str: bytes from the server are decoded as UTF-8."""
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -427,8 +466,9 @@ def field(fields: dict, name: str) -> Any:
 
 def decode_entries(
     desc: Descriptor, key: str, entries: Iterable[tuple[bytes, dict]]
-) -> Iterator[Block | int]:
-    """Decode stream entries into ``Block``s; the seal yields the total point count as an int.
+) -> Iterator[Block | Gap | int]:
+    """Decode stream entries into ``Block``s and ``Gap``s; the seal yields the total point
+    count as an int.
 
     Parts of a split point must be consecutive in ``entries``; an incomplete trailing point
     is left out (read it again with the next batch). ``CorruptEntry`` names key and ID.
@@ -450,7 +490,12 @@ def decode_entries(
             continue
         try:
             index, part = parse_id(eid)
-            if desc.kind == "json":
+            if part == 0:
+                first = int(field(fields, "gap"))
+                if not 0 <= first < index:
+                    raise ValueError(f"gap marker from {first} to {index}")
+                yield Gap(first, index - first, text(field(fields, "why") or b"unknown"))
+            elif desc.kind == "json":
                 yield Block(index, unpack_meta(field(fields, "m")), int(field(fields, "n")))
             elif desc.kind == "ref":
                 file, dataset, start, stop = unpack_meta(field(fields, "r"))

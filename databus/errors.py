@@ -7,6 +7,8 @@ The tree::
     ├── InvalidURL (ValueError)              a URL databus cannot use
     ├── ReadTimeout (TimeoutError)           a read or wait gave up after its timeout
     ├── DataExpired (IndexError)             the points were written but are gone from Redis
+    │   └── DataLost                         ... and were never kept: dropped by a lossy
+    │                                        channel, or lost by a server restarted empty
     ├── NotYetPublished (IndexError)         the points have not been written (yet)
     ├── EndOfData (IndexError)               past the end of an ended scan: never will be
     ├── CorruptEntry (ValueError)            a stored entry cannot be decoded
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import redis.exceptions as rex
 
@@ -79,6 +82,15 @@ class DataExpired(DatabusError, IndexError):
         self.channel, self.scan = channel, scan
         self.first, self.last = first, last
         self.file, self.dataset = file, dataset
+
+
+class DataLost(DataExpired):
+    """Points that will never be readable: a gap marker says why (``reason``: ``dropped``
+    by a lossy channel, or ``server lost``)."""
+
+    def __init__(self, message: str, *, reason: str, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.reason = reason
 
 
 class NotYetPublished(DatabusError, IndexError):

@@ -15,11 +15,13 @@ from .states import EndReason
 
 class EventType(enum.Enum):
     """Kinds of event, in the order a scan produces them: its NEW_NODE, then its channels'
-    NEW_NODE, PREPARED_SCAN, NEW_DATA (any number), END_SCAN last."""
+    NEW_NODE, PREPARED_SCAN, NEW_DATA (any number), END_SCAN last. GAP comes, in index
+    order among a channel's NEW_DATA, for points that will never come (``DataGap``)."""
 
     NEW_NODE = "new_node"
     PREPARED_SCAN = "prepared_scan"
     NEW_DATA = "new_data"
+    GAP = "gap"
     END_SCAN = "end_scan"
     NEW_DATA_IN_CHANNEL = "new_data"  # the older BLISS name, an alias of NEW_DATA
 
@@ -35,6 +37,16 @@ class EventData(NamedTuple):
     block_size: int
 
 
+class DataGap(NamedTuple):
+    """The data of GAP: points ``first_index`` .. ``first_index + count - 1`` of the
+    channel will never be delivered; ``reason`` is ``dropped`` (a lossy channel dropped
+    them to keep up) or ``server lost`` (the server restarted without them)."""
+
+    first_index: int
+    count: int
+    reason: str
+
+
 class ScanEnd(NamedTuple):
     """The data of END_SCAN: why the scan ended, and the error text if it failed."""
 
@@ -44,7 +56,7 @@ class ScanEnd(NamedTuple):
 
 class Event(NamedTuple):
     """One event of a walk: its type, the node it is about, and its data (``EventData``
-    for NEW_DATA, ``ScanEnd`` for END_SCAN, None otherwise)."""
+    for NEW_DATA, ``DataGap`` for GAP, ``ScanEnd`` for END_SCAN, None otherwise)."""
 
     type: EventType
     node: Any

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Iterable
@@ -26,13 +27,17 @@ import redis
 
 from . import keys
 from .encoding import (
+    GAP_DROPPED,
+    GAP_SERVER_LOST,
     SEAL_ID,
     ChannelKind,
     Descriptor,
     FileRef,
     coerce,
+    gap_entry,
     pack_meta,
     pack_record,
+    points_through,
     seal_fields,
 )
 from .errors import (
@@ -53,6 +58,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _live_scans: weakref.WeakSet[Scan] = weakref.WeakSet()
+
+#: Raises a session's scan counter to at least ARGV[1], adds ARGV[2], returns it: a
+#: server restarted without its data restarts counters at 0, and this process must not
+#: hand out a number it has already used.
+_COUNTER = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if n < floor then n = floor end
+n = n + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], n)
+return n
+"""
+#: The highest scan number this process has created or restored, per (url, prefix, session).
+_numbers: dict[tuple[str, str, str], int] = {}
+_numbers_lock = threading.Lock()
+
+
+def _known_number(session: Session, number: int | None = None) -> int:
+    """The highest scan number this process knows of in ``session`` (raised to ``number``)."""
+    where = (session.bus.url, session.bus.settings.prefix, session.name)
+    with _numbers_lock:
+        if number is not None and number > _numbers.get(where, 0):
+            _numbers[where] = number
+        return _numbers.get(where, 0)
 
 
 @atexit.register
@@ -108,6 +137,8 @@ class ChannelWriter(ChannelBuffer):
         self.scan = scan
         self._sink = scan._sink
         self._copy = copy
+        #: [first, stop) ranges of acknowledged points a restarted server lost.
+        self.lost: list[tuple[int, int]] = []
         fast = desc.kind == "array" and desc.shape == () and not desc.lossy
         #: Python type that takes the lock-free path (one float into a float64 channel:
         #: narrower float channels go through coerce(), which refuses overflows).
@@ -201,11 +232,12 @@ class Scan:
     at the end of a ``with`` block (an exception ends it as failed/interrupted, with the
     error text in its record)."""
 
-    def __init__(self, session: Session, number: int, info: dict[str, Any]) -> None:
+    def __init__(self, session: Session, number: int, info: dict[str, Any], created: float) -> None:
         self.session = session
         self.bus = session.bus
         self.number = number
         self.key = keys.scan(self.bus.settings.prefix, session.name, number)
+        self.created = created
         self._info = dict(info)
         self.state = ScanState.CREATED
         self.end_reason: EndReason | None = None
@@ -220,6 +252,7 @@ class Scan:
             url=self.bus.url,
             pool=self.bus.buffer_pool,
             guard=_guard(self.bus),
+            restore=self._restore,
             bus_full_timeout=settings.bus_full_timeout,
             reconnect_timeout=settings.reconnect_timeout,
             name=f"databus-sink-{session.name}-{number}",
@@ -230,47 +263,19 @@ class Scan:
     def create(cls, session: Session, info: dict[str, Any]) -> Scan:
         """Number a new scan atomically and write its record and log entries."""
         bus = session.bus
-        prefix = bus.settings.prefix
         packed_info = pack_meta(info, what="scan info")
         now = time.time()
-        running_ms = int(bus.settings.running_ttl * 1000)
-        retention_ms = int(bus.settings.retention_ttl * 1000)
-        oldest = now - bus.settings.retention_ttl
         check_memory = _guard(bus)
         if check_memory is not None:
             check_memory()
+        seq = keys.session_seq(bus.settings.prefix, session.name)
         with translate_redis_errors(bus.url):
-            number = int(bus.redis.incr(keys.session_seq(prefix, session.name)))
-            key = keys.scan(prefix, session.name, number)
+            number = int(bus.redis.eval(_COUNTER, 1, seq, _known_number(session), 1))
+            _known_number(session, number)
             pipe = bus.redis.pipeline(transaction=True)
-            pipe.hset(
-                key,
-                mapping={
-                    "session": session.name,
-                    "number": number,
-                    "info": packed_info,
-                    "state": int(ScanState.CREATED),
-                    "created": now,
-                },
-            )
-            pipe.pexpire(key, running_ms)
-            pipe.xadd(keys.scan_log(key), {"event": "created", "time": now})
-            pipe.pexpire(keys.scan_log(key), running_ms)
-            slog = keys.session_log(prefix, session.name)
-            pipe.xadd(
-                slog,
-                {"event": "created", "scan": key, "number": number, "time": now},
-                minid=int(oldest * 1000),
-                approximate=True,
-            )
-            for k in (slog, keys.session_seq(prefix, session.name)):
-                pipe.pexpire(k, retention_ms)
-            for index, member in ((keys.sessions(prefix), session.name), (keys.scans(prefix), key)):
-                pipe.zadd(index, {member: now})
-                pipe.zremrangebyscore(index, "-inf", oldest)
-                pipe.pexpire(index, retention_ms)
+            _write_creation(pipe, session, number, packed_info, now)
             pipe.execute()
-        return cls(session, number, info)
+        return cls(session, number, info, now)
 
     def __repr__(self) -> str:
         reason = f" ({self.end_reason.value})" if self.end_reason else ""
@@ -326,6 +331,72 @@ class Scan:
         self._sink.add(writer)
         self.channels[name] = writer
         return writer
+
+    def _restore(self) -> None:
+        """After a reconnection: if the server lost this scan's record (it restarted without
+        its data), write it and the log entries again; for each channel whose stream holds
+        fewer points than the server had acknowledged, write a gap marker over the lost
+        ones and note them in the record and the scan log, so no reader misses them
+        silently. Runs in the flusher; raises redis-py's errors."""
+        r = self.bus.redis
+        writers = list(self.channels.values())
+        pipe = r.pipeline(transaction=False)
+        pipe.hexists(self.key, "number")
+        for w in writers:
+            pipe.xrevrange(w.key, count=1)
+        has_record, *lasts = pipe.execute()
+        lost = {}
+        for w, last in zip(writers, lasts, strict=True):
+            stored = points_through(w.desc, *last[0]) if last else 0
+            if stored < w.acked_end:
+                lost[w] = (stored, w.acked_end)
+        if has_record and not lost:
+            return
+        running_ms = int(self.bus.settings.running_ttl * 1000)
+        pipe = r.pipeline(transaction=True)
+        if not has_record:
+            self._rebuild(pipe)
+        for w, (first, stop) in lost.items():
+            entry_id, fields = gap_entry(first, stop, GAP_SERVER_LOST)
+            pipe.xadd(w.key, fields, id=entry_id)
+            pipe.pexpire(w.key, running_ms)
+            w.lost.append((first, stop))
+            pipe.hset(self.key, f"lost:{w.name}", pack_meta(w.lost))
+            pipe.xadd(
+                keys.scan_log(self.key),
+                {"event": "gap", "channel": w.name, "first": first, "stop": stop},
+            )
+        pipe.execute()
+        for w, (first, stop) in lost.items():
+            log.error(
+                "scan %s channel %r: the server restarted without points %d..%d it had "
+                "acknowledged; marked as a gap",
+                self.key,
+                w.name,
+                first,
+                stop - 1,
+            )
+
+    def _rebuild(self, pipe: Any) -> None:
+        """Queue the commands that write this scan's record and log entries again."""
+        log.error(
+            "scan %s: the server lost its record (restarted empty?); writing it again", self.key
+        )
+        _known_number(self.session, self.number)
+        seq = keys.session_seq(self.bus.settings.prefix, self.session.name)
+        pipe.eval(_COUNTER, 1, seq, self.number, 0)
+        _write_creation(pipe, self.session, self.number, pack_meta(self._info), self.created)
+        slog = keys.session_log(self.bus.settings.prefix, self.session.name)
+        for name, w in self.channels.items():
+            pipe.hset(self.key, f"ch:{name}", w.desc.to_meta())
+            pipe.xadd(keys.scan_log(self.key), {"event": "channel", "name": name})
+        now = time.time()
+        pipe.hset(self.key, mapping={"state": int(self.state), "restored": now})
+        for state in (ScanState.PREPARED, ScanState.STARTED):
+            if self.state >= state:
+                event = {"event": state.name.lower(), "time": now}
+                pipe.xadd(keys.scan_log(self.key), event)
+                pipe.xadd(slog, {**event, "scan": self.key, "number": self.number})
 
     def _keys(self) -> list[str]:
         """Every key of this scan."""
@@ -420,9 +491,13 @@ class Scan:
         for writer in self.channels.values():
             if writer._dropped:
                 fields[f"dropped:{writer.name}"] = writer._dropped
+        trailing = [w for w in self.channels.values() if w._sent_end < w._head_index]
         event: dict[Any, Any] = {"event": "ended", "reason": reason.value, "time": now}
         with translate_redis_errors(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
+            for writer in trailing:  # the last points a lossy channel dropped
+                entry_id, gap = gap_entry(writer._sent_end, writer._head_index, GAP_DROPPED)
+                pipe.xadd(writer.key, gap, id=entry_id)
             for writer in self.channels.values():
                 pipe.xadd(writer.key, dict(seal_fields(writer._head_index)), id=SEAL_ID)
             pipe.hset(self.key, mapping=fields)
@@ -449,3 +524,40 @@ class Scan:
     def statistics(self) -> SinkStatistics:
         """Counters of the scan's sink (buffered bytes, flushes, dropped points...)."""
         return self._sink.statistics()
+
+
+def _write_creation(
+    pipe: Any, session: Session, number: int, packed_info: bytes, created: float
+) -> None:
+    """Queue what creating scan ``number`` writes: its record, its log's first entry, the
+    session log's entry, the indexes, and their TTLs (running for the scan's keys)."""
+    settings = session.bus.settings
+    prefix = settings.prefix
+    running_ms = int(settings.running_ttl * 1000)
+    retention_ms = int(settings.retention_ttl * 1000)
+    oldest = time.time() - settings.retention_ttl
+    key = keys.scan(prefix, session.name, number)
+    record = {
+        "session": session.name,
+        "number": number,
+        "info": packed_info,
+        "state": int(ScanState.CREATED),
+        "created": created,
+    }
+    pipe.hset(key, mapping=record)
+    pipe.pexpire(key, running_ms)
+    pipe.xadd(keys.scan_log(key), {"event": "created", "time": created})
+    pipe.pexpire(keys.scan_log(key), running_ms)
+    slog = keys.session_log(prefix, session.name)
+    pipe.xadd(
+        slog,
+        {"event": "created", "scan": key, "number": number, "time": created},
+        minid=int(oldest * 1000),
+        approximate=True,
+    )
+    for k in (slog, keys.session_seq(prefix, session.name)):
+        pipe.pexpire(k, retention_ms)
+    for index, member in ((keys.sessions(prefix), session.name), (keys.scans(prefix), key)):
+        pipe.zadd(index, {member: created})
+        pipe.zremrangebyscore(index, "-inf", oldest)
+        pipe.pexpire(index, retention_ms)

@@ -11,7 +11,9 @@ rates). The buffer is bounded: a full buffer blocks ``send()``; a lossy channel 
 oldest points instead and counts them.
 
 Errors are never swallowed: the first one stops the flusher, and the next ``send()`` or
-``close()`` raises ``FlushFailed`` from it, naming the points not acknowledged.
+``close()`` raises ``FlushFailed`` from it, naming the points not acknowledged. A dropped
+connection or a restarted server is not an error: the flusher reconnects, lets the scan
+restore what a server restarted empty has lost (``restore``), and sends the batch again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from typing import Any
 import numpy as np
 import redis
 
-from .encoding import Descriptor, FileRef, block_entries, record_entry, ref_entry
+from .encoding import (
+    GAP_DROPPED,
+    Descriptor,
+    FileRef,
+    block_entries,
+    gap_entry,
+    record_entry,
+    ref_entry,
+)
 from .errors import BusFull, ClosedError, FlushFailed, ReadTimeout, redact, translate_redis_errors
 from .runners import GeventRunner, ThreadRunner
 
@@ -41,6 +51,9 @@ _MERGE_BELOW = 256 * 1024
 _RECORDS_PER_ENTRY = 4096
 #: Points at least this large are copied into a ``BufferPool``, not fresh memory.
 POOL_MIN_BYTES = 64 * 1024
+#: An idle flusher checks its connection this often (seconds), so a restarted server is
+#: noticed, and what it lost restored, even while no points come.
+HEARTBEAT_S = 1.0
 
 
 class Admission(enum.Enum):
@@ -57,7 +70,9 @@ class FlushPolicy:
 
     max_buffer_bytes: the most a scan holds that Redis has not acknowledged.
     max_flush_bytes: the most one flush (one round trip) carries, so a backlog of frames
-        goes out in steady pieces instead of one huge pipeline.
+        goes out in steady pieces instead of one huge pipeline; never more than half the
+        buffer (``flush_budget``), so a lossy channel always has queued points to drop
+        while a flush is in flight, and keeps its newest.
     """
 
     max_buffer_bytes: int = 256 * 2**20
@@ -66,6 +81,11 @@ class FlushPolicy:
     def __post_init__(self) -> None:
         if self.max_buffer_bytes <= 0 or self.max_flush_bytes <= 0:
             raise ValueError("max_buffer_bytes and max_flush_bytes must be > 0")
+
+    @property
+    def flush_budget(self) -> int:
+        """Bytes one flush takes at most."""
+        return max(1, min(self.max_flush_bytes, self.max_buffer_bytes // 2))
 
     def admit(self, buffered: int, incoming: int, lossy: bool) -> Admission:
         """Accept ``incoming`` bytes on top of ``buffered``, block, or drop older points.
@@ -163,6 +183,9 @@ class ChannelBuffer:
         self._fast_limit = fast_limit
         self._queued_bytes = 0  # bytes of queued items that are not Python scalars
         self._head_index = 0  # index of the first queued point (flusher side)
+        self._sent_end = 0  # index after the last point (or gap) put into a batch
+        #: Index after the last point (or gap) the server acknowledged.
+        self.acked_end = 0
         self._acked = 0
         self._dropped = 0
         self._expiring = False
@@ -198,6 +221,7 @@ class _Batch:
 
     commands: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     points: dict[ChannelBuffer, int] = dataclasses.field(default_factory=dict)
+    ends: dict[ChannelBuffer, int] = dataclasses.field(default_factory=dict)
     blocks: list[Any] = dataclasses.field(default_factory=list)
     nbytes: int = 0
 
@@ -208,7 +232,8 @@ class Sink:
     ``client`` is a dedicated redis-py client (see ``Bus.publisher_client``); ``pool``
     takes back the frame buffers of acknowledged points; ``refresh_keys`` returns the
     scan's keys whose TTL the flusher renews every
-    ``running_ttl / 4`` seconds while the scan runs.
+    ``running_ttl / 4`` seconds while the scan runs; ``restore`` is called after every
+    reconnection, before the batch is sent again (it raises redis-py's errors).
     """
 
     def __init__(
@@ -222,12 +247,14 @@ class Sink:
         url: str,
         pool: BufferPool,
         guard: Callable[..., Any] | None = None,
+        restore: Callable[[], None] | None = None,
         bus_full_timeout: float = 30.0,
         reconnect_timeout: float = 60.0,
         name: str = "databus-sink",
     ) -> None:
         self._client = client
         self._guard = guard
+        self._restore = restore
         self._bus_full_timeout = bus_full_timeout
         self._reconnect_timeout = reconnect_timeout
         self._oom_since: float | None = None
@@ -253,6 +280,7 @@ class Sink:
         self._flushes = 0
         self._entries = 0
         self._next_refresh = time.monotonic() + running_ttl / 4
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_S
         self._task = runner.spawn(self._run, name)
 
     # ------------------------------------------------------------ producer side
@@ -354,12 +382,16 @@ class Sink:
                 pending = any(buf._queue for buf in self._channels)
                 if not self.policy.should_flush(pending, in_flight=False):
                     if self._closing:
+                        # Make sure of the server before the scan writes its end: one
+                        # restarted empty gets the scan's record back first.
+                        self._transact([("PING",)])
                         return
                     self._refresh_if_due()
                     self.idle = True
                     self._wake.clear()
                     if not any(buf._queue for buf in self._channels) and not self._closing:
-                        self._wake.wait(max(0.0, self._next_refresh - time.monotonic()))
+                        due = min(self._next_refresh, self._next_heartbeat)
+                        self._wake.wait(max(0.0, due - time.monotonic()))
                     self.idle = False
                     continue
                 self._flush_once()
@@ -378,7 +410,7 @@ class Sink:
         for buf in self._channels:
             if buf._queue:
                 self._collect(buf, batch)
-            if batch.nbytes >= self.policy.max_flush_bytes:
+            if batch.nbytes >= self.policy.flush_budget:
                 break
         commands = batch.commands
         if time.monotonic() >= self._next_refresh:
@@ -401,6 +433,8 @@ class Sink:
             self._buffered -= batch.nbytes
         for buf, count in batch.points.items():
             buf._acked += count
+        for buf, end in batch.ends.items():
+            buf.acked_end = end
         if batch.blocks:
             self.pool.recycle(batch.blocks)
         self._space.set()
@@ -411,17 +445,19 @@ class Sink:
         if lock is not None:
             lock.acquire()
         try:
-            items, count, nbytes, gaps = self._take(buf, self.policy.max_flush_bytes - batch.nbytes)
+            items, count, nbytes, gaps = self._take(buf, self.policy.flush_budget - batch.nbytes)
             first = buf._head_index
             buf._head_index += count + gaps
         finally:
             if lock is not None:
                 lock.release()
-        for index, fields in self._entries_for(buf.desc, first, items):
-            flat: list[Any] = ["XADD", buf.key, index]
-            for name, value in fields.items():
-                flat += [name, value]
-            batch.commands.append(tuple(flat))
+        entries = self._entries_for(buf.desc, first, items, gaps > 0)
+        if first > buf._sent_end:  # a lossy channel dropped points that were never sent
+            batch.commands.append(_xadd(buf.key, *gap_entry(buf._sent_end, first, GAP_DROPPED)))
+        buf._sent_end = first + count + gaps
+        batch.ends[buf] = buf._sent_end
+        for index, fields in entries:
+            batch.commands.append(_xadd(buf.key, index, fields))
         if not buf._expiring and batch.commands:
             batch.commands.append(("PEXPIRE", buf.key, self._ttl_ms))
             buf._expiring = True
@@ -454,23 +490,23 @@ class Sink:
         return items, count, nbytes, gaps
 
     def _entries_for(
-        self, desc: Descriptor, first: int, items: list[Any]
+        self, desc: Descriptor, first: int, items: list[Any], gaps: bool
     ) -> Iterator[tuple[bytes, dict[bytes, Any]]]:
-        if desc.kind == "json":
-            for index, run in _runs(first, items):
+        """Entries for ``items`` from index ``first``: a gap marker for each run of
+        dropped points (``gaps`` says whether there are any), data entries for the rest."""
+        for index, run in _runs(first, items) if gaps else [(first, items)]:
+            if type(run) is _Gap:
+                yield gap_entry(index, index + run.count, GAP_DROPPED)
+            elif desc.kind == "json":
                 for start in range(0, len(run), _RECORDS_PER_ENTRY):
                     yield record_entry(index + start, run[start : start + _RECORDS_PER_ENTRY])
-        elif desc.kind == "ref":
-            index = first
-            for item in items:
-                if type(item) is _Gap:
-                    index += item.count
-                    continue
-                yield ref_entry(index, item)
-                index += len(item)
-        else:
-            for index, block in _blocks(desc, first, items):
-                yield from block_entries(desc, index, block)
+            elif desc.kind == "ref":
+                for ref in run:
+                    yield ref_entry(index, ref)
+                    index += len(ref)
+            else:
+                for start, block in _blocks(desc, index, run):
+                    yield from block_entries(desc, start, block)
 
     def _transact(self, commands: list[tuple[Any, ...]]) -> None:
         """Run ``commands`` as one MULTI/EXEC in one write, and raise the first error.
@@ -484,12 +520,17 @@ class Sink:
         lost_since: float | None = None
         while True:
             try:
+                if resent:
+                    self._conn.connect()
+                    if self._restore is not None:
+                        self._restore()
                 self._exchange(commands, resent)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # The connection dropped or the server restarted: reconnect and send the
-                # batch again. Entry IDs are point indices, so what the server already has
-                # is refused as "equal or smaller", which _exchange takes as written.
+                # The connection dropped or the server restarted: reconnect, restore what
+                # an empty server lost, and send the batch again. Entry IDs are point
+                # indices, so what the server already has is refused as "equal or
+                # smaller", which _exchange takes as written.
                 now = time.monotonic()
                 lost_since = lost_since or now
                 if now - lost_since > self._reconnect_timeout:
@@ -504,6 +545,7 @@ class Sink:
                 resent = True
                 self._conn.disconnect()
                 time.sleep(min(1.0, 0.05 + (now - lost_since) / 4))
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_S
         if resent:
             log.warning("reconnected to %s and sent the batch again", redact(self._url))
 
@@ -561,8 +603,11 @@ class Sink:
         return [("PEXPIRE", key, self._ttl_ms) for key in self._refresh_keys()]
 
     def _refresh_if_due(self) -> None:
-        if time.monotonic() >= self._next_refresh:
+        now = time.monotonic()
+        if now >= self._next_refresh:
             self._transact(self._refresh_commands())
+        elif now >= self._next_heartbeat:
+            self._transact([("PING",)])  # a lost connection shows now, not at the next point
 
     # ------------------------------------------------------------------ closing
 
@@ -628,16 +673,25 @@ def _points_in(items: list[Any]) -> int:
     return sum(map(_point_count, items))
 
 
-def _runs(first: int, items: list[Any]) -> Iterator[tuple[int, list[Any]]]:
-    """Split items at gaps into (first index, run) pairs."""
+def _xadd(key: str, entry_id: bytes, fields: dict[bytes, Any]) -> tuple[Any, ...]:
+    flat: list[Any] = ["XADD", key, entry_id]
+    for name, value in fields.items():
+        flat += [name, value]
+    return tuple(flat)
+
+
+def _runs(first: int, items: list[Any]) -> Iterator[tuple[int, list[Any] | _Gap]]:
+    """Split items at gaps: (first index, run of items) and (first index, gap) pairs."""
     index = first
     run: list[Any] = []
     for item in items:
         if type(item) is _Gap:
             if run:
                 yield index, run
-            index += len(run) + item.count
-            run = []
+                index += _points_in(run)
+                run = []
+            yield index, item
+            index += item.count
         else:
             run.append(item)
     if run:
@@ -645,8 +699,8 @@ def _runs(first: int, items: list[Any]) -> Iterator[tuple[int, list[Any]]]:
 
 
 def _blocks(desc: Descriptor, first: int, items: list[Any]) -> Iterator[tuple[int, np.ndarray]]:
-    """Turn queued items into (first index, block) pairs: scalars and small blocks are
-    merged into one block, large ones kept apart (no copy), gaps skip indices."""
+    """Turn queued items (no gaps) into (first index, block) pairs: scalars and small
+    blocks are merged into one block, large ones kept apart (no copy)."""
     dt = desc.dtype
     if desc.shape == () and type(items[0]) is not np.ndarray:
         try:
@@ -666,15 +720,12 @@ def _blocks(desc: Descriptor, first: int, items: list[Any]) -> Iterator[tuple[in
 
     for item in items:
         kind = type(item)
-        if kind is _Gap or (kind is np.ndarray and item.nbytes >= _MERGE_BELOW):
+        if kind is np.ndarray and item.nbytes >= _MERGE_BELOW:
             if small:
                 yield small_first, merged()
                 small, small_bytes = [], 0
-            if kind is _Gap:
-                index += item.count
-            else:
-                yield index, item
-                index += len(item)
+            yield index, item
+            index += len(item)
             small_first = index
             continue
         block = item if kind is np.ndarray else np.array([item], dtype=dt)

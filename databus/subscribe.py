@@ -21,18 +21,21 @@ import numpy as np
 from . import keys
 from .assembler import START, Assembler, make_filter
 from .encoding import (
-    SEAL_ID,
     Block,
     Descriptor,
     FileRef,
+    Gap,
     decode_entries,
     field,
+    is_seal,
     parse_id,
+    points_through,
     text,
     unpack_meta,
 )
 from .errors import (
     DataExpired,
+    DataLost,
     EndOfData,
     NotYetPublished,
     ReadTimeout,
@@ -430,12 +433,7 @@ class ChannelNode(Node):
         if last is None:
             return 0, False
         entry_id, fields = last
-        if text(entry_id) == SEAL_ID.decode():
-            return int(fields[b"end"]), True
-        index, part = parse_id(entry_id)
-        if self.desc.kind == "array" and self.desc.parts > 1:
-            return index + (1 if part == self.desc.parts else 0), False
-        return index + int(fields.get(b"n", 1)), False
+        return points_through(self.desc, entry_id, fields), is_seal(entry_id)
 
     def get(self, from_index: int, to_index: int | None = None) -> Any:
         """Point ``from_index``, or points ``from_index`` .. ``to_index`` inclusive
@@ -490,32 +488,46 @@ class ChannelNode(Node):
             pipe = self.bus.redis.pipeline(transaction=False)
             pipe.xrevrange(self.key, f"{first}-{_MAX_SEQ}", "-", count=1)
             pipe.xrange(self.key, f"{first}-0", f"{last}-{_MAX_SEQ}")
-            before, within = pipe.execute()
+            pipe.xrange(self.key, f"({last}-{_MAX_SEQ}", "+", count=1)  # a gap marker?
+            before, within, after = pipe.execute()
         # The entry before ``first`` holds it only if it starts earlier and is a whole
         # block (the parts of a split point all carry the point's own index).
         split = self.desc.kind == "array" and self.desc.parts > 1
         starts_before = bool(before) and parse_id(before[0][0])[0] < first
         entries = before + within if starts_before and not split else within
-        blocks = [b for b in decode_entries(self.desc, self.key, entries) if isinstance(b, Block)]
-        blocks = [b for b in blocks if b.first + b.count > first]
+        if after and parse_id(after[0][0])[1] == 0:
+            entries = entries + after
+        decoded = list(decode_entries(self.desc, self.key, entries))
+        for gap in (g for g in decoded if isinstance(g, Gap)):
+            lo, hi = max(first, gap.first), min(last, gap.first + gap.count - 1)
+            if lo <= hi:
+                raise self._lost(lo, hi, gap.reason)
+        blocks = [b for b in decoded if isinstance(b, Block) and b.first + b.count > first]
         covered = blocks[0].first if blocks else None
         if covered is None or covered > first:
             self._missing(first, last if covered is None else covered - 1, bool(entries))
         end = blocks[-1].first + blocks[-1].count
         for previous, block in itertools.pairwise(blocks):
             if previous.first + previous.count != block.first:
-                raise DataExpired(
-                    f"channel {self.name!r} of {self.scan.key}: points "
-                    f"{previous.first + previous.count}..{block.first - 1} were dropped "
-                    f"(a lossy channel) and cannot be read",
-                    channel=self.name,
-                    scan=self.scan.key,
-                    first=previous.first + previous.count,
-                    last=block.first - 1,
-                )
+                raise self._lost(previous.first + previous.count, block.first - 1, "dropped")
         if end <= last:
             raise self._beyond(first, last, *self._extent())
         return self._slice(blocks, first, last)
+
+    def _lost(self, first: int, last: int, reason: str) -> DataLost:
+        why = {
+            "dropped": "were dropped by the publisher (a lossy channel that could not keep up)",
+            "server lost": "were lost by the server (it restarted without its data)",
+        }.get(reason, f"are missing ({reason})")
+        return DataLost(
+            f"channel {self.name!r} of {self.scan.key}: points {first}..{last} {why} "
+            f"and cannot be read",
+            reason=reason,
+            channel=self.name,
+            scan=self.scan.key,
+            first=first,
+            last=last,
+        )
 
     def _slice(self, blocks: list[Block], first: int, last: int) -> Any:
         offset = first - blocks[0].first
@@ -711,6 +723,9 @@ def _walk(
                     time.monotonic() - lost_since,
                 )
                 lost_since = None
+                # Give publishers time to restore what a server restarted empty lost
+                # before taking their scans' missing keys for a death.
+                idle_since = time.monotonic()
             with translate_redis_errors(bus.url):
                 if not reply:
                     if not wait:

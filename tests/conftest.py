@@ -204,11 +204,12 @@ def stored(entries):
 
 
 def read_channel(bus: databus.Bus, scan_key: str, name: str):
-    """(points, seal total) of a channel, read with raw XRANGE and decoded."""
+    """(points, seal total) of a channel, read with raw XRANGE and decoded (gap markers
+    left out)."""
     import numpy as np
 
     from databus import keys
-    from databus.encoding import Descriptor, decode_entries
+    from databus.encoding import Descriptor, Gap, decode_entries
 
     desc = Descriptor.from_meta(bus.redis.hget(scan_key, f"ch:{name}"))
     key = keys.channel(scan_key, name)
@@ -217,7 +218,7 @@ def read_channel(bus: databus.Bus, scan_key: str, name: str):
     for item in decode_entries(desc, key, bus.redis.xrange(key)):
         if isinstance(item, int):
             total = item
-        else:
+        elif not isinstance(item, Gap):
             blocks.append(item)
     if desc.kind != "array":
         return [x for b in blocks for x in b.data], total

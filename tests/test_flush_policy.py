@@ -29,3 +29,9 @@ def test_a_block_bigger_than_the_buffer_goes_when_the_buffer_is_empty():
 def test_policy_checks_its_arguments():
     with pytest.raises(ValueError, match="must be > 0"):
         FlushPolicy(max_buffer_bytes=0)
+
+
+def test_a_flush_takes_at_most_half_the_buffer():
+    assert FlushPolicy(max_buffer_bytes=2**30).flush_budget == 32 * 2**20
+    assert FlushPolicy(max_buffer_bytes=2 * 2**20).flush_budget == 2**20
+    assert FlushPolicy(max_buffer_bytes=1).flush_budget == 1

@@ -338,9 +338,19 @@ class TestSink:
         dropped = scan.statistics().dropped_points
         assert total == 20 and dropped > 0 and len(got) == 20 - dropped
         assert int(got[-1][0]) == 19  # the newest survive
-        ids = [databus.encoding.parse_id(e[0])[0] for e in bus.redis.xrange(img.key)[:-1]]
-        assert [int(f[0]) for f in got] == ids  # indices keep their meaning across the gap
+        entries = bus.redis.xrange(img.key)[:-1]
+        ids = [databus.encoding.parse_id(e[0]) for e in entries]
+        assert [int(f[0]) for f in got] == [i for i, part in ids if part]  # indices kept
         assert int(bus.redis.hget(scan.key, "dropped:img")) == dropped
+        # every dropped point is announced by a gap marker, in index order
+        gaps = [
+            g
+            for g in databus.encoding.decode_entries(img.desc, img.key, entries)
+            if isinstance(g, databus.encoding.Gap)
+        ]
+        assert {g.reason for g in gaps} == {"dropped"}
+        lost = {i for g in gaps for i in range(g.first, g.first + g.count)}
+        assert len(lost) == dropped and lost.isdisjoint(int(f[0]) for f in got)
 
     def test_a_server_error_is_raised_by_the_next_send_and_by_end(self, make_bus):
         bus = make_bus()
