@@ -16,7 +16,9 @@ h5py/silx/h5web can read it while it grows. Structure changes (a new entry, the 
 scan) close SWMR briefly. After a crash the writer trusts the file, not its memory: on
 restart it cuts every dataset back to its recorded progress and continues from there,
 so no point is lost or written twice. A scan whose data expired before the writer came
-back is marked (``end_reason``, ``writer/missing``), never left silently short.
+back is marked (``end_reason``, ``writer/missing``), never left silently short. Points
+that will never come (a lossy channel dropped them, the server restarted without them)
+are left at the fill value and listed in ``writer/gaps`` as they are reported.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from ._h5clear import clear_status_flags
 log = logging.getLogger("databus.writer")
 
 _POSITIONER_PREFIXES = ("axis", "timer")
+#: Codes of the ``reason`` column of ``writer/gaps`` (its ``reasons`` attribute).
+GAP_REASONS = ("dropped", "server lost", "missing")
 
 
 def _h5py() -> Any:
@@ -188,7 +192,7 @@ class _Entry:
     file: _File
     name: str
     channels: dict[str, _Channel]
-    gaps: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
+    gaps: set[tuple[int, int, int, int]] = dataclasses.field(default_factory=set)
     handles: dict[str, Any] = dataclasses.field(default_factory=dict)
     generation: int = -1
     failed: str | None = None
@@ -240,7 +244,7 @@ class NexusWriter:
     # ------------------------------------------------------------------ paths
 
     def location(self, scan: Any) -> tuple[Path, str]:
-        """(file, entry name) of ``scan``."""
+        """(file, entry name) of ``scan``; see ``_entry_name`` for a number used twice."""
         session = hdf5_name(scan.parent.name)
         if self.layout == "scan":
             path = self.root / session / f"{session}_{scan.number:04d}.h5"
@@ -249,6 +253,22 @@ class NexusWriter:
             day = datetime.datetime.fromtimestamp(created).strftime("%Y%m%d")
             path = self.root / session / f"{session}_{day}.h5"
         return path, f"{scan.number}.1"
+
+    @staticmethod
+    def _entry_name(h5: Any, scan: Any, name: str) -> str:
+        """``name`` (``<number>.1``), unless that entry holds another scan of the same
+        number (a server restarted without its data counts again from 1): then
+        ``<number>.2``, ``<number>.3``... Scans are told apart by their creation time."""
+        created = float(scan._record.get(b"created", 0))
+        number, k = name.rsplit(".", 1)
+        k_int = int(k)
+        while name in h5:
+            stored = h5[name].get("writer")
+            if stored is None or stored.attrs.get("scan_created", created) == created:
+                break
+            k_int += 1
+            name = f"{number}.{k_int}"
+        return name
 
     def _file(self, path: Path) -> _File:
         f = self._files.get(path)
@@ -277,6 +297,7 @@ class NexusWriter:
             try:
                 f = self._file(path)
                 h5 = f.h5 if f.h5 is not None else f.structural()
+                name = self._entry_name(h5, scan, name)
                 return name in h5 and "end_reason" in h5[name]
             except Exception as exc:
                 self._error(f"{path}: cannot read ({exc})")
@@ -332,6 +353,13 @@ class NexusWriter:
             )
             if entry is not None and entry.failed is None:
                 self._write(entry, event.node.name, event.data)
+        elif kind is databus.EventType.GAP:
+            entry = self._entries.get(event.node.parent.db_name) or self._open_entry(
+                event.node.parent
+            )
+            if entry is not None and entry.failed is None:
+                gap = event.data
+                self._gap(entry, event.node.name, gap.first_index, gap.count, gap.reason)
         elif kind is databus.EventType.END_SCAN:
             entry = self._entries.get(event.node.db_name) or self._open_entry(event.node)
             if entry is not None:
@@ -348,6 +376,7 @@ class NexusWriter:
         path, name = self.location(scan)
         file = self._file(path)
         h5 = file.structural()
+        name = self._entry_name(h5, scan, name)
         resumed = name in h5
         group = h5[name] if resumed else self._create_entry(h5, name, scan)
         names = [n.decode() if isinstance(n, bytes) else n for n in group["writer/channels"][()]]
@@ -372,6 +401,7 @@ class NexusWriter:
                 if ds.shape[0] > progress[index]:
                     ds.resize(int(progress[index]), axis=0)
         entry = _Entry(scan, file, name, channels)
+        entry.gaps = {tuple(int(v) for v in row) for row in group["writer/gaps"][()]}
         self._entries[key] = entry
         file.live()
         what = "resuming" if resumed else "writing"
@@ -451,9 +481,15 @@ class NexusWriter:
             paths.append(ds.name[len(e.name) + 1 :])
         w = e.create_group("writer")
         w.attrs["NX_class"] = "NXcollection"
+        w.attrs["scan_created"] = float(scan._record.get(b"created", 0))
         w["channels"] = np.array(names, dtype=h5py.string_dtype())
         w["paths"] = np.array(paths, dtype=h5py.string_dtype())
         w.create_dataset("progress", data=np.zeros(len(names), dtype=np.int64))
+        gaps = w.create_dataset(
+            "gaps", shape=(0, 4), maxshape=(None, 4), dtype=np.int64, chunks=(64, 4)
+        )
+        gaps.attrs["columns"] = ["channel", "first", "last", "reason"]
+        gaps.attrs["reasons"] = list(GAP_REASONS)
         self._plotselect(e, scan, names, paths, final=False)
         return e
 
@@ -531,8 +567,8 @@ class NexusWriter:
             return
         if first + data.block_size <= ch.written:
             return  # written before a restart
-        if first > ch.written:
-            entry.gaps.append((channel, ch.written, first - 1))
+        if first > ch.written:  # points the walk skipped (corrupt entries)
+            self._gap(entry, channel, ch.written, first - ch.written, "missing")
         skip = max(0, ch.written - first)
         if isinstance(block, list):  # json records
             block = np.array([json.dumps(r) for r in block[skip:]], dtype=object)
@@ -552,6 +588,38 @@ class NexusWriter:
         ch.written = end
         entry.dataset("writer/progress")[ch.index] = end
 
+    def _gap(self, entry: _Entry, channel: str, first: int, count: int, reason: str) -> None:
+        """Record points ``first .. first+count-1`` that will never come: a row of
+        ``writer/gaps`` (kept across restarts), the dataset grown over them (fill value)."""
+        ch = entry.channels.get(channel)
+        if ch is None:
+            raise ValueError(f"channel {channel!r} was not declared when the scan was prepared")
+        code = GAP_REASONS.index(reason) if reason in GAP_REASONS else GAP_REASONS.index("missing")
+        stop = first + count
+        first = max(first, ch.written)  # the part before was written from real points
+        if first >= stop:
+            return
+        row = (ch.index, first, stop - 1, code)
+        if row not in entry.gaps:
+            entry.gaps.add(row)
+            table = entry.dataset("writer/gaps")
+            table.resize(len(table) + 1, axis=0)
+            table[-1] = row
+            log.warning(
+                "%s channel %r: points %d..%d will never come (%s)",
+                entry.scan.db_name,
+                channel,
+                first,
+                stop - 1,
+                reason,
+            )
+        if ch.path is not None:
+            ds = entry.dataset(ch.path)
+            if ds.shape[0] < stop:
+                ds.resize(stop, axis=0)
+        ch.written = stop
+        entry.dataset("writer/progress")[ch.index] = stop
+
     def _flush_due(self) -> None:
         now = time.monotonic()
         for f in self._files.values():
@@ -570,8 +638,6 @@ class NexusWriter:
         for ch in entry.channels.values():
             if ch.path is None and ch.refs:
                 self._link_frames(e, ch)
-        if entry.gaps:
-            e["writer/gaps"] = json.dumps(entry.gaps)
         names = list(entry.channels)
         paths = [c.path or "" for c in entry.channels.values()]
         try:

@@ -8,6 +8,8 @@ import itertools
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -225,3 +227,27 @@ def read_channel(bus: databus.Bus, scan_key: str, name: str):
     if not blocks:
         return np.empty((0, *desc.shape), desc.dtype), total
     return np.concatenate([b.data for b in blocks]), total
+
+
+class Running:
+    """A NexusWriter in a thread, for the duration of a ``with`` block."""
+
+    def __init__(self, bus, root, session="runner", **kwargs):
+        from databus.clients.writer import NexusWriter
+
+        self.writer = NexusWriter(bus, [session], root, **kwargs)
+        self.thread = threading.Thread(
+            target=self.writer.run, args=(started := threading.Event(),), daemon=True
+        )
+        self.thread.start()
+        assert started.wait(10)
+
+    def wait_for(self, count, timeout=15):
+        deadline = time.monotonic() + timeout
+        while len(self.writer.written) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.writer.written) >= count, (self.writer.written, self.writer.errors)
+
+    def stop(self):
+        self.writer.stop_handler.stop()
+        self.thread.join(5)

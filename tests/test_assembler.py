@@ -167,6 +167,44 @@ def test_a_lossy_gap_splits_the_data_event():
     assert [(e.data.first_index, e.data.block_size) for e in ev] == [(0, 2), (5, 3)]
 
 
+def span(event):
+    """(first index, points) of a NEW_DATA or GAP event."""
+    data = event.data
+    return data.first_index, getattr(data, "block_size", getattr(data, "count", None))
+
+
+def test_gap_markers_become_gap_events_for_what_this_reader_missed_only():
+    asm = make()
+    recs = {SCAN: record(X)}
+    asm.feed([(SLOG, [log(1, "created", scan=SCAN)])], recs)
+    asm.feed([(SCAN_LOG, [log(2, "channel", name="x"), log(3, "prepared")])], recs)
+    xkey = keys.channel(SCAN, "x")
+    ev = asm.feed(
+        [
+            (
+                xkey,
+                stored(enc.block_entries(X, 0, np.ones(2)))
+                + stored([enc.gap_entry(2, 5, enc.GAP_DROPPED)])
+                + stored(enc.block_entries(X, 5, np.ones(3))),
+            )
+        ],
+        recs,
+    )
+    assert [(e.type.name, span(e)) for e in ev] == [
+        ("NEW_DATA", (0, 2)),
+        ("GAP", (2, 3)),
+        ("NEW_DATA", (5, 3)),
+    ]
+    assert ev[1].data.reason == "dropped"
+    # The server restarted empty: its marker covers 0..11, of which this reader has 0..7.
+    lost = stored([enc.gap_entry(0, 12, enc.GAP_SERVER_LOST)])
+    ev = asm.feed([(xkey, lost + stored(enc.block_entries(X, 12, np.ones(1))))], recs)
+    assert [(e.type.name, span(e)) for e in ev] == [("GAP", (8, 4)), ("NEW_DATA", (12, 1))]
+    assert ev[0].data.reason == "server lost"
+    # A marker over points this reader already has yields nothing.
+    assert asm.feed([(xkey, stored([enc.gap_entry(0, 13, enc.GAP_SERVER_LOST)]))], recs) == []
+
+
 def test_a_scan_whose_keys_vanished_ends_as_lost():
     asm = make()
     recs = {SCAN: record(X)}

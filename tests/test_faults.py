@@ -1,13 +1,15 @@
-"""Faults: a dropped connection or a server restart mid-scan loses and repeats nothing."""
+"""Faults: a dropped connection or a server restart mid-scan loses and repeats nothing; a
+server restarted without its data loses only what it held, and says so."""
 
 import subprocess
 import threading
 import time
 
+import h5py
 import numpy as np
 import pytest
 import redis
-from conftest import eventually, ping
+from conftest import Running, eventually, ping
 
 import databus
 from databus.server import _free_port, server_binary
@@ -69,35 +71,24 @@ def test_killed_connections_are_reopened_and_nothing_is_lost(make_bus):
 
 @pytest.fixture
 def restartable(tmp_path):
-    """A Valkey on a fixed port with an append-only file, which the test can kill -9 and
-    start again with the same data."""
+    """A Valkey on a fixed port which the test can kill -9 and start again: with its data
+    (an append-only file, the default) or empty (``start(appendonly=False)``)."""
     port = _free_port()
-    args = [
-        server_binary(),
-        "--port",
-        str(port),
-        "--dir",
-        str(tmp_path),
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-    ]
+    args = [server_binary(), "--port", str(port), "--dir", str(tmp_path), "--save", ""]
     url = f"redis://127.0.0.1:{port}"
 
     procs = []
 
-    def start():
-        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
+    def start(appendonly=True):
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if appendonly else []
+        procs.append(subprocess.Popen(args + aof, stdout=subprocess.DEVNULL))
         assert eventually(lambda: ping(url), timeout=10)
 
     def kill():
+        assert procs[-1].poll() is None, "the server had already stopped"
         procs[-1].kill()
         procs[-1].wait()
 
-    start()
     yield url, start, kill
     for proc in procs:
         proc.kill()
@@ -106,6 +97,7 @@ def restartable(tmp_path):
 
 def test_a_server_restart_mid_scan_loses_and_repeats_nothing(restartable):
     url, start, kill = restartable
+    start()
     bus = databus.connect(url, prefix="rs")
     follower = Follower(databus.connect(url, prefix="rs"), "restart")
     result = {}
@@ -126,3 +118,129 @@ def test_a_server_restart_mid_scan_loses_and_repeats_nothing(restartable):
     ]
     assert follower.values() == [float(i) for i in range(400)]
     assert follower.events[-1].type is databus.EventType.END_SCAN
+
+
+def indices(events, kind):
+    """(first, count) of the NEW_DATA or GAP events of a walk."""
+    if kind is databus.EventType.NEW_DATA:
+        return [(e.data.first_index, e.data.block_size) for e in events if e.type is kind]
+    return [(e.data.first_index, e.data.count) for e in events if e.type is kind]
+
+
+def covers_exactly(ranges, n):
+    """True if the (first, count) ranges tile 0..n-1 with no overlap."""
+    seen = sorted(i for first, count in ranges for i in range(first, first + count))
+    return seen == list(range(n))
+
+
+def test_a_server_restarted_empty_mid_scan_loses_only_what_it_held_and_says_so(
+    restartable, tmp_path
+):
+    url, start, kill = restartable
+    start(appendonly=False)
+    bus = databus.connect(url, prefix="rs")
+    live = Follower(databus.connect(url, prefix="rs"), "empty")
+    writer = Running(databus.connect(url, prefix="rs"), tmp_path / "files", session="empty")
+    result = {}
+    publisher = threading.Thread(
+        target=lambda: result.setdefault("scan", publish_slowly(bus, "empty", 400))
+    )
+    publisher.start()
+    time.sleep(0.6)
+    kill()
+    time.sleep(0.5)  # points keep coming into the publisher's buffer meanwhile
+    start(appendonly=False)
+    publisher.join(60)
+    scan = result["scan"]
+    assert scan.end_reason is databus.EndReason.FINISHED
+    (acked_lost,) = scan.channels["x"].lost  # what the server had acknowledged, then lost
+    first, stop = acked_lost
+    assert first == 0 and stop > 50
+
+    # The record came back: the scan can be read, and its lost points raise DataLost.
+    node = bus.scan(scan.key)
+    assert node.number == scan.number and node.info["title"] == "through faults"
+    ch = node.channels["x"]
+    assert len(ch) == 400 and ch.get(stop, 399).tolist() == [float(i) for i in range(stop, 400)]
+    with pytest.raises(databus.DataLost, match="restarted") as info:
+        ch.get(0, 10)
+    assert info.value.reason == "server lost" and (info.value.first, info.value.last) == (0, 10)
+
+    # A reader that was following gets every point once, or a GAP for what it missed.
+    live.thread.join(30)
+    assert live.events[-1].type is databus.EventType.END_SCAN
+    got = indices(live.events, databus.EventType.NEW_DATA)
+    gaps = indices(live.events, databus.EventType.GAP)
+    assert covers_exactly(got + gaps, 400)
+    assert all(i == v for i, v in zip(range(400), live.values(), strict=False) if i < got[0][1])
+
+    # A reader that comes after the restart gets the loss first, then the rest.
+    replay = list(bus.session("empty").follow(replay=True, wait=False))
+    kinds = [e.type for e in replay if e.node.type == "channel" and e.type.name != "NEW_NODE"]
+    assert kinds[0] is databus.EventType.GAP
+    assert replay[[e.type for e in replay].index(kinds[0])].data == (0, stop, "server lost")
+    assert covers_exactly(
+        indices(replay, databus.EventType.NEW_DATA) + indices(replay, databus.EventType.GAP),
+        400,
+    )
+
+    # The counter came back with the record: the next scan does not reuse a number.
+    following = bus.session("empty").create_scan()
+    assert following.number == scan.number + 1
+    following.end()
+
+    # The writer's file: every point is its value or inside a "server lost" gap row.
+    writer.wait_for(1)
+    writer.stop()
+    (path,) = (tmp_path / "files" / "empty").glob("*.h5")
+    with h5py.File(path, "r") as f:
+        entry = f[f"{scan.number}.1"]
+        data = entry["measurement/x"][()]
+        rows = entry["writer/gaps"][()].tolist()
+    assert len(data) == 400
+    in_gap = {i for _, lo, hi, code in rows if code == 1 for i in range(lo, hi + 1)}
+    assert {i for i in range(400) if data[i] != i} == in_gap
+    assert all(code == 1 for *_, code in rows)
+
+
+def test_a_server_restarted_empty_while_a_scan_is_idle_gets_the_scan_back(restartable):
+    url, start, kill = restartable
+    start(appendonly=False)
+    bus = databus.connect(url, prefix="idle")
+    scan = bus.session("idle").create_scan(title="idle")
+    x = scan.channel("x", "int64")
+    scan.prepare()
+    scan.start()
+    x.send(np.arange(50))
+    assert eventually(lambda: x.acked_end == 50)
+    kill()
+    start(appendonly=False)
+    admin = redis.Redis.from_url(url)
+    assert eventually(lambda: admin.hexists(scan.key, "number"), timeout=10)  # the heartbeat
+    x.send(np.arange(50, 80))
+    scan.end()
+    node = bus.scan(scan.key)
+    assert node.state is databus.ScanState.ENDED and node.end_reason is databus.EndReason.FINISHED
+    events = list(bus.session("idle").follow(replay=True, wait=False))
+    assert indices(events, databus.EventType.GAP) == [(0, 50)]
+    assert indices(events, databus.EventType.NEW_DATA) == [(50, 30)]
+    admin.close()
+
+
+def test_a_scan_number_used_again_gets_its_own_entry_in_the_file(make_bus, tmp_path):
+    bus = make_bus()
+    writer = Running(bus, tmp_path, session="again")
+    for title in ("first", "second"):
+        scan = bus.session("again").create_scan(title=title)
+        x = scan.channel("x", "float64")
+        scan.prepare()
+        x.send(1.0)
+        scan.end()
+        writer.wait_for(1 if title == "first" else 2)
+        # the server restarts empty and this process is a new one: the counter starts again
+        bus.redis.flushdb()
+        databus.publish._numbers.clear()
+    writer.stop()
+    (path,) = (tmp_path / "again").glob("*.h5")
+    with h5py.File(path, "r") as f:
+        assert f["1.1/title"][()] == b"first" and f["1.2/title"][()] == b"second"

@@ -13,32 +13,12 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
+from conftest import Running  # noqa: E402
+
 import databus  # noqa: E402
 from databus import scan  # noqa: E402
-from databus.clients.writer import NexusWriter, hdf5_name  # noqa: E402
+from databus.clients.writer import hdf5_name  # noqa: E402
 from databus.sim import SimDetector  # noqa: E402
-
-
-class Running:
-    """A NexusWriter in a thread, for the duration of a ``with`` block."""
-
-    def __init__(self, bus, root, **kwargs):
-        self.writer = NexusWriter(bus, ["runner"], root, **kwargs)
-        self.thread = threading.Thread(
-            target=self.writer.run, args=(started := threading.Event(),), daemon=True
-        )
-        self.thread.start()
-        assert started.wait(10)
-
-    def wait_for(self, count, timeout=15):
-        deadline = time.monotonic() + timeout
-        while len(self.writer.written) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(self.writer.written) >= count, (self.writer.written, self.writer.errors)
-
-    def stop(self):
-        self.writer.stop_handler.stop()
-        self.thread.join(5)
 
 
 def the_file(root):
@@ -278,7 +258,8 @@ def test_a_corrupt_entry_is_a_logged_error_and_the_file_stays_valid(beamline, tm
     x.send(np.arange(3.0))
     time.sleep(0.3)
     b["bus"].redis.xadd(x.key, {"d": b"\x00" * 5, "n": 1}, id="3-1")  # a point of the wrong size
-    x._head_index += 1
+    x._head_index += 1  # the publisher goes on after it, without a gap marker
+    x._sent_end += 1
     x.send(np.arange(4.0, 6.0))
     published.end()
     good = scan.loopscan(3, 0, b["mon"])
@@ -288,7 +269,9 @@ def test_a_corrupt_entry_is_a_logged_error_and_the_file_stays_valid(beamline, tm
     with h5py.File(the_file(tmp_path), "r") as f:
         data = f["1.1/measurement/x"][()]
         assert data[:3].tolist() == [0, 1, 2] and np.isnan(data[3]) and data[4:].tolist() == [4, 5]
-        assert json.loads(f["1.1/writer/gaps"][()]) == [["x", 3, 3]]
+        gaps = f["1.1/writer/gaps"]
+        assert gaps[()].tolist() == [[0, 3, 3, 2]]  # channel 0 (x), points 3..3, "missing"
+        assert gaps.attrs["reasons"][2] == "missing"
         assert f["2.1/end_reason"][()] == b"finished"
     assert good.end_reason is databus.EndReason.FINISHED
 
