@@ -327,8 +327,13 @@ class NexusWriter:
                 f.close()
 
     def _follow(self, session: str, started: threading.Event) -> None:
+        # From the session's first scan still in Redis: scans that ended while no writer
+        # ran are written too; the filter skips those already complete in a file.
         events = self.bus.session(session).follow(
-            include_filter=self._wanted, stop_handler=self.stop_handler, started_event=started
+            replay=True,
+            include_filter=self._wanted,
+            stop_handler=self.stop_handler,
+            started_event=started,
         )
         for event in events:
             with self._lock:
@@ -359,7 +364,7 @@ class NexusWriter:
             )
             if entry is not None and entry.failed is None:
                 gap = event.data
-                self._gap(entry, event.node.name, gap.first_index, gap.count, gap.reason)
+                self._gap(entry, event.node.name, gap.first_index, gap.block_size, gap.reason)
         elif kind is databus.EventType.END_SCAN:
             entry = self._entries.get(event.node.db_name) or self._open_entry(event.node)
             if entry is not None:
@@ -635,6 +640,9 @@ class NexusWriter:
         e["end_reason"] = reason
         if end.error:
             e["end_error"] = end.error
+        if str(end.reason) == "lost":  # its keys vanished before it ended: say what is missing
+            missing = {c.name: [c.written, None] for c in entry.channels.values()}
+            e["writer/missing"] = json.dumps(missing)
         for ch in entry.channels.values():
             if ch.path is None and ch.refs:
                 self._link_frames(e, ch)

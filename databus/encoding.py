@@ -73,7 +73,7 @@ GAP_DROPPED = "dropped"  # a lossy channel dropped them to stay within the scan'
 GAP_SERVER_LOST = "server lost"  # acknowledged, then lost when the server restarted empty
 
 
-def gap_entry(first: int, stop: int, reason: str) -> tuple[bytes, dict[bytes, Any]]:
+def gap_entry(first: int, stop: int, reason: str) -> tuple[bytes, dict[Any, Any]]:
     """The marker entry saying points ``first`` .. ``stop - 1`` will never be published."""
     return entry_id(stop, 0), {b"gap": first, b"why": reason}
 

@@ -38,12 +38,12 @@ class EventData(NamedTuple):
 
 
 class DataGap(NamedTuple):
-    """The data of GAP: points ``first_index`` .. ``first_index + count - 1`` of the
+    """The data of GAP: points ``first_index`` .. ``first_index + block_size - 1`` of the
     channel will never be delivered; ``reason`` is ``dropped`` (a lossy channel dropped
     them to keep up) or ``server lost`` (the server restarted without them)."""
 
     first_index: int
-    count: int
+    block_size: int
     reason: str
 
 

@@ -5,7 +5,8 @@ It binds 127.0.0.1 and a unix socket, keeps nothing on disk (unless ``appendonly
 refuses writes past ``maxmemory`` instead of evicting. Its state (pid, port, socket, log,
 password) lives in a per-user run directory as ``server.json``; a file lock there makes
 concurrent ``connect()`` calls share one server, and a stale state file (the process is
-gone) is replaced by a fresh server.
+gone) is replaced by a fresh server on the same port, with the same password, so the
+clients of one that crashed find it again.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import ServerUnavailable
 
@@ -103,6 +106,7 @@ def _ping(state: ServerState, timeout: float = 1.0) -> bool:
         password=state.password,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),  # a dead server is an answer, not something to wait out
     )
     try:
         return bool(client.ping())
@@ -179,13 +183,17 @@ class EmbeddedServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stale.pid, signal.SIGKILL)
         self.state_file.unlink(missing_ok=True)
+        # Where the clients of a server that died look for it.
+        ports = [stale.port] if stale else []
+        if stale and password is None:
+            password = stale.password
         sock = self.run_dir / "server.sock"
         sock.unlink(missing_ok=True)
         log = self.run_dir / "server.log"
         binary = server_binary(self.binary)
         last_error = ""
         for _ in range(5):
-            port = _free_port()
+            port = ports.pop() if ports else _free_port()
             args = [
                 binary,
                 "--bind",

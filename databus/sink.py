@@ -495,7 +495,7 @@ class Sink:
         """Entries for ``items`` from index ``first``: a gap marker for each run of
         dropped points (``gaps`` says whether there are any), data entries for the rest."""
         for index, run in _runs(first, items) if gaps else [(first, items)]:
-            if type(run) is _Gap:
+            if isinstance(run, _Gap):
                 yield gap_entry(index, index + run.count, GAP_DROPPED)
             elif desc.kind == "json":
                 for start in range(0, len(run), _RECORDS_PER_ENTRY):

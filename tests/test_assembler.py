@@ -169,8 +169,7 @@ def test_a_lossy_gap_splits_the_data_event():
 
 def span(event):
     """(first index, points) of a NEW_DATA or GAP event."""
-    data = event.data
-    return data.first_index, getattr(data, "block_size", getattr(data, "count", None))
+    return event.data.first_index, event.data.block_size
 
 
 def test_gap_markers_become_gap_events_for_what_this_reader_missed_only():

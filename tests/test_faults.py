@@ -122,9 +122,7 @@ def test_a_server_restart_mid_scan_loses_and_repeats_nothing(restartable):
 
 def indices(events, kind):
     """(first, count) of the NEW_DATA or GAP events of a walk."""
-    if kind is databus.EventType.NEW_DATA:
-        return [(e.data.first_index, e.data.block_size) for e in events if e.type is kind]
-    return [(e.data.first_index, e.data.count) for e in events if e.type is kind]
+    return [(e.data.first_index, e.data.block_size) for e in events if e.type is kind]
 
 
 def covers_exactly(ranges, n):

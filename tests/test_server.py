@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import redis
 
 import databus
-from databus.server import EmbeddedServer
+from databus.server import EmbeddedServer, _free_port
 
 
 @pytest.fixture
@@ -68,13 +69,30 @@ def test_a_stale_state_file_is_recovered_from(run_dir):
     run_dir.mkdir(exist_ok=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    port = _free_port()
     (run_dir / "server.json").write_text(
-        json.dumps({"pid": dead.pid, "port": 1, "socket": str(run_dir / "server.sock"), "log": "x"})
+        json.dumps(
+            {"pid": dead.pid, "port": port, "socket": str(run_dir / "server.sock"), "log": "x"}
+        )
     )
     bus = databus.connect(run_dir=run_dir)
     assert bus.redis.ping()
-    assert json.loads((run_dir / "server.json").read_text())["pid"] != dead.pid
+    state = json.loads((run_dir / "server.json").read_text())
+    assert state["pid"] != dead.pid
+    assert state["port"] == port  # where the dead server's clients look for it
     bus.close()
+
+
+def test_a_crashed_server_comes_back_where_its_clients_look(run_dir):
+    server = EmbeddedServer(run_dir)
+    first = server.start(password="secret")
+    bus = databus.connect(first.url)
+    os.kill(first.pid, signal.SIGKILL)
+    second = server.ensure()
+    assert second.pid != first.pid and second.url == first.url
+    assert bus.redis.ping()  # the old URL, password included, works again
+    bus.close()
+    server.stop()
 
 
 def test_concurrent_connects_from_processes_share_one_server(run_dir):
