@@ -75,6 +75,7 @@ def follow(url: str, session: str, scalars_only: bool, out: str, replay: bool = 
     gaps: dict[str, dict[str, list[list[Any]]]] = {}
     wrong = 0
     hist = np.zeros(len(BINS) - 1, dtype=np.int64)
+    latencies: list[np.ndarray] = []  # binned at each scan's end: cheaper than per event
 
     def wanted(node: Any) -> bool:
         return not scalars_only or node.type != "channel" or node.shape == ()
@@ -96,7 +97,7 @@ def follow(url: str, session: str, scalars_only: bool, out: str, replay: bool = 
                 sent = np.ascontiguousarray(flat[:, :4]).view(np.float64)[:, 0]
                 index = np.ascontiguousarray(flat[:, 4:8]).view(np.int64)[:, 0]
                 wrong += int(np.count_nonzero(index != np.arange(first, first + len(data))))
-            hist += np.histogram((now - sent) * 1000, BINS)[0]
+            latencies.append(now - sent)
             ranges = got.setdefault(event.node.parent.db_name, {}).setdefault(event.node.name, [])
             if ranges and ranges[-1][0] + ranges[-1][1] == first:
                 ranges[-1][1] += len(data)
@@ -107,8 +108,12 @@ def follow(url: str, session: str, scalars_only: bool, out: str, replay: bool = 
             gaps.setdefault(event.node.parent.db_name, {}).setdefault(event.node.name, []).append(
                 [gap.first_index, gap.block_size, gap.reason]
             )
-        elif kind is databus.EventType.END_SCAN and event.node.info.get("last"):
-            break
+        elif kind is databus.EventType.END_SCAN:
+            if latencies:
+                hist += np.histogram(np.concatenate(latencies) * 1000, BINS)[0]
+                latencies.clear()
+            if event.node.info.get("last"):
+                break
     Path(out).write_text(
         json.dumps(
             {
@@ -341,6 +346,7 @@ def check_files(root: Path, session: str, sent: list[Sent]) -> dict[str, int]:
                     key = entry["scan_key"][()].decode()
                     entries[(key, float(entry["writer"].attrs["scan_created"]))] = entry
         lost = unreported = reported = missing_entries = 0
+        silent_runs: list[tuple[str, str, int, int]] = []  # (scan, channel, first, count)
         for s in sent:
             entry = entries.get((s.key, s.created))
             if entry is None or "end_reason" not in entry:
@@ -375,6 +381,8 @@ def check_files(root: Path, session: str, sent: list[Sent]) -> dict[str, int]:
                 silent = np.flatnonzero(~have & ~said)
                 lost += len(silent)
                 unreported += _runs(silent)
+                if len(silent):
+                    silent_runs.append((s.key, name, int(silent[0]), len(silent)))
     finally:
         for f in files:
             f.close()
@@ -383,6 +391,7 @@ def check_files(root: Path, session: str, sent: list[Sent]) -> dict[str, int]:
         "unreported": unreported,
         "reported": reported,
         "missing_entries": missing_entries,
+        "silent": silent_runs,
     }
 
 
@@ -515,6 +524,9 @@ def main() -> None:
         server.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        silent = {p: phase["files"]["silent"] for p, phase in (("load", load), ("soak", soak))}
+        (tmp / "silent.json").write_text(json.dumps(silent))
     report(load, soak, ratio, t1 - t0, t2 - t1)
 
 

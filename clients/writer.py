@@ -46,6 +46,9 @@ from ._h5clear import clear_status_flags
 log = logging.getLogger("databus.writer")
 
 _POSITIONER_PREFIXES = ("axis", "timer")
+_HSET_IF_EXISTS = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end"
+)
 #: Codes of the ``reason`` column of ``writer/gaps`` (its ``reasons`` attribute).
 GAP_REASONS = ("dropped", "server lost", "missing")
 
@@ -408,6 +411,8 @@ class NexusWriter:
         entry = _Entry(scan, file, name, channels)
         entry.gaps = {tuple(int(v) for v in row) for row in group["writer/gaps"][()]}
         self._entries[key] = entry
+        where = {f"dataset:{c.name}": f"/{name}/{c.path}" for c in channels.values() if c.path}
+        self._note(key, {"file": str(path), **where})
         file.live()
         what = "resuming" if resumed else "writing"
         log.info(
@@ -625,6 +630,15 @@ class NexusWriter:
         ch.written = stop
         entry.dataset("writer/progress")[ch.index] = stop
 
+    def _note(self, key: str, fields: dict[str, Any]) -> None:
+        """Tell readers (DataExpired names the file) and the memory guard (it deletes
+        scans still being written last) where a scan goes and when it is written."""
+        args = [str(v) for item in fields.items() for v in item]
+        try:  # only into a record that exists: never leave a stray, TTL-less hash
+            self.bus.redis.eval(_HSET_IF_EXISTS, 1, key, *args)
+        except Exception as exc:  # a read-only user: the files are right all the same
+            log.warning("%s: cannot note the file in the scan record (%s)", key, exc)
+
     def _flush_due(self) -> None:
         now = time.monotonic()
         for f in self._files.values():
@@ -654,6 +668,7 @@ class NexusWriter:
             log.warning("%s: no default plot (%s)", key, exc)
         entry.file.flush()
         del self._entries[key]
+        self._note(key, {"written": time.time()})
         try:
             ended = float(entry.scan.refresh()._record.get(b"ended", time.time()))
         except databus.UnknownScan:

@@ -89,18 +89,22 @@ class MemoryGuard:
         return GuardReport(before, used, cap, tuple(evicted))
 
     def _ended_scans_oldest_first(self) -> list[str]:
+        """Ended scans, oldest first; those a file writer has started and not finished
+        (its ``file`` in the record, no ``written`` yet) come last, so a writer that
+        lags loses a scan only when nothing else is left to delete."""
         prefix = self.bus.settings.prefix
         scan_keys: list[Any] = list(self.bus.redis.zrange(keys.scans(prefix), 0, -1))
         names = [k.decode() if isinstance(k, bytes) else k for k in scan_keys]
         pipe = self.bus.redis.pipeline(transaction=False)
         for key in names:
-            pipe.hget(key, "state")
-        states = pipe.execute() if names else []
-        return [
-            k
-            for k, s in zip(names, states, strict=True)
-            if s is not None and int(s) == ScanState.ENDED
+            pipe.hmget(key, "state", "file", "written")
+        records = pipe.execute() if names else []
+        ended = [
+            (key, file is not None and written is None)
+            for key, (state, file, written) in zip(names, records, strict=True)
+            if state is not None and int(state) == ScanState.ENDED
         ]
+        return [key for key, _ in sorted(ended, key=lambda item: item[1])]
 
     def _evict(self, key: str) -> None:
         """Delete every key of the ended scan ``key`` and note it in its session log."""

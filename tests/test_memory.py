@@ -54,6 +54,16 @@ def test_the_guard_deletes_the_oldest_ended_scans_whole(small_server):
     bus.close()
 
 
+def test_scans_a_writer_has_not_finished_are_deleted_last(small_server):
+    bus = databus.connect(small_server.url, prefix="memw", memory_guard=False)
+    being_written, done, plain = (frames_scan(bus, "m", 8, t) for t in ("w", "done", "plain"))
+    bus.redis.hset(being_written.key, "file", "/data/m.h5")  # a writer is on it
+    bus.redis.hset(done.key, mapping={"file": "/data/m.h5", "written": time.time()})
+    report = MemoryGuard(bus, high=0.1, low=0.01).check(force=True)
+    assert list(report.evicted) == [done.key, plain.key, being_written.key]
+    bus.close()
+
+
 def test_publishers_make_room_by_themselves(small_server):
     bus = databus.connect(small_server.url, prefix="mem2")
     scans = [frames_scan(bus, "m", 6, f"scan {i}") for i in range(12)]  # 72 MB through a 40 MB cap

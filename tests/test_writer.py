@@ -201,6 +201,10 @@ def test_kill_9_and_restart_loses_and_repeats_nothing(beamline, tmp_path):
         assert e["end_reason"][()] == b"finished"
         assert list(e["writer/progress"][()]) == [400] * 4
         same_as_published(b["bus"], s.key, e)
+    # The record says where the scan went (DataExpired names it) and that it is written.
+    record = b["bus"].redis.hgetall(s.key)
+    assert record[b"file"] == str(the_file(tmp_path)).encode() and b"written" in record
+    assert record[b"dataset:simulation:diode"].startswith(b"/1.1/")
 
 
 def test_a_scan_that_expired_before_the_restart_is_marked(beamline, tmp_path):
