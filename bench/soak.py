@@ -4,7 +4,8 @@
     python bench/soak.py --quick    # load: 10 s, 6 followers; soak: 20 scans
 
 The server is the embedded one with its default 1 GB cap (the memory guard keeps it under);
-followers and the NeXus writer (``databus writer``) are separate processes.
+followers and the NeXus writer (``databus writer``) are separate processes, the followers
+at nice 10 (``FOLLOWER_NICE``): at equal priority, 20 of them starve the publisher on 2 cores.
 
 Load: 18 followers of the scalar channels and 2 of everything follow one session while
 the publisher sends 4 float64 channels at 10 kHz (one ``send()`` per point) and 1024x1024
@@ -51,6 +52,10 @@ import databus
 from databus.server import EmbeddedServer
 
 SCALARS = 4
+#: Followers run at this nice level: on 2 cores, 20 analysis processes at the publisher's
+#: priority take the CPU it needs to keep its pace (and the writer its), as they would on
+#: a beamline's acquisition computer.
+FOLLOWER_NICE = 10
 FRAME = (1024, 1024)
 #: Latency histogram bins, in ms (log-spaced, 0.01 ms to 100 s).
 BINS = np.logspace(-2, 5, 701)
@@ -70,6 +75,7 @@ def follow(url: str, session: str, scalars_only: bool, out: str, replay: bool = 
     the GAP events it got, frames whose index is wrong, and its latency histogram; it
     stops after the scan whose info says ``last``. ``replay``: from the session's first
     scan still in Redis."""
+    os.nice(FOLLOWER_NICE)
     bus = databus.connect(url)
     got: dict[str, dict[str, list[list[int]]]] = {}
     gaps: dict[str, dict[str, list[list[Any]]]] = {}
@@ -308,7 +314,8 @@ def _runs(indices: np.ndarray) -> int:
 def check_followers(results: list[dict], sent: list[Sent]) -> dict[str, int]:
     """Points each follower neither got nor was told of (GAP), duplicates, wrong frames."""
     lost = unreported = duplicated = reported = 0
-    for res in results:
+    holes: list[tuple[int, str, str, int, int]] = []  # (follower, scan, channel, first, n)
+    for number, res in enumerate(results):
         for s in sent:
             got, gaps = res["got"].get(s.key, {}), res["gaps"].get(s.key, {})
             expected = {f"sim:c{i}": len(s.values) for i in range(SCALARS)}
@@ -322,6 +329,8 @@ def check_followers(results: list[dict], sent: list[Sent]) -> dict[str, int]:
                     seen[first : first + count] += 1
                     reported += count
                 missing = np.flatnonzero(seen == 0)
+                if len(missing):
+                    holes.append((number, s.key, name, int(missing[0]), len(missing)))
                 lost += len(missing)
                 unreported += _runs(missing)
                 duplicated += int(np.count_nonzero(seen > 1))
@@ -332,6 +341,7 @@ def check_followers(results: list[dict], sent: list[Sent]) -> dict[str, int]:
         "duplicated": duplicated,
         "reported": reported,
         "wrong": wrong,
+        "silent": holes,
     }
 
 
@@ -467,7 +477,7 @@ def soak_phase(url: str, server: EmbeddedServer, tmp: Path, scans: int) -> dict[
     }
 
 
-def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {k: a[k] + b[k] for k in a}
 
 
@@ -525,8 +535,16 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     if args.keep:
-        silent = {p: phase["files"]["silent"] for p, phase in (("load", load), ("soak", soak))}
+        phases = (("load", load), ("soak", soak))
+        silent = {
+            p: {"files": ph["files"]["silent"], "followers": ph["followers"]["silent"]}
+            for p, ph in phases
+        }
         (tmp / "silent.json").write_text(json.dumps(silent))
+        sent = {
+            p: {s.key: [len(s.values), len(s.frame_times)] for s in ph["sent"]} for p, ph in phases
+        }
+        (tmp / "sent.json").write_text(json.dumps(sent))
     report(load, soak, ratio, t1 - t0, t2 - t1)
 
 
