@@ -4,8 +4,8 @@
     python bench/soak.py --quick    # load: 10 s, 6 followers; soak: 20 scans
 
 The server is the embedded one with its default 1 GB cap (the memory guard keeps it under);
-followers and the NeXus writer (``databus writer``) are separate processes, the followers
-at nice 10 (``FOLLOWER_NICE``): at equal priority, 20 of them starve the publisher on 2 cores.
+followers and the NeXus writer (``databus writer``) are separate processes, all at the
+same priority.
 
 Load: 18 followers of the scalar channels and 2 of everything follow one session while
 the publisher sends 4 float64 channels at 10 kHz (one ``send()`` per point) and 1024x1024
@@ -52,10 +52,6 @@ import databus
 from databus.server import EmbeddedServer
 
 SCALARS = 4
-#: Followers run at this nice level: on 2 cores, 20 analysis processes at the publisher's
-#: priority take the CPU it needs to keep its pace (and the writer its), as they would on
-#: a beamline's acquisition computer.
-FOLLOWER_NICE = 10
 FRAME = (1024, 1024)
 #: Latency histogram bins, in ms (log-spaced, 0.01 ms to 100 s).
 BINS = np.logspace(-2, 5, 701)
@@ -75,7 +71,6 @@ def follow(url: str, session: str, scalars_only: bool, out: str, replay: bool = 
     the GAP events it got, frames whose index is wrong, and its latency histogram; it
     stops after the scan whose info says ``last``. ``replay``: from the session's first
     scan still in Redis."""
-    os.nice(FOLLOWER_NICE)
     bus = databus.connect(url)
     got: dict[str, dict[str, list[list[int]]]] = {}
     gaps: dict[str, dict[str, list[list[Any]]]] = {}
