@@ -360,14 +360,14 @@ class Scan:
             entry_id, fields = gap_entry(first, stop, GAP_SERVER_LOST)
             pipe.xadd(w.key, fields, id=entry_id)
             pipe.pexpire(w.key, running_ms)
-            w.lost.append((first, stop))
-            pipe.hset(self.key, f"lost:{w.name}", pack_meta(w.lost))
+            pipe.hset(self.key, f"lost:{w.name}", pack_meta([*w.lost, (first, stop)]))
             pipe.xadd(
                 keys.scan_log(self.key),
                 {"event": "gap", "channel": w.name, "first": first, "stop": stop},
             )
         pipe.execute()
         for w, (first, stop) in lost.items():
+            w.lost.append((first, stop))  # once written: a retry after a failure adds it once
             log.error(
                 "scan %s channel %r: the server restarted without points %d..%d it had "
                 "acknowledged; marked as a gap",

@@ -21,6 +21,8 @@ import numpy as np
 from . import keys
 from .assembler import START, Assembler, make_filter
 from .encoding import (
+    GAP_DROPPED,
+    GAP_SERVER_LOST,
     Block,
     Descriptor,
     FileRef,
@@ -509,15 +511,15 @@ class ChannelNode(Node):
         end = blocks[-1].first + blocks[-1].count
         for previous, block in itertools.pairwise(blocks):
             if previous.first + previous.count != block.first:
-                raise self._lost(previous.first + previous.count, block.first - 1, "dropped")
+                raise self._lost(previous.first + previous.count, block.first - 1, GAP_DROPPED)
         if end <= last:
             raise self._beyond(first, last, *self._extent())
         return self._slice(blocks, first, last)
 
     def _lost(self, first: int, last: int, reason: str) -> DataLost:
         why = {
-            "dropped": "were dropped by the publisher (a lossy channel that could not keep up)",
-            "server lost": "were lost by the server (it restarted without its data)",
+            GAP_DROPPED: "were dropped by the publisher (a lossy channel that could not keep up)",
+            GAP_SERVER_LOST: "were lost by the server (it restarted without its data)",
         }.get(reason, f"are missing ({reason})")
         return DataLost(
             f"channel {self.name!r} of {self.scan.key}: points {first}..{last} {why} "

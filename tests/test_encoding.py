@@ -117,6 +117,14 @@ def test_corrupt_entries_name_key_and_id(fields):
     assert info.value.entry_id == "4-1" and info.value.key == "key"
 
 
+def test_gap_markers_decode_and_a_bad_one_is_a_corrupt_entry():
+    desc = enc.Descriptor.create("c", "float64")
+    (gap,) = enc.decode_entries(desc, "k", stored([enc.gap_entry(2, 5, enc.GAP_DROPPED)]))
+    assert gap == enc.Gap(2, 3, "dropped")
+    with pytest.raises(CorruptEntry, match=r"k entry 5-0: .*gap marker from 7 to 5"):
+        list(enc.decode_entries(desc, "k", [(b"5-0", {b"gap": b"7", b"why": b"dropped"})]))
+
+
 def test_metadata_round_trips_numpy_and_names_what_it_cannot_store():
     info = {
         "title": "ascan",

@@ -300,6 +300,25 @@ class TestChannelAccess:
         assert "'simulation:gauss'" in str(err) and scan.key in str(err) and "1..3" in str(err)
         assert "/data/exp.h5:/1.1/measurement/gauss" in str(err) and err.file == "/data/exp.h5"
 
+    def test_points_a_lossy_channel_dropped_are_a_gap_event_and_data_lost(self, make_bus):
+        bus = make_bus(buffer_bytes=2 * 2**20)
+        scan = bus.session("lossy_read").create_scan()
+        img = scan.channel("img", "uint8", (2**20,), lossy=True)
+        bus.redis.client_pause(300, all=True)  # the server stalls: the buffer fills up
+        for i in range(20):
+            img.send(np.full(2**20, i, np.uint8))
+        scan.end()
+        events = list(bus.session("lossy_read").follow(replay=True, wait=False))
+        gaps = [e.data for e in events if e.type is EventType.GAP]
+        got = [e.data for e in events if e.type is EventType.NEW_DATA]
+        assert gaps and all(g.reason == "dropped" for g in gaps)
+        spans = [(d.first_index, d.block_size) for d in gaps + got]
+        assert sorted(i for a, n in spans for i in range(a, a + n)) == list(range(20))
+        ch = bus.scan(scan.key).channels["img"]
+        with pytest.raises(databus.DataLost, match="dropped by the publisher") as info:
+            ch.get(gaps[0].first_index)
+        assert info.value.reason == "dropped"
+
     def test_a_corrupt_entry_raises_on_read_and_the_walk_goes_on(self, bus, caplog):
         session = bus.session("corrupt")
         c = Collector(session.follow, until=ended)
