@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 import databus
-from databus.encoding import GAP_DROPPED, GAP_SERVER_LOST, FileRef
+from databus.encoding import GAP_DROPPED, GAP_EVICTED, GAP_SERVER_LOST, FileRef
 
 from ._h5clear import clear_status_flags
 
@@ -50,7 +50,7 @@ _HSET_IF_EXISTS = (
     "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end"
 )
 #: Codes of the ``reason`` column of ``writer/gaps`` (its ``reasons`` attribute).
-GAP_REASONS = (GAP_DROPPED, GAP_SERVER_LOST, "missing")
+GAP_REASONS = (GAP_DROPPED, GAP_SERVER_LOST, "missing", GAP_EVICTED)
 
 
 def _h5py() -> Any:

@@ -9,6 +9,8 @@ Per scan, the order is guaranteed by construction::
     scan log "prepared"    -> PREPARED_SCAN            start reading the channel streams
     channel entries        -> NEW_DATA (one per channel and batch, contiguous points)
     gap markers            -> GAP (points this reader will never get, in index order)
+    session log "evicted"  -> GAP for what was not read, then END_SCAN (the memory guard
+                              deleted the ended scan before this reader finished it)
     scan log "ended"  and every followed channel sealed
                            -> END_SCAN(ScanEnd)        stop reading the scan's streams
 
@@ -27,7 +29,18 @@ from typing import Any
 import numpy as np
 
 from . import keys
-from .encoding import SEAL_ID, Block, Descriptor, Gap, decode_entries, field, parse_id, text
+from .encoding import (
+    GAP_EVICTED,
+    SEAL_ID,
+    Block,
+    Descriptor,
+    Gap,
+    decode_entries,
+    field,
+    parse_id,
+    text,
+    unpack_meta,
+)
 from .errors import CorruptEntry
 from .events import DataGap, Event, EventData, EventType, ScanEnd
 
@@ -119,7 +132,7 @@ class Assembler:
 
     def streams(self) -> dict[str, str]:
         """Stream keys to read next, with the ID after which to read each."""
-        if self._held in self._scans:
+        if self.replaying:
             return {k: v for k, v in self.cursors.items() if k != self.session_log}
         return dict(self.cursors)
 
@@ -140,6 +153,12 @@ class Assembler:
     def active(self) -> int:
         """Scans followed that have not ended yet."""
         return len(self._scans)
+
+    @property
+    def replaying(self) -> bool:
+        """An ended scan is being replayed (the session log waits until it is read whole):
+        its keys missing can only mean it was evicted or has expired."""
+        return self._held in self._scans
 
     def unfinished(self) -> list[str]:
         """Keys of followed scans that have not ended."""
@@ -194,7 +213,7 @@ class Assembler:
                 events += self._session_entries(entries, records)
             elif key in self._by_log:
                 events += self._scan_entries(self._by_log[key], entries, records)
-            elif key in self._by_channel:
+            elif key in self._by_channel:  # (not if this reply's session log ended it)
                 events += self._channel_entries(key, entries)
         return events
 
@@ -208,17 +227,56 @@ class Assembler:
             channel.sealed = True
         return self._maybe_end(scan_key, scan)
 
+    def evicted(self, scan_key: str, fields: dict) -> list[Event]:
+        """End a scan the memory guard deleted, from its session log's ``evicted`` entry
+        (``fields``): a GAP for every point of each followed channel this reader has not
+        had, then END_SCAN with the way the scan ended."""
+        scan = self._scans.get(scan_key)
+        if scan is None:
+            return []
+        try:
+            packed = unpack_meta(field(fields, "channels"))
+            channels = {str(name): (int(v[0]), v[1]) for name, v in packed.items()}
+        except Exception as exc:
+            self._skip(self.session_log, "-", f"bad 'evicted' entry of {scan_key}: {exc}")
+            return self.lost(scan_key, "the memory guard deleted it (its totals are unreadable)")
+        events: list[Event] = []
+        for name, (_, raw) in channels.items():  # channels declared after the walk's last read
+            if name not in scan.channels:
+                events += self._new_channel(scan, name, {f"ch:{name}".encode(): raw})
+        if any(total for total, _ in channels.values()):
+            events += self._prepared(scan)
+        events += self._start_reading(scan)
+        for channel in scan.channels.values():
+            total = channels.get(channel.desc.name, (channel.next, b""))[0]
+            if channel.key in self._by_channel and total > channel.next:
+                gap = DataGap(channel.next, total - channel.next, GAP_EVICTED)
+                events.append(Event(EventType.GAP, channel.node, gap))
+                channel.next = total
+            channel.sealed = True
+        error = field(fields, "error")
+        reason = text(field(fields, "reason") or b"finished")
+        scan.end = ScanEnd(reason, None if error is None else text(error))
+        if hasattr(scan.node, "_ended"):
+            scan.node._ended(scan.end)
+        return events + self._maybe_end(scan_key, scan)
+
     def _session_entries(self, entries: Entries, records: dict[str, dict]) -> list[Event]:
         events: list[Event] = []
         for entry_id, fields in entries:
-            if self._held in self._scans:
+            if self.replaying:
                 break  # the rest is read again once the replayed scan has ended
             self.cursors[self.session_log] = text(entry_id)
-            if text(field(fields, "event")) == "created" and field(fields, "scan"):
-                key = text(field(fields, "scan"))
+            what, scan = text(field(fields, "event")), field(fields, "scan")
+            if scan is None:
+                continue
+            if what == "created":
+                key = text(scan)
                 events += self.add_scan(key, records.get(key))
                 if key in self._sequential:
                     self._held = key
+            elif what == "evicted":
+                events += self.evicted(text(scan), fields)
         return events
 
     def _scan_entries(

@@ -71,6 +71,7 @@ def is_seal(raw: bytes | str) -> bool:
 #: Reasons a gap marker gives.
 GAP_DROPPED = "dropped"  # a lossy channel dropped them to stay within the scan's buffer
 GAP_SERVER_LOST = "server lost"  # acknowledged, then lost when the server restarted empty
+GAP_EVICTED = "evicted"  # the memory guard deleted the ended scan before this reader read them
 
 
 def gap_entry(first: int, stop: int, reason: str) -> tuple[bytes, dict[Any, Any]]:

@@ -40,7 +40,8 @@ class EventData(NamedTuple):
 class DataGap(NamedTuple):
     """The data of GAP: points ``first_index`` .. ``first_index + block_size - 1`` of the
     channel will never be delivered; ``reason`` is ``dropped`` (a lossy channel dropped
-    them to keep up) or ``server lost`` (the server restarted without them)."""
+    them to keep up), ``server lost`` (the server restarted without them) or ``evicted``
+    (the memory guard deleted the ended scan before this reader had read them)."""
 
     first_index: int
     block_size: int

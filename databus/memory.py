@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import keys
+from .encoding import Descriptor, pack_meta, points_through, text
 from .states import ScanState
 
 if TYPE_CHECKING:
@@ -107,24 +108,51 @@ class MemoryGuard:
         return [key for key, _ in sorted(ended, key=lambda item: item[1])]
 
     def _evict(self, key: str) -> None:
-        """Delete every key of the ended scan ``key`` and note it in its session log."""
+        """Delete every key of the ended scan ``key`` and note it in its session log, with
+        how it ended and each channel's total and descriptor, so a walk still reading it
+        can report what it will never read (``GAP`` events, reason ``evicted``)."""
         prefix, session, number = keys.parse_scan(key)
-        fields: list[Any] = list(self.bus.redis.hkeys(key))
-        names = [f.decode() if isinstance(f, bytes) else f for f in fields]
-        channels = [f[3:] for f in names if f.startswith("ch:")]
+        record = {text(k): v for k, v in self.bus.redis.hgetall(key).items()}
+        descs = {k[3:]: v for k, v in record.items() if k.startswith("ch:")}
+        pipe = self.bus.redis.pipeline(transaction=False)
+        for name in descs:
+            pipe.xrevrange(keys.channel(key, name), count=1)
+        lasts = pipe.execute() if descs else []
+        channels = {
+            name: [_total(raw, last), raw]
+            for (name, raw), last in zip(descs.items(), lasts, strict=True)
+        }
+        event: dict[str, Any] = {
+            "event": "evicted",
+            "scan": key,
+            "number": number,
+            "time": time.time(),
+            "reason": text(record.get("end_reason", b"finished")),
+            "channels": pack_meta(channels),
+        }
+        if "error" in record:
+            event["error"] = record["error"]
         pipe = self.bus.redis.pipeline(transaction=True)
         pipe.delete(
             key,
             keys.scan_log(key),
             keys.scan_control(key),
-            *[keys.channel(key, name) for name in channels],
+            *[keys.channel(key, name) for name in descs],
         )
         pipe.zrem(keys.scans(prefix), key)
-        pipe.xadd(
-            keys.session_log(prefix, session),
-            {"event": "evicted", "scan": key, "number": number, "time": time.time()},
-        )
+        pipe.xadd(keys.session_log(prefix, session), event)
         pipe.execute()
+
+
+def _total(descriptor: bytes, last: list) -> int:
+    """Points a channel's stream accounts for, from its last entry (None: no entry)."""
+    if not last:
+        return 0
+    try:
+        return points_through(Descriptor.from_meta(descriptor), last[0][0], last[0][1])
+    except Exception as exc:  # a corrupt descriptor or entry: report what is known
+        log.warning("memory guard: cannot count a channel's points: %s", exc)
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -732,7 +732,8 @@ def _walk(
                 if not reply:
                     if not wait:
                         return
-                    if asm.active and time.monotonic() - idle_since > LOST_CHECK_S:
+                    idle = time.monotonic() - idle_since
+                    if asm.active and (asm.replaying or idle > LOST_CHECK_S):
                         idle_since = time.monotonic()
                         yield from _check_lost(bus, asm)
                     continue
@@ -751,12 +752,24 @@ def _before(entry_id: str) -> str:
 
 
 def _check_lost(bus: Bus, asm: Assembler) -> Iterator[Event]:
+    """End the followed scans whose keys are gone: evicted ones (the session log says so)
+    with GAP events for what was not read, the others as lost."""
     scans = asm.unfinished()
     pipe = bus.redis.pipeline(transaction=False)
     for key in scans:
         pipe.exists(key)
-    for key, exists in zip(scans, pipe.execute(), strict=True):
-        if not exists:
+    gone = [key for key, exists in zip(scans, pipe.execute(), strict=True) if not exists]
+    if not gone:
+        return
+    evicted = {
+        text(f[b"scan"]): f
+        for _, f in _xrange(bus, asm.session_log)
+        if f.get(b"event") == b"evicted" and b"scan" in f
+    }
+    for key in gone:
+        if key in evicted:
+            yield from asm.evicted(key, evicted[key])
+        else:
             yield from asm.lost(
                 key, "the scan's keys expired before it ended: its publisher stopped"
             )

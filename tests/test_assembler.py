@@ -214,6 +214,42 @@ def test_a_scan_whose_keys_vanished_ends_as_lost():
     assert asm.streams() == {SLOG: "1-0"}
 
 
+def evicted(i, channels, **fields):
+    entry_id, f = log(i, "evicted", scan=SCAN, **fields)
+    return entry_id, {**f, b"channels": enc.pack_meta(channels)}
+
+
+def test_an_evicted_scan_ends_with_gaps_for_what_was_not_read():
+    asm = make()
+    recs = {SCAN: record(X)}
+    asm.feed([(SLOG, [log(1, "created", scan=SCAN)])], recs)
+    asm.feed([(SCAN_LOG, [log(2, "channel", name="x"), log(3, "prepared")])], recs)
+    xkey = keys.channel(SCAN, "x")
+    asm.feed([(xkey, stored(enc.block_entries(X, 0, np.ones(4))))], recs)
+    # Evicted when x had 10 points; img was declared after this walk's last scan-log read.
+    channels = {"x": [10, X.to_meta()], "img": [3, IMG.to_meta()]}
+    ev = asm.feed([(SLOG, [evicted(4, channels, reason="stopped", error="by hand")])], recs)
+    assert [(e.type.name, e.node.name) for e in ev] == [
+        ("NEW_NODE", "img"),
+        ("GAP", "x"),
+        ("GAP", "img"),
+        ("END_SCAN", SCAN),
+    ]
+    assert [span(e) for e in ev[1:3]] == [(4, 6), (0, 3)]
+    assert {e.data.reason for e in ev[1:3]} == {"evicted"}
+    assert ev[-1].data == ScanEnd("stopped", "by hand")
+    assert asm.streams() == {SLOG: "4-0"} and asm.active == 0
+
+
+def test_an_unreadable_evicted_entry_ends_the_scan_as_lost():
+    asm = make()
+    asm.feed([(SLOG, [log(1, "created", scan=SCAN)])], {SCAN: record(X)})
+    bad = (b"2-0", {b"event": b"evicted", b"scan": SCAN.encode(), b"channels": b"\xc1"})
+    ev = asm.feed([(SLOG, [bad])], {})
+    assert kinds(ev) == [("END_SCAN", SCAN)] and ev[0].data.reason == "lost"
+    assert "bad 'evicted' entry" in asm.skipped[0][2]
+
+
 def test_an_expired_scan_is_ignored_and_unknown_log_events_are_skipped():
     asm = make()
     assert asm.feed([(SLOG, [log(1, "created", scan=SCAN)])], {SCAN: {}}) == []

@@ -139,3 +139,48 @@ def test_the_memory_guard_command(small_server):
         _, err = proc.communicate(timeout=10)
     assert not bus.redis.exists(old[0].key) and "deleted" in err
     bus.close()
+
+
+def _until(events, kind):
+    """Events up to and including the next one of type ``kind``."""
+    got = []
+    for event in events:
+        got.append(event)
+        if event.type is kind:
+            return got
+    raise AssertionError(f"no {kind} in {got}")
+
+
+@pytest.mark.parametrize("replay", [False, True], ids=["live", "replay"])
+def test_a_walk_behind_an_evicted_scan_is_told_what_it_will_never_read(bus, replay):
+    """The guard deletes an ended scan a walk has only begun to read: the walk gets GAP
+    events (reason ``evicted``) for the rest, then END_SCAN with how the scan ended."""
+    session = bus.session("ev")
+    scan = session.create_scan(title="big")
+    events = session.follow(replay=replay)
+    if not replay:  # follows the running scan live
+        got = _until(events, databus.EventType.NEW_NODE)
+    with scan:
+        img = scan.channel("img", "uint16", (512, 1024))  # 1 MiB frames: 16 to a read
+        t = scan.channel("t", "float64")
+        for i in range(40):
+            img.send(np.full((512, 1024), i, np.uint16))
+            t.send(float(i))
+    if replay:  # the ended scan is replayed while the session log waits for it
+        got = []
+    got += _until(events, databus.EventType.NEW_DATA)
+    assert MemoryGuard(bus, cap=2**40).check(force=True).evicted == (scan.key,)
+    rest = _until(events, databus.EventType.END_SCAN)
+    for name in ("img", "t"):
+        spans = sorted(
+            (e.data.first_index, e.data.block_size)
+            for e in got + rest
+            if e.type in (databus.EventType.NEW_DATA, databus.EventType.GAP)
+            and e.node.short_name == name
+        )
+        indices = [i for first, size in spans for i in range(first, first + size)]
+        assert indices == list(range(40)), (name, spans)  # each once: read, or in a gap
+    gaps = [e.data for e in rest if e.type is databus.EventType.GAP]
+    assert gaps and {g.reason for g in gaps} == {"evicted"}
+    assert rest[-1].data.reason == "finished"
+    assert [e.type for e in rest].count(databus.EventType.END_SCAN) == 1
