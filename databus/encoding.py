@@ -25,6 +25,7 @@ some of them reads it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -239,14 +240,14 @@ class Descriptor:
             dict(attrs or {}),
         )
 
-    @property
+    @functools.cached_property
     def point_nbytes(self) -> int:
         """Bytes of one point stored inline (0 for json and ref channels)."""
         if self.kind != "array" or self.dtype is None:
             return 0
         return self.dtype.itemsize * math.prod(self.shape)
 
-    @property
+    @functools.cached_property
     def parts(self) -> int:
         """Entries one point is split into (1 unless a point exceeds ``entry_bytes``)."""
         return max(1, -(-self.point_nbytes // self.entry_bytes))

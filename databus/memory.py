@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The longest ``used()`` waits for the server to free what was deleted (seconds).
+LAZYFREE_WAIT_S = 1.0
+
 
 @dataclasses.dataclass(frozen=True)
 class GuardReport:
@@ -55,7 +58,16 @@ class MemoryGuard:
         return self._cap
 
     def used(self) -> int:
-        return int(self.bus.redis.info("memory")["used_memory"])
+        """The server's ``used_memory``, once the keys it frees in the background are
+        freed (up to ``LAZYFREE_WAIT_S``): else a deleted scan would seem to free nothing,
+        and the next one would go too."""
+        deadline = time.monotonic() + LAZYFREE_WAIT_S
+        while True:
+            info = self.bus.redis.info("memory")
+            pending = int(info.get("lazyfree_pending_objects", 0))
+            if not pending or time.monotonic() > deadline:
+                return int(info["used_memory"])
+            time.sleep(0.002)
 
     def check(self, force: bool = False) -> GuardReport:
         """Evict ended scans if memory is past the high-water mark, or with ``force``
@@ -112,7 +124,7 @@ class MemoryGuard:
         how it ended and each channel's total and descriptor, so a walk still reading it
         can report what it will never read (``GAP`` events, reason ``evicted``)."""
         prefix, session, number = keys.parse_scan(key)
-        record = {text(k): v for k, v in self.bus.redis.hgetall(key).items()}
+        record: dict[str, Any] = {text(k): v for k, v in self.bus.redis.hgetall(key).items()}
         descs = {k[3:]: v for k, v in record.items() if k.startswith("ch:")}
         pipe = self.bus.redis.pipeline(transaction=False)
         for name in descs:
@@ -122,7 +134,7 @@ class MemoryGuard:
             name: [_total(raw, last), raw]
             for (name, raw), last in zip(descs.items(), lasts, strict=True)
         }
-        event: dict[str, Any] = {
+        event: dict[Any, Any] = {
             "event": "evicted",
             "scan": key,
             "number": number,
@@ -133,7 +145,7 @@ class MemoryGuard:
         if "error" in record:
             event["error"] = record["error"]
         pipe = self.bus.redis.pipeline(transaction=True)
-        pipe.delete(
+        pipe.unlink(  # freed by the server's background thread: a big scan never stalls it
             key,
             keys.scan_log(key),
             keys.scan_control(key),

@@ -7,8 +7,11 @@ background flusher (a thread, or a greenlet under gevent), its connection and pi
 The policy that makes us fast at every rate: a flush goes out as soon as anything is
 buffered and none is in flight (latency at low rates), and everything sent while a flush
 is in flight rides the next one, all channels in one round trip (throughput at high
-rates). The buffer is bounded: a full buffer blocks ``send()``; a lossy channel drops its
-oldest points instead and counts them.
+rates). Every flush wakes every reader waiting on the server, so flushes are spaced by
+``FlushPolicy.pace``, which grows with the number of readers: twenty readers woken a
+thousand times a second would take more CPU than a small machine has. The buffer is
+bounded: a full buffer blocks ``send()``; a lossy channel drops its oldest points instead
+and counts them.
 
 Errors are never swallowed: the first one stops the flusher, and the next ``send()`` or
 ``close()`` raises ``FlushFailed`` from it, naming the points not acknowledged. A dropped
@@ -73,14 +76,29 @@ class FlushPolicy:
         goes out in steady pieces instead of one huge pipeline; never more than half the
         buffer (``flush_budget``), so a lossy channel always has queued points to drop
         while a flush is in flight, and keeps its newest.
+    wake_cost_s: what one flush costs each reader it wakes (its read, decode and events,
+        and the server's reply), in CPU seconds.
+    wake_budget: the CPU (in cores) the wake-ups of all readers may take together.
+    max_pace_s: the longest ``pace``: what it may add to a point's latency.
     """
 
     max_buffer_bytes: int = 256 * 2**20
     max_flush_bytes: int = 32 * 2**20
+    wake_cost_s: float = 250e-6
+    wake_budget: float = 0.5
+    max_pace_s: float = 0.01
 
     def __post_init__(self) -> None:
         if self.max_buffer_bytes <= 0 or self.max_flush_bytes <= 0:
             raise ValueError("max_buffer_bytes and max_flush_bytes must be > 0")
+        if self.wake_cost_s < 0 or self.wake_budget <= 0 or self.max_pace_s < 0:
+            raise ValueError("wake_cost_s and max_pace_s must be >= 0, wake_budget > 0")
+
+    def pace(self, readers: int) -> float:
+        """Seconds from one flush's start to the next's, when ``readers`` clients wait for
+        new entries: every flush wakes each of them, so their wake-ups cost at most
+        ``wake_budget`` cores (one reader: 0.5 ms, twenty: 10 ms, by default)."""
+        return min(self.max_pace_s, readers * self.wake_cost_s / self.wake_budget)
 
     @property
     def flush_budget(self) -> int:
@@ -281,6 +299,12 @@ class Sink:
         self._entries = 0
         self._next_refresh = time.monotonic() + running_ttl / 4
         self._next_heartbeat = time.monotonic() + HEARTBEAT_S
+        #: Readers seen waiting on the server, the last few times it was asked (None:
+        #: this client may not ask); the flushes are paced by the most of them.
+        self._readers: collections.deque[int] | None = collections.deque([0], maxlen=5)
+        self._next_count = 0.0
+        self._pace = 0.0
+        self._last_flush = 0.0
         self._task = runner.spawn(self._run, name)
 
     # ------------------------------------------------------------ producer side
@@ -394,6 +418,13 @@ class Sink:
                         self._wake.wait(max(0.0, due - time.monotonic()))
                     self.idle = False
                     continue
+                wait = self._last_flush + self._pace - time.monotonic()
+                if wait > 0 and not self._closing and self._buffered < self.policy.flush_budget:
+                    # Producers wake a busy flusher only when the buffer is full.
+                    self._wake.clear()
+                    self._wake.wait(wait)
+                    continue
+                self._last_flush = time.monotonic()
                 self._flush_once()
         except BaseException as exc:
             self._error = exc
@@ -416,6 +447,7 @@ class Sink:
         if time.monotonic() >= self._next_refresh:
             commands = commands + self._refresh_commands()
         self._guard_if_due()
+        self._count_readers_if_due()
         while True:
             try:
                 self._transact(commands)
@@ -508,8 +540,9 @@ class Sink:
                 for start, block in _blocks(desc, index, run):
                     yield from block_entries(desc, start, block)
 
-    def _transact(self, commands: list[tuple[Any, ...]]) -> None:
-        """Run ``commands`` as one MULTI/EXEC in one write, and raise the first error.
+    def _transact(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Run ``commands`` as one MULTI/EXEC in one write, and raise the first error;
+        returns EXEC's replies.
 
         MULTI/EXEC so a blocked reader is served once, after the whole flush, with every
         channel's points (and every part of a split frame): after a plain pipeline's first
@@ -524,7 +557,7 @@ class Sink:
                     self._conn.connect()
                     if self._restore is not None:
                         self._restore()
-                self._exchange(commands, resent)
+                replies = self._exchange(commands, resent)
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The connection dropped or the server restarted: reconnect, restore what
@@ -548,15 +581,17 @@ class Sink:
         self._next_heartbeat = time.monotonic() + HEARTBEAT_S
         if resent:
             log.warning("reconnected to %s and sent the batch again", redact(self._url))
+        return replies
 
-    def _exchange(self, commands: list[tuple[Any, ...]], resent: bool) -> None:
+    def _exchange(self, commands: list[tuple[Any, ...]], resent: bool) -> list[Any]:
         """One MULTI/EXEC round trip; after a reconnect (``resent``), entries the server
-        already holds are not an error."""
+        already holds are not an error. Returns EXEC's replies."""
         conn = self._conn
         conn.send_packed_command(
             conn.pack_commands([("MULTI",), *commands, ("EXEC",)]), check_health=False
         )
         first: BaseException | None = None
+        replies: list[Any] = []
         for _ in range(len(commands) + 2):  # +OK, QUEUED..., then EXEC's array
             try:
                 reply = conn.read_response()
@@ -564,12 +599,14 @@ class Sink:
                 first = first or exc
                 continue
             if isinstance(reply, list):
+                replies = reply
                 errors = [r for r in reply if isinstance(r, Exception)]
                 if resent:
                     errors = [e for e in errors if "equal or smaller" not in str(e)]
                 first = first or (errors[0] if errors else None)
         if first is not None:
             raise first
+        return replies
 
     def _guard_if_due(self) -> None:
         """Run the memory guard about once a second while data flows."""
@@ -577,6 +614,24 @@ class Sink:
         if self._guard is not None and now >= self._next_guard:
             self._next_guard = now + 1.0
             self._guard()
+
+    def _count_readers_if_due(self) -> None:
+        """About once a second while data flows: how many clients wait on the server for
+        new entries (``blocked_clients``), to pace the flushes (``FlushPolicy.pace``)."""
+        now = time.monotonic()
+        if self._readers is None or now < self._next_count:
+            return
+        self._next_count = now + 1.0
+        try:
+            (info,) = self._transact([("INFO", "clients")])
+        except redis.ResponseError as exc:  # an ACL user without INFO: flush unpaced
+            log.info("cannot count the readers (%s): flushes are not paced", exc)
+            self._readers = None
+            return
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        blocked = [line for line in text.splitlines() if line.startswith("blocked_clients:")]
+        self._readers.append(int(blocked[0].split(":")[1]) if blocked else 0)
+        self._pace = self.policy.pace(max(self._readers))
 
     def _wait_for_memory(self, exc: BaseException) -> None:
         """The server is at its cap: evict what can go, wait, or give up with BusFull."""

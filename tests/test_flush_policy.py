@@ -35,3 +35,13 @@ def test_a_flush_takes_at_most_half_the_buffer():
     assert FlushPolicy(max_buffer_bytes=2**30).flush_budget == 32 * 2**20
     assert FlushPolicy(max_buffer_bytes=2 * 2**20).flush_budget == 2**20
     assert FlushPolicy(max_buffer_bytes=1).flush_budget == 1
+
+
+def test_flushes_are_spaced_by_the_readers_they_wake():
+    policy = FlushPolicy()
+    assert policy.pace(0) == 0
+    assert policy.pace(1) == pytest.approx(0.0005)  # no delay for one reader at 1 kHz
+    assert policy.pace(20) == pytest.approx(0.01)
+    assert policy.pace(1000) == policy.max_pace_s  # bounded: what it adds to latency
+    with pytest.raises(ValueError, match="wake_budget"):
+        FlushPolicy(wake_budget=0)

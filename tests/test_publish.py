@@ -371,3 +371,29 @@ class TestSink:
         with pytest.raises(databus.FlushFailed, match="not acknowledged: 'x'"):
             scan.end()
         assert bus.redis.hget(scan.key, "end_reason") == b"failed"
+
+
+def test_flushes_are_paced_by_the_readers_waiting_on_the_server(bus):
+    """Every flush wakes every waiting reader: with twenty waiting, points sent one a
+    millisecond go out in about one flush per 10 ms instead of one each."""
+
+    def flushes(readers):
+        waiting = [bus.redis.connection_pool.make_connection() for _ in range(readers)]
+        for conn in waiting:  # blocked readers, as the server counts them
+            conn.send_command("XREAD", "BLOCK", 0, "STREAMS", "nothing", "$")
+        try:
+            with bus.session("paced").create_scan(title=f"{readers} readers") as scan:
+                x = scan.channel("x", "float64")
+                for i in range(300):
+                    x.send(float(i))
+                    time.sleep(0.001)
+            stats = scan.statistics()
+        finally:
+            for conn in waiting:
+                conn.disconnect()
+        assert stats.points_acked == 300
+        return stats.flushes
+
+    alone, crowded = flushes(0), flushes(20)
+    assert crowded <= alone / 3, (alone, crowded)
+    assert crowded >= 10  # paced, not held until the end
