@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The longest ``used()`` waits for the server to free what was deleted (seconds).
+#: The longest a forced check waits for the server to free what was deleted (seconds).
 LAZYFREE_WAIT_S = 1.0
 
 
@@ -58,30 +58,42 @@ class MemoryGuard:
         return self._cap
 
     def used(self) -> int:
-        """The server's ``used_memory``, once the keys it frees in the background are
-        freed (up to ``LAZYFREE_WAIT_S``): else a deleted scan would seem to free nothing,
-        and the next one would go too."""
+        """The server's ``used_memory`` in bytes."""
+        return self._memory()[0]
+
+    def _memory(self) -> tuple[int, int]:
+        """(used_memory, lazyfree_pending_objects): keys deleted and not yet freed by the
+        server's background thread still count as used."""
+        info = self.bus.redis.info("memory")
+        return int(info["used_memory"]), int(info.get("lazyfree_pending_objects", 0))
+
+    def _settled(self) -> tuple[int, int]:
+        """``_memory()`` once the background frees are done (up to ``LAZYFREE_WAIT_S``)."""
         deadline = time.monotonic() + LAZYFREE_WAIT_S
         while True:
-            info = self.bus.redis.info("memory")
-            pending = int(info.get("lazyfree_pending_objects", 0))
-            if not pending or time.monotonic() > deadline:
-                return int(info["used_memory"])
+            used, freeing = self._memory()
+            if not freeing or time.monotonic() > deadline:
+                return used, freeing
             time.sleep(0.002)
 
     def check(self, force: bool = False) -> GuardReport:
         """Evict ended scans if memory is past the high-water mark, or with ``force``
         (the server has just refused a write: a large pipeline counts toward its memory
-        while it is queued, so usage read afterwards can look lower than it was)."""
+        while it is queued, so usage read afterwards can look lower than it was).
+
+        While the server is still freeing what was deleted, usage overstates: a routine
+        check then waits for the next one (it runs in the publisher's flusher, which must
+        not stall); a forced one waits for the frees, as its publisher is blocked anyway."""
         cap = self.cap()
-        before = used = self.used()
+        used, freeing = self._settled() if force else self._memory()
+        before = used
         evicted: list[str] = []
-        if cap and (force or used > self.high * cap):
+        if cap and not freeing and (force or used > self.high * cap):
             for key in self._ended_scans_oldest_first():
                 self._evict(key)
                 evicted.append(key)
-                used = self.used()
-                if used < self.low * cap:
+                used, freeing = self._settled() if force else self._memory()
+                if freeing or used < self.low * cap:
                     break
             if used > self.high * cap and not evicted:
                 log.warning(
@@ -92,12 +104,13 @@ class MemoryGuard:
                 )
         if evicted:
             log.warning(
-                "memory was %.0f MB of %.0f MB: deleted %d ended scans (%s), now %.0f MB",
+                "memory was %.0f MB of %.0f MB: deleted %d ended scans (%s), now %.0f MB%s",
                 before / 1e6,
                 cap / 1e6,
                 len(evicted),
                 ", ".join(evicted),
                 used / 1e6,
+                " (the server is still freeing them)" if freeing else "",
             )
         return GuardReport(before, used, cap, tuple(evicted))
 

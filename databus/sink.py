@@ -419,8 +419,9 @@ class Sink:
                     self.idle = False
                     continue
                 wait = self._last_flush + self._pace - time.monotonic()
-                if wait > 0 and not self._closing and self._buffered < self.policy.flush_budget:
-                    # Producers wake a busy flusher only when the buffer is full.
+                if wait > 0 and not self._closing and not self._backlog():
+                    # Producers wake a busy flusher only when their queue or the buffer
+                    # fills up.
                     self._wake.clear()
                     self._wake.wait(wait)
                     continue
@@ -435,6 +436,13 @@ class Sink:
                 buf._fast_limit = -1
         finally:
             self._space.set()
+
+    def _backlog(self) -> bool:
+        """Enough is queued to flush without waiting for the pace: a flush's worth of
+        bytes, or a scalar queue half full (its producer would soon block)."""
+        if self._buffered >= self.policy.flush_budget:
+            return True
+        return any(len(buf._queue) * 2 >= buf._fast_limit for buf in self._channels)
 
     def _flush_once(self) -> None:
         batch = _Batch()
