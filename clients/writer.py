@@ -14,8 +14,8 @@ Live and resumable: an entry is created when its scan is prepared, then the file
 SWMR mode and data is appended as it arrives, so h5py/silx/h5web can read it while it
 grows: points are gathered per channel, stored and flushed at least every ``flush_s``
 (one HDF5 write per channel, not one per event: at 1 kHz of events HDF5's per-call cost
-would take half a core). Structure changes (a new entry, the end of a
-scan) close SWMR briefly. After a crash the writer trusts the file, not its memory: on
+would take half a core). Structure changes (a new entry, the end of a scan) close SWMR
+briefly. After a crash the writer trusts the file, not its memory: on
 restart it cuts every dataset back to its recorded progress and continues from there,
 so no point is lost or written twice. A scan whose data expired before the writer came
 back is marked (``end_reason``, ``writer/missing``), never left silently short. Points
@@ -680,6 +680,8 @@ class NexusWriter:
             for f in self._files.values()
             if f.h5 is not None and now - f.last_flush >= self.flush_s
         ]
+        if not due:
+            return
         for entry in self._entries.values():
             if entry.file in due and entry.failed is None:
                 self._store(entry)

@@ -254,11 +254,7 @@ class Assembler:
                 events.append(Event(EventType.GAP, channel.node, gap))
                 channel.next = total
             channel.sealed = True
-        error = field(fields, "error")
-        reason = text(field(fields, "reason") or b"finished")
-        scan.end = ScanEnd(reason, None if error is None else text(error))
-        if hasattr(scan.node, "_ended"):
-            scan.node._ended(scan.end)
+        _end(scan, fields)
         return events + self._maybe_end(scan_key, scan)
 
     def _session_entries(self, entries: Entries, records: dict[str, dict]) -> list[Event]:
@@ -296,11 +292,7 @@ class Assembler:
                 events += self._prepared(scan)
             elif what == "ended":
                 events += self._start_reading(scan)
-                reason = text(field(fields, "reason") or b"finished")
-                error = field(fields, "error")
-                scan.end = ScanEnd(reason, None if error is None else text(error))
-                if hasattr(scan.node, "_ended"):
-                    scan.node._ended(scan.end)
+                _end(scan, fields)
                 events += self._maybe_end(scan_key, scan)
             elif what not in ("created", "gap"):  # gaps come as markers in the streams
                 self._skip(keys.scan_log(scan_key), entry_id, f"unknown log event {what!r}")
@@ -420,6 +412,16 @@ class Assembler:
     def _skip(self, key: str, entry_id: Any, message: str) -> None:
         self.skipped.append((key, text(entry_id), message))
         log.warning("databus walk: skipped %s entry %s: %s", key, text(entry_id), message)
+
+
+def _end(scan: _Scan, fields: dict) -> None:
+    """Record how ``scan`` ended, from the ``reason`` and ``error`` of a log entry (its
+    scan log's ``ended``, or the session log's ``evicted``)."""
+    error = field(fields, "error")
+    reason = text(field(fields, "reason") or b"finished")
+    scan.end = ScanEnd(reason, None if error is None else text(error))
+    if hasattr(scan.node, "_ended"):
+        scan.node._ended(scan.end)
 
 
 def _merge(items: list[Block | Gap]) -> list[Block | Gap]:
