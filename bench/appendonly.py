@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import redis
 from publish import CHANNELS, make_frames, run_blocks, run_points
 
 import databus
@@ -71,10 +72,13 @@ class Side:
         )
         self.appendonly = appendonly
         server = EmbeddedServer(self.dir, maxmemory=4 * 10**9, appendonly=appendonly)
-        url = server.start().url
+        state = server.start()
         stack.callback(server.stop)
-        self.bus = databus.connect(url, prefix="bench")
+        self.bus = databus.connect(state.url, prefix="bench")
         stack.callback(self.bus.close)
+        #: The server's admin user: AOF rewrites and its configuration.
+        self.admin = redis.Redis.from_url(state.admin_url, decode_responses=True)
+        stack.callback(self.admin.close)
 
     def persistence(self) -> dict[str, int]:
         info = self.bus.redis.info("persistence")
@@ -102,13 +106,13 @@ class Side:
         """Rewrite the AOF from the current (emptied) dataset, as a fresh server starts."""
         if self.appendonly:
             self.settle()
-            self.bus.redis.bgrewriteaof()
+            self.admin.bgrewriteaof()
             self.settle()
 
     def aof_bytes(self) -> int:
         """Size of the files the AOF manifest lists (a finished rewrite's leftovers and a
         running one's temporary file are not the AOF)."""
-        aof_dir = self.dir / self.bus.redis.config_get("appenddirname")["appenddirname"]
+        aof_dir = self.dir / self.admin.config_get("appenddirname")["appenddirname"]
         for _ in range(50):
             try:
                 manifest = (aof_dir / f"{self.aof_name()}.manifest").read_text()
@@ -119,7 +123,7 @@ class Side:
         raise RuntimeError(f"could not read the AOF manifest in {aof_dir}")
 
     def aof_name(self) -> str:
-        return self.bus.redis.config_get("appendfilename")["appendfilename"]
+        return self.admin.config_get("appendfilename")["appendfilename"]
 
 
 def _drop(bus: databus.Bus, scan: databus.Scan) -> None:
@@ -185,9 +189,7 @@ def main() -> int:
     results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     with contextlib.ExitStack() as stack:
         sides = {m: Side(stack, root, m == "on") for m in MODES}
-        config = sides["on"].bus.redis.config_get("*aof*") | sides["on"].bus.redis.config_get(
-            "appendfsync"
-        )
+        config = sides["on"].admin.config_get("*aof*") | sides["on"].admin.config_get("appendfsync")
         for side in sides.values():  # fault in the servers' memory, untimed
             run_frames(side, frames)
 

@@ -277,7 +277,7 @@ class MemorySampler:
 
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=1)
-        self.cap = int(self.client.config_get("maxmemory")["maxmemory"])
+        self.cap = int(self.client.info("memory")["maxmemory"])
         self.max_ratio = 0.0
         self.running = True
         self.thread = threading.Thread(target=self._run, daemon=True)

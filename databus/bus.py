@@ -8,7 +8,9 @@ commands with redis-py's Python packer, which writes large buffers without copyi
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -19,7 +21,7 @@ from redis.connection import PythonRespSerializer
 
 from . import keys
 from .config import Settings
-from .errors import ClosedError, InvalidURL, redact, translate_redis_errors
+from .errors import ClosedError, DatabusError, InvalidURL, redact, translate_redis_errors
 from .runners import GeventRunner, ThreadRunner, make_runner
 from .server import EmbeddedServer
 from .sink import BufferPool
@@ -28,7 +30,11 @@ if TYPE_CHECKING:
     from .events import Event
     from .subscribe import ScanNode, SessionNode
 
+log = logging.getLogger(__name__)
+
 _SCHEMES = ("redis", "rediss", "unix")
+#: Least time between two looks at a lost embedded server (seconds).
+REVIVE_S = 1.0
 
 
 def _check_url(url: str) -> None:
@@ -67,10 +73,13 @@ class Bus:
     ``repr(bus)``, which hides it).
     """
 
-    def __init__(self, url: str, settings: Settings) -> None:
+    def __init__(self, url: str, settings: Settings, server: EmbeddedServer | None = None) -> None:
         _check_url(url)
         self.url = url
         self.settings = settings
+        #: The embedded server this bus started or found (None for a server given by URL).
+        self.server = server
+        self._next_revive = 0.0
         self.runner: ThreadRunner | GeventRunner = make_runner(settings.concurrency)
         self._closed = False
         # A first PING with a read timeout, so a server that accepts but never answers
@@ -100,6 +109,28 @@ class Bus:
         """A new client for a publisher's sink: Python command packer, own connection."""
         self._check_open()
         return _client(self.url, self.settings, python_packer=True)
+
+    def revive_server(self) -> None:
+        """After losing the server: if it is the embedded one and its process died (not
+        stopped by ``databus server stop``), start it again on its port with its secrets,
+        under its state lock, so that of all the clients that lost it one starts it.
+        Publishers and walks call this while they reconnect; it looks at most every
+        ``REVIVE_S``. A server given by URL, or one still alive, is left as it is."""
+        now = time.monotonic()
+        if self.server is None or now < self._next_revive:
+            return
+        self._next_revive = now + REVIVE_S
+        try:
+            state = self.server.revive()
+        except DatabusError as exc:
+            log.warning("cannot bring the embedded server back: %s", exc)
+            return
+        if state is not None and state.url != self.url:
+            log.warning(
+                "the embedded server came back at %s, not at %s: reconnect with connect()",
+                redact(state.url),
+                redact(self.url),
+            )
 
     def session(self, name: str) -> Session:
         """The session called ``name``; it need not exist yet."""
@@ -209,13 +240,21 @@ def connect(url: str | None = None, *, settings: Settings | None = None, **overr
         settings = settings.replace(**overrides)
     target = url or settings.url
     if target is None:
-        server = EmbeddedServer(
-            settings.server_dir, maxmemory=settings.memory_cap, binary=settings.server_binary
-        )
+        server = embedded_server(settings)
         target = server.ensure().url
-    else:
-        _check_url(target)
+        return Bus(target, settings.replace(url=target), server)
+    _check_url(target)
     return Bus(target, settings.replace(url=target))
+
+
+def embedded_server(settings: Settings) -> EmbeddedServer:
+    """The embedded server ``settings`` name (run directory, memory cap, binary)."""
+    return EmbeddedServer(
+        settings.server_dir,
+        maxmemory=settings.memory_cap,
+        binary=settings.server_binary,
+        wait=settings.connect_timeout,
+    )
 
 
 _default: Bus | None = None

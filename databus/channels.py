@@ -235,6 +235,7 @@ class _Hub:
                 delay = 0.1
             except (redis.ConnectionError, redis.TimeoutError, ServerUnavailable) as exc:
                 log.warning("shared channels: lost the server (%s); retrying in %.1f s", exc, delay)
+                self.bus.revive_server()
                 self.bus.runner.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 resync = True

@@ -8,29 +8,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import keys
-from .bus import Bus
+from .bus import Bus, embedded_server
 from .config import Settings
-from .errors import DatabusError, redact
-from .server import EmbeddedServer, ServerState, new_password
-
-
-def _server(settings: Settings) -> EmbeddedServer:
-    return EmbeddedServer(
-        settings.server_dir, maxmemory=settings.memory_cap, binary=settings.server_binary
-    )
+from .errors import DatabusError, redact, translate_redis_errors
+from .server import ADMIN_USER, DATABUS_USER, ServerState
 
 
 def _print_status(url: str, settings: Settings, state: ServerState | None) -> None:
     bus = Bus(url, settings)
     try:
-        memory = bus.redis.info("memory")
-        prefix = settings.prefix
-        sessions = bus.redis.zcard(keys.sessions(prefix))
-        scan_keys: list[Any] = list(bus.redis.zrange(keys.scans(prefix), 0, -1))
-        pipe = bus.redis.pipeline(transaction=False)
-        for key in scan_keys:
-            pipe.exists(key)
-        live = sum(pipe.execute()) if scan_keys else 0
+        with translate_redis_errors(url):
+            memory = bus.redis.info("memory")
+            prefix = settings.prefix
+            sessions = bus.redis.zcard(keys.sessions(prefix))
+            scan_keys: list[Any] = list(bus.redis.zrange(keys.scans(prefix), 0, -1))
+            pipe = bus.redis.pipeline(transaction=False)
+            for key in scan_keys:
+                pipe.exists(key)
+            live = sum(pipe.execute()) if scan_keys else 0
     finally:
         bus.close()
     cap = memory.get("maxmemory") or 0
@@ -39,6 +34,10 @@ def _print_status(url: str, settings: Settings, state: ServerState | None) -> No
         print(f"socket:    {redact(state.socket_url)}")
         print(f"pid:       {state.pid}")
         print(f"log:       {state.log}")
+        if state.auth == "acl":
+            print(f"users:     {DATABUS_USER!r} (clients), {ADMIN_USER!r} (admin)")
+        else:
+            print("users:     none: anyone who reaches the port gets in (--no-auth)")
     used = memory.get("used_memory", 0)
     limit = f" of {cap / 1e6:.0f} MB cap" if cap else " (no cap)"
     print(f"memory:    {used / 1e6:.1f} MB used{limit}")
@@ -47,15 +46,19 @@ def _print_status(url: str, settings: Settings, state: ServerState | None) -> No
 
 
 def _cmd_server(args: argparse.Namespace, settings: Settings) -> int:
-    server = _server(settings)
+    server = embedded_server(settings)
     if args.action == "start":
-        running = server.status()
-        if running is not None:
-            print(f"already running: {redact(running.url)} (pid {running.pid})")
-            return 0
+        before = server.status()
+        server.auth = "none" if args.no_auth else "acl"
         server.appendonly = args.appendonly
-        state = server.start(password=new_password() if args.password else None)
-        print(f"started: {state.url if args.password else redact(state.url)} (pid {state.pid})")
+        state = server.start()
+        what = "already running" if before is not None else "started"
+        print(f"{what}: {redact(state.url)} (pid {state.pid})")
+        if state.auth == "acl":
+            print(
+                f"users {DATABUS_USER!r} and {ADMIN_USER!r}; their secrets are in "
+                f"{server.state_file} (yours only), read by databus.connect()"
+            )
         return 0
     if args.action == "stop":
         print("stopped" if server.stop() else "no server was running")
@@ -92,7 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("server", help="start, stop or inspect the embedded server")
     srv.add_argument("action", choices=["start", "stop", "status"])
-    srv.add_argument("--password", action="store_true", help="start with a generated password")
+    auth = srv.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--password",
+        action="store_true",
+        help="users with generated secrets (the default; kept for scripts that ask)",
+    )
+    auth.add_argument(
+        "--no-auth", action="store_true", help="no users: anyone who reaches the port gets in"
+    )
     srv.add_argument("--appendonly", action="store_true", help="keep an append-only file")
     sub.add_parser("status", help="URL, memory used, sessions and scans of the bus")
     sub.add_parser("demo", help="run a short simulated session, followed live", add_help=False)

@@ -1,8 +1,9 @@
 """One ``Settings`` object: where the server is, how keys are named, how long they live,
 how much the publisher may buffer, and whether background work runs in threads or gevent.
 
-Every field can come from the environment (``Settings.from_env()``), so scripts that only
-call ``databus.connect()`` are configured by ``DATABUS_URL`` and friends.
+Every field can come from the environment (``Settings.from_env()``: ``DATABUS_`` and the
+field's name in capitals), so scripts that only call ``databus.connect()`` are configured
+by ``DATABUS_URL`` and friends.
 """
 
 from __future__ import annotations
@@ -14,18 +15,9 @@ from typing import Literal
 
 Concurrency = Literal["auto", "thread", "gevent"]
 
-_ENV = {
-    "url": "DATABUS_URL",
-    "prefix": "DATABUS_PREFIX",
-    "running_ttl": "DATABUS_RUNNING_TTL",
-    "retention_ttl": "DATABUS_RETENTION_TTL",
-    "memory_cap": "DATABUS_MEMORY_CAP",
-    "buffer_bytes": "DATABUS_BUFFER_BYTES",
-    "concurrency": "DATABUS_CONCURRENCY",
-    "run_dir": "DATABUS_RUN_DIR",
-    "bus_full_timeout": "DATABUS_BUS_FULL_TIMEOUT",
-    "server_binary": "DATABUS_SERVER_BINARY",
-}
+#: Every field of ``Settings`` is read from ``DATABUS_<FIELD>`` (``DATABUS_RECONNECT_TIMEOUT``).
+ENV_PREFIX = "DATABUS_"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def default_run_dir() -> Path:
@@ -100,27 +92,16 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Settings from ``DATABUS_*`` environment variables, then ``overrides``."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        """Settings from ``DATABUS_*`` environment variables (one per field, its name in
+        capitals: ``DATABUS_RECONNECT_TIMEOUT=120``), then ``overrides``."""
         values: dict[str, object] = {}
-        for name, var in _ENV.items():
+        for f in dataclasses.fields(cls):
+            var = env_var(f.name)
             raw = os.environ.get(var)
-            if raw is None or raw == "":
-                continue
-            kind = fields[name].type
-            try:
-                if kind == "float":
-                    values[name] = float(raw)
-                elif kind == "int":
-                    values[name] = int(float(raw))
-                elif name == "run_dir":
-                    values[name] = Path(raw)
-                else:
-                    values[name] = raw
-            except ValueError:
-                raise ValueError(f"{var}={raw!r} is not a valid {kind}") from None
+            if raw:
+                values[f.name] = _parse(var, raw, f.type if isinstance(f.type, str) else "")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - set(fields)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**values)  # type: ignore[arg-type]
@@ -133,3 +114,26 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def env_var(name: str) -> str:
+    """The environment variable of the setting ``name``."""
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def _parse(var: str, raw: str, kind: str) -> object:
+    """The value of ``var``'s text ``raw`` for a field annotated ``kind``."""
+    try:
+        if kind == "float":
+            return float(raw)
+        if kind == "int":
+            return int(float(raw))
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a valid {kind}") from None
+    if kind == "bool":
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise ValueError(f"{var}={raw!r} is not a valid bool (use 1/0, true/false, yes/no)")
+    if kind.startswith("Path"):
+        return Path(raw)
+    return raw

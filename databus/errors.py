@@ -4,6 +4,7 @@ The tree::
 
     DatabusError
     ├── ServerUnavailable (ConnectionError)  the server cannot be reached; names the URL
+    ├── ServerConflict (RuntimeError)        the embedded server runs with other settings
     ├── InvalidURL (ValueError)              a URL databus cannot use
     ├── ReadTimeout (TimeoutError)           a read or wait gave up after its timeout
     ├── DataExpired (IndexError)             the points were written but are gone from Redis
@@ -51,6 +52,11 @@ class ServerUnavailable(DatabusError, ConnectionError):
     def __init__(self, message: str, url: str | None = None) -> None:
         super().__init__(message)
         self.url = url
+
+
+class ServerConflict(DatabusError, RuntimeError):
+    """The embedded server already runs with another auth mode or append-only setting
+    than the one asked for; stop it first."""
 
 
 class InvalidURL(DatabusError, ValueError):

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from . import keys
 from .encoding import Descriptor, pack_meta, points_through, text
+from .errors import DatabusError, translate_redis_errors
 from .states import ScanState
 
 if TYPE_CHECKING:
@@ -201,18 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    bus = connect(args.url)
-    guard = MemoryGuard(bus, high=args.high, low=args.low)
-    log.info(
-        "guarding %r: cap %.0f MB, high %.0f%%, low %.0f%%",
-        bus,
-        guard.cap() / 1e6,
-        100 * args.high,
-        100 * args.low,
-    )
     try:
-        while True:
-            guard.check()
-            time.sleep(args.interval)
+        bus = connect(args.url)
+        with translate_redis_errors(bus.url):
+            guard = MemoryGuard(bus, high=args.high, low=args.low)
+            log.info(
+                "guarding %r: cap %.0f MB, high %.0f%%, low %.0f%%",
+                bus,
+                guard.cap() / 1e6,
+                100 * args.high,
+                100 * args.low,
+            )
+            while True:
+                guard.check()
+                time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0
+    except DatabusError as exc:
+        print(f"databus memory-guard: {exc}", file=sys.stderr)
+        return 2

@@ -253,6 +253,7 @@ class Scan:
             pool=self.bus.buffer_pool,
             guard=_guard(self.bus),
             restore=self._restore,
+            revive=self.bus.revive_server,
             bus_full_timeout=settings.bus_full_timeout,
             reconnect_timeout=settings.reconnect_timeout,
             name=f"databus-sink-{session.name}-{number}",

@@ -251,7 +251,9 @@ class Sink:
     takes back the frame buffers of acknowledged points; ``refresh_keys`` returns the
     scan's keys whose TTL the flusher renews every
     ``running_ttl / 4`` seconds while the scan runs; ``restore`` is called after every
-    reconnection, before the batch is sent again (it raises redis-py's errors).
+    reconnection, before the batch is sent again (it raises redis-py's errors);
+    ``revive`` on every reconnection attempt (``Bus.revive_server``: the embedded server
+    is started again if it died).
     """
 
     def __init__(
@@ -266,6 +268,7 @@ class Sink:
         pool: BufferPool,
         guard: Callable[..., Any] | None = None,
         restore: Callable[[], None] | None = None,
+        revive: Callable[[], None] | None = None,
         bus_full_timeout: float = 30.0,
         reconnect_timeout: float = 60.0,
         name: str = "databus-sink",
@@ -273,6 +276,7 @@ class Sink:
         self._client = client
         self._guard = guard
         self._restore = restore
+        self._revive = revive
         self._bus_full_timeout = bus_full_timeout
         self._reconnect_timeout = reconnect_timeout
         self._oom_since: float | None = None
@@ -585,6 +589,8 @@ class Sink:
                     )
                 resent = True
                 self._conn.disconnect()
+                if self._revive is not None:
+                    self._revive()
                 time.sleep(min(1.0, 0.05 + (now - lost_since) / 4))
         self._next_heartbeat = time.monotonic() + HEARTBEAT_S
         if resent:

@@ -716,6 +716,7 @@ def _walk(
                     lost_since = now
                     log.warning("walk of %s: %s; reconnecting", session.name, exc)
                 conn.disconnect()
+                bus.revive_server()
                 time.sleep(min(2.0, 0.05 + (now - lost_since) / 4))
                 continue
             if lost_since is not None:

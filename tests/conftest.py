@@ -79,7 +79,7 @@ def _url(state: ServerState, db: int) -> str:
 
 
 @pytest.fixture
-def make_bus(valkey_server: ServerState) -> Iterator[Callable[..., databus.Bus]]:
+def make_bus(valkey_server: ServerState) -> Iterator[Buses]:
     """Factory of buses on one fresh database with a per-test key prefix; settings
     overrides (``running_ttl=1`` ...) as keyword arguments."""
     with _buses(valkey_server) as make:
@@ -87,9 +87,16 @@ def make_bus(valkey_server: ServerState) -> Iterator[Callable[..., databus.Bus]]
 
 
 @pytest.fixture
-def bus(make_bus: Callable[..., databus.Bus]) -> databus.Bus:
+def bus(make_bus: Buses) -> databus.Bus:
     """A bus on the embedded Valkey, on a database of its own."""
     return make_bus()
+
+
+@pytest.fixture
+def admin(make_bus: Buses) -> redis.Redis:
+    """The server's admin user on the database of ``bus``/``make_bus`` (the databus
+    user may not FLUSHDB, CONFIG, CLIENT KILL...)."""
+    return make_bus.admin
 
 
 @pytest.fixture
@@ -99,27 +106,33 @@ def any_bus(any_server: ServerState) -> Iterator[databus.Bus]:
         yield make()
 
 
-@contextlib.contextmanager
-def _buses(state: ServerState) -> Iterator[Callable[..., databus.Bus]]:
-    db = next(_DATABASES)
-    prefix = f"t{next(_PREFIXES)}"
-    url = _url(state, db)
-    buses: list[databus.Bus] = []
+class Buses:
+    """Makes buses on one database of ``state``'s server, all with one key prefix."""
 
-    def make(**overrides: object) -> databus.Bus:
-        settings = databus.Settings(url=url, prefix=prefix).replace(**overrides)
-        b = databus.connect(url, settings=settings)
-        buses.append(b)
+    def __init__(self, state: ServerState) -> None:
+        db = next(_DATABASES)
+        self.prefix = f"t{next(_PREFIXES)}"
+        self.url = _url(state, db)
+        self.admin = redis.Redis.from_url(f"{state.admin_url}?db={db}")
+        self.made: list[databus.Bus] = []
+
+    def __call__(self, **overrides: object) -> databus.Bus:
+        settings = databus.Settings(url=self.url, prefix=self.prefix).replace(**overrides)
+        b = databus.connect(self.url, settings=settings)
+        self.made.append(b)
         return b
 
+
+@contextlib.contextmanager
+def _buses(state: ServerState) -> Iterator[Buses]:
+    make = Buses(state)
     try:
         yield make
     finally:
-        for b in buses:
+        for b in make.made:
             b.close()
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
+        make.admin.flushdb()
+        make.admin.close()
 
 
 @pytest.fixture

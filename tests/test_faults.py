@@ -1,6 +1,8 @@
 """Faults: a dropped connection or a server restart mid-scan loses and repeats nothing; a
 server restarted without its data loses only what it held, and says so."""
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -12,7 +14,7 @@ import redis
 from conftest import Running, eventually, ping
 
 import databus
-from databus.server import _free_port, server_binary
+from databus.server import EmbeddedServer, _free_port, server_binary
 
 
 def publish_slowly(bus, session, n, period=0.004):
@@ -45,7 +47,7 @@ class Follower:
         return np.concatenate([b.data for b in blocks]).tolist() if blocks else []
 
 
-def test_killed_connections_are_reopened_and_nothing_is_lost(make_bus):
+def test_killed_connections_are_reopened_and_nothing_is_lost(make_bus, admin):
     bus = make_bus()
     follower = Follower(make_bus(), "drop")
     result = {}
@@ -53,7 +55,6 @@ def test_killed_connections_are_reopened_and_nothing_is_lost(make_bus):
         target=lambda: result.setdefault("scan", publish_slowly(bus, "drop", 300))
     )
     publisher.start()
-    admin = redis.Redis.from_url(bus.url)
     for _ in range(3):
         time.sleep(0.3)
         admin.client_kill_filter(_type="normal", skipme=True)  # every client but this one
@@ -66,7 +67,6 @@ def test_killed_connections_are_reopened_and_nothing_is_lost(make_bus):
     ]
     assert follower.values() == [float(i) for i in range(300)]
     assert follower.events[-1].type is databus.EventType.END_SCAN
-    admin.close()
 
 
 @pytest.fixture
@@ -225,7 +225,7 @@ def test_a_server_restarted_empty_while_a_scan_is_idle_gets_the_scan_back(restar
     admin.close()
 
 
-def test_a_scan_number_used_again_gets_its_own_entry_in_the_file(make_bus, tmp_path):
+def test_a_scan_number_used_again_gets_its_own_entry_in_the_file(make_bus, admin, tmp_path):
     bus = make_bus()
     writer = Running(bus, tmp_path, session="again")
     for title in ("first", "second"):
@@ -236,9 +236,54 @@ def test_a_scan_number_used_again_gets_its_own_entry_in_the_file(make_bus, tmp_p
         scan.end()
         writer.wait_for(1 if title == "first" else 2)
         # the server restarts empty and this process is a new one: the counter starts again
-        bus.redis.flushdb()
+        admin.flushdb()
         databus.publish._numbers.clear()
     writer.stop()
     (path,) = (tmp_path / "again").glob("*.h5")
     with h5py.File(path, "r") as f:
         assert f["1.1/title"][()] == b"first" and f["1.2/title"][()] == b"second"
+
+
+def test_a_killed_embedded_server_is_brought_back_by_its_clients(tmp_path):
+    """kill -9 of the embedded server: with no new connect(), the publisher, a follower
+    and the writer start it again (one of them, on its port, with its secrets) and
+    recover as after any empty restart."""
+    run_dir = tmp_path / "run"
+    bus = databus.connect(run_dir=run_dir, prefix="revive")
+    try:
+        live = Follower(databus.connect(run_dir=run_dir, prefix="revive"), "revive")
+        writer = Running(
+            databus.connect(run_dir=run_dir, prefix="revive"), tmp_path / "files", session="revive"
+        )
+        result = {}
+        publisher = threading.Thread(
+            target=lambda: result.setdefault("scan", publish_slowly(bus, "revive", 400))
+        )
+        publisher.start()
+        time.sleep(0.6)
+        first = bus.server.status()
+        os.kill(first.pid, signal.SIGKILL)
+        publisher.join(60)
+        scan = result["scan"]
+        second = EmbeddedServer(run_dir).status()
+        assert second.pid != first.pid and second.url == first.url
+        assert scan.end_reason is databus.EndReason.FINISHED
+        live.thread.join(30)
+        assert live.events[-1].type is databus.EventType.END_SCAN
+        got = indices(live.events, databus.EventType.NEW_DATA)
+        assert covers_exactly(got + indices(live.events, databus.EventType.GAP), 400)
+        (lost,) = scan.channels["x"].lost  # what the server had acknowledged, then lost
+        replay = list(bus.session("revive").follow(replay=True, wait=False))
+        gaps = [e.data for e in replay if e.type is databus.EventType.GAP]
+        assert gaps == [(0, lost[1], "server lost")]
+        writer.wait_for(1)
+        writer.stop()
+        (path,) = (tmp_path / "files" / "revive").glob("*.h5")
+        with h5py.File(path, "r") as f:
+            data = f[f"{scan.number}.1/measurement/x"][()]
+            rows = f[f"{scan.number}.1/writer/gaps"][()].tolist()
+        in_gap = {i for _, lo, hi, code in rows if code == 1 for i in range(lo, hi + 1)}
+        assert len(data) == 400 and {i for i in range(400) if data[i] != i} == in_gap
+    finally:
+        bus.close()
+        EmbeddedServer(run_dir).stop()

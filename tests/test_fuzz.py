@@ -154,8 +154,10 @@ def test_record_packing(records):
 def fuzz_bus(valkey_server):
     bus = databus.connect(f"{valkey_server.url}/15", prefix="fuzz")
     yield bus
-    bus.redis.flushdb()
     bus.close()
+    admin = redis.Redis.from_url(f"{valkey_server.admin_url}?db=15")
+    admin.flushdb()
+    admin.close()
 
 
 @fuzz(300)

@@ -326,11 +326,11 @@ class TestSink:
         assert total == 40 and [int(f[0]) for f in got] == list(range(40))
         assert scan.statistics().peak_bytes <= 4 * 2**20
 
-    def test_a_lossy_channel_drops_its_oldest_and_counts_them(self, make_bus):
+    def test_a_lossy_channel_drops_its_oldest_and_counts_them(self, make_bus, admin):
         bus = make_bus(buffer_bytes=2 * 2**20)
         scan = bus.session("lossy").create_scan()
         img = scan.channel("img", "uint8", (2**20,), lossy=True)
-        bus.redis.client_pause(300, all=True)  # the server stalls: the buffer fills up
+        admin.client_pause(300, all=True)  # the server stalls: the buffer fills up
         for i in range(20):
             img.send(np.full(2**20, i, np.uint8))
         scan.end()

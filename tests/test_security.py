@@ -1,6 +1,9 @@
 """Security: TLS with a throw-away CA, ACL users, loopback-only server, no pickle."""
 
+import json
+import os
 import shutil
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -12,7 +15,7 @@ from conftest import eventually, ping
 
 import databus
 from databus.channels import Channel
-from databus.server import _free_port
+from databus.server import EmbeddedServer, _free_port
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -137,7 +140,7 @@ def test_publish_and_follow_over_tls(tls_url):
 
 @pytest.fixture
 def read_only_url(valkey_server):
-    admin = redis.Redis(unix_socket_path=valkey_server.socket)
+    admin = redis.Redis.from_url(valkey_server.admin_url)
     admin.acl_setuser(
         "reader",
         enabled=True,
@@ -185,7 +188,7 @@ def publish_one(bus):
 
 
 def test_the_embedded_server_listens_on_loopback_only(valkey_server):
-    client = redis.Redis(unix_socket_path=valkey_server.socket)
+    client = redis.Redis.from_url(valkey_server.admin_url)
     assert client.config_get("bind")["bind"] == "127.0.0.1"
     assert client.config_get("protected-mode")["protected-mode"] == "yes"
     client.close()
@@ -202,3 +205,99 @@ def test_nothing_is_ever_unpickled():
     for path in sources:
         text = path.read_text()
         assert "import pickle" not in text and "pickle.loads" not in text, path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("FLUSHALL",),
+        ("FLUSHDB",),
+        ("CONFIG", "SET", "maxmemory", "1"),
+        ("SHUTDOWN", "NOSAVE"),
+        ("DEBUG", "SLEEP", "0"),
+        ("KEYS", "*"),
+        ("ACL", "SETUSER", "intruder", "on", ">x", "+@all"),
+        ("CLIENT", "KILL", "TYPE", "normal"),
+    ],
+)
+def test_the_databus_user_may_not_run_dangerous_commands(bus, admin, command):
+    scan = publish_one(bus)
+    with pytest.raises(redis.ResponseError):
+        bus.redis.execute_command(*command)
+    assert bus.scan(scan.key).channels["x"].get(2) == 2.0  # nothing was lost
+    assert admin.execute_command("CONFIG", "GET", "maxmemory")  # the admin user may
+
+
+def test_the_databus_user_may_run_what_the_clients_need(bus, admin):
+    """The suite exercises every command the SDK sends as the databus user; these are
+    the ones the ACL excludes by category and gives back."""
+    assert "used_memory" in bus.redis.info("memory")
+
+
+def _as_another_user(check) -> dict:
+    """Run ``check()`` in a child process that has become user ``nobody``; its result."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, try, report, exit
+        os.close(reader)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            result = check()
+        except BaseException as exc:
+            result = {"error": repr(exc)}
+        os.write(writer, json.dumps(result).encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(out)
+
+
+def test_another_local_user_is_refused_by_the_default_embedded_server(tmp_path):
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another local user")
+    run_dir = tmp_path / "run"
+    bus = databus.connect(run_dir=run_dir, prefix="private")
+    scan = publish_one(bus)
+    state = bus.server.status()
+
+    def attempt() -> dict:
+        found = {}
+        try:
+            (run_dir / "server.json").read_text()
+            found["state"] = "read"
+        except PermissionError:
+            found["state"] = "refused"
+        for what, family, address in (
+            ("tcp", socket.AF_INET, ("127.0.0.1", state.port)),
+            ("unix", socket.AF_UNIX, state.socket),
+        ):
+            try:
+                with socket.socket(family, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(5)
+                    sock.connect(address)
+                    sock.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
+                    found[what] = sock.recv(200).decode(errors="replace")
+            except OSError as exc:
+                found[what] = f"refused: {exc.strerror}"
+        return found
+
+    try:
+        seen = _as_another_user(attempt)
+        assert seen["state"] == "refused", seen
+        assert seen["tcp"].startswith("-NOAUTH"), seen
+        assert seen["unix"].startswith("refused"), seen  # the socket is its owner's only
+        assert bus.scan(scan.key).channels["x"].get(2) == 2.0
+        mode = os.stat(run_dir).st_mode & 0o777
+        assert mode == 0o700
+        for name in ("server.json", "server.conf"):
+            assert os.stat(run_dir / name).st_mode & 0o777 == 0o600
+        conf = (run_dir / "server.conf").read_text()
+        assert state.password not in conf and state.admin_password not in conf
+        cmdline = Path(f"/proc/{state.pid}/cmdline").read_bytes().decode()
+        assert state.password not in cmdline and state.admin_password not in cmdline
+    finally:
+        bus.close()
+        EmbeddedServer(run_dir).stop()

@@ -300,11 +300,11 @@ class TestChannelAccess:
         assert "'simulation:gauss'" in str(err) and scan.key in str(err) and "1..3" in str(err)
         assert "/data/exp.h5:/1.1/measurement/gauss" in str(err) and err.file == "/data/exp.h5"
 
-    def test_points_a_lossy_channel_dropped_are_a_gap_event_and_data_lost(self, make_bus):
+    def test_points_a_lossy_channel_dropped_are_a_gap_event_and_data_lost(self, make_bus, admin):
         bus = make_bus(buffer_bytes=2 * 2**20)
         scan = bus.session("lossy_read").create_scan()
         img = scan.channel("img", "uint8", (2**20,), lossy=True)
-        bus.redis.client_pause(300, all=True)  # the server stalls: the buffer fills up
+        admin.client_pause(300, all=True)  # the server stalls: the buffer fills up
         for i in range(20):
             img.send(np.full(2**20, i, np.uint8))
         scan.end()
