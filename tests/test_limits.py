@@ -229,3 +229,15 @@ def test_the_limits_come_from_the_environment(monkeypatch):
     settings = databus.Settings.from_env()
     assert (settings.max_info_bytes, settings.max_record_bytes) == (4096, 100)
     assert databus.Settings().max_info_bytes == databus.Settings().max_record_bytes == MIB
+
+
+def test_the_simulated_detector_references_its_file_by_absolute_path(tmp_path, monkeypatch):
+    pytest.importorskip("h5py")
+    from databus.sim import SimDetector
+
+    monkeypatch.chdir(tmp_path)
+    det = SimDetector(shape=(4, 4), mode="file", directory="frames")
+    det.open_file("frames/det.h5", None)
+    ref = det.store(np.zeros((4, 4), np.uint16))
+    det.close_file()
+    assert ref.file == str(tmp_path / "frames" / "det.h5") and ref.problem() is None
