@@ -179,12 +179,7 @@ class Session:
     """A named session: scans are created in it and followed through it."""
 
     def __init__(self, bus: Bus, name: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a session name is a non-empty string, got {name!r}")
-        if ":" in name:
-            raise ValueError(
-                f"a session name cannot contain ':', got {name!r} (try {name.replace(':', '_')!r})"
-            )
+        keys.check_session_name(name)
         self.bus = bus
         self.name = name
 

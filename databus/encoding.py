@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
@@ -34,6 +35,7 @@ from typing import Any, Literal
 import msgpack
 import numpy as np
 
+from . import keys
 from .errors import CorruptEntry, DtypeError, MetadataError, ShapeError
 
 ChannelKind = Literal["array", "json", "ref"]
@@ -47,6 +49,12 @@ SEAL_ID = b"18446744073709551615-18446744073709551615"
 _COPY_BELOW = 65536
 _NUMERIC_KINDS = "biufc"
 _EXT_NDARRAY = 1
+#: A ``FileRef``'s frames lie below this index (2**40: a trillion frames).
+MAX_REF_INDEX = 2**40
+#: Most frames one ``FileRef`` covers (2**24, about 16.7 million).
+MAX_REF_FRAMES = 2**24
+#: Longest file or dataset path of a ``FileRef``, in characters.
+MAX_REF_PATH = 4096
 
 
 # --------------------------------------------------------------------------- IDs
@@ -171,6 +179,36 @@ class FileRef:
     def __len__(self) -> int:
         return self.stop - self.start
 
+    def problem(self) -> str | None:
+        """What makes this reference unfit for a ref channel, or None: ``file`` must be an
+        absolute path, ``dataset`` non-empty, both UTF-8 text without NUL of at most
+        ``MAX_REF_PATH`` characters; integer frames below ``MAX_REF_INDEX``, at most
+        ``MAX_REF_FRAMES`` of them. Bounds keep a reader's lengths and shapes sane."""
+        for what, path in (("file", self.file), ("dataset", self.dataset)):
+            if not isinstance(path, str) or not path:
+                return f"{what} must be a non-empty string, got {path!r:.80}"
+            if len(path) > MAX_REF_PATH:
+                return f"{what} has {len(path)} characters, over {MAX_REF_PATH}"
+            if "\0" in path:
+                return f"{what} {path!r:.200} contains a NUL character"
+            try:
+                path.encode()
+            except UnicodeEncodeError:
+                return f"{what} {path!r:.200} is not valid text (a lone surrogate)"
+        if not os.path.isabs(self.file):
+            return f"file {self.file!r:.200} is not an absolute path"
+        for what, index in (("start", self.start), ("stop", self.stop)):
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                return f"{what} must be an int, got {index!r:.80}"
+        if self.stop > MAX_REF_INDEX:
+            return f"stop {self.stop} is over the largest frame index, {MAX_REF_INDEX} (2**40)"
+        if len(self) > MAX_REF_FRAMES:
+            return (
+                f"{len(self)} frames ({self.start}..{self.stop - 1}) are more than one "
+                f"reference may cover, {MAX_REF_FRAMES} (2**24); send several references"
+            )
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class Descriptor:
@@ -202,8 +240,7 @@ class Descriptor:
         attrs: dict[str, Any] | None = None,
     ) -> Descriptor:
         """Check the arguments of ``scan.channel()`` and build the descriptor."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a channel name is a non-empty string, got {name!r}")
+        keys.check_name("channel", name, keys.MAX_CHANNEL_NAME)
         if kind not in ("array", "json", "ref"):
             raise ValueError(
                 f"channel {name!r}: kind must be 'array', 'json' or 'ref', not {kind!r}"
@@ -444,7 +481,8 @@ class Gap:
 
 def points_through(desc: Descriptor, raw_id: bytes | str, fields: dict) -> int:
     """How many points a stream vouches for (published, dropped or lost) when ``raw_id``
-    (with ``fields``) is its last entry: the seal's total, or the index after that entry."""
+    (with ``fields``) is its last entry: the seal's total, or the index after that entry
+    (after none of it for a ref entry ``decode_entries`` would call corrupt)."""
     if is_seal(raw_id):
         return int(field(fields, "end"))
     index, part = parse_id(raw_id)
@@ -452,6 +490,11 @@ def points_through(desc: Descriptor, raw_id: bytes | str, fields: dict) -> int:
         return index
     if desc.kind == "array" and desc.parts > 1:
         return index + (1 if part == desc.parts else 0)
+    if desc.kind == "ref":  # a reference vouches for its frames only if it checks out
+        try:
+            return index + len(_decode_ref(fields))
+        except Exception:
+            return index
     return index + int(field(fields, "n") or 1)
 
 
@@ -500,8 +543,7 @@ def decode_entries(
             elif desc.kind == "json":
                 yield Block(index, unpack_meta(field(fields, "m")), int(field(fields, "n")))
             elif desc.kind == "ref":
-                file, dataset, start, stop = unpack_meta(field(fields, "r"))
-                ref = FileRef(file, dataset, start, stop)
+                ref = _decode_ref(fields)
                 yield Block(index, [ref], len(ref))
             elif desc.parts == 1:
                 yield _decode_block(desc, index, fields)
@@ -523,6 +565,20 @@ def decode_entries(
                 key=key,
                 entry_id=eid.decode(errors="replace"),
             ) from None
+
+
+def _decode_ref(fields: dict) -> FileRef:
+    """The reference a ref entry holds; ValueError if it is unfit or disagrees with the
+    entry's point count (a reader must not trust a length the publisher never checked)."""
+    file, dataset, start, stop = unpack_meta(field(fields, "r"))
+    ref = FileRef(file, dataset, start, stop)
+    problem = ref.problem()
+    if problem:
+        raise ValueError(f"bad file reference: {problem}")
+    n = int(field(fields, "n"))
+    if n != len(ref):
+        raise ValueError(f"{n} points for a reference to frames {start}..{stop - 1}")
+    return ref
 
 
 def _decode_block(desc: Descriptor, index: int, fields: dict) -> Block:

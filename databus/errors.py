@@ -6,6 +6,7 @@ The tree::
     ├── ServerUnavailable (ConnectionError)  the server cannot be reached; names the URL
     ├── ServerConflict (RuntimeError)        the embedded server runs with other settings
     ├── InvalidURL (ValueError)              a URL databus cannot use
+    ├── InvalidName (ValueError)             a session or channel name databus cannot use
     ├── ReadTimeout (TimeoutError)           a read or wait gave up after its timeout
     ├── DataExpired (IndexError)             the points were written but are gone from Redis
     │   └── DataLost                         ... and were never kept: dropped by a lossy
@@ -16,9 +17,11 @@ The tree::
     ├── UnknownScan (LookupError)            no scan or session under that name
     ├── PointError                           a point sent to a channel is not what it takes
     │   ├── DtypeError (TypeError)           wrong or lossy dtype
-    │   └── ShapeError (ValueError)          wrong point or block shape
+    │   ├── ShapeError (ValueError)          wrong point or block shape
+    │   └── FileRefError (ValueError)        a file reference out of bounds or not absolute
     ├── ChannelExists (ValueError)           a second channel with the same name
-    ├── MetadataError (TypeError)            scan info or a value msgpack cannot carry
+    ├── MetadataError (TypeError)            scan info or a value msgpack cannot carry,
+    │                                        or larger than its limit
     ├── ScanStateError (RuntimeError)        an action the scan's state does not allow
     ├── ScanEnded                            a normal end: the scan has ended
     ├── ClosedError (RuntimeError)           you closed it (sent after end(), used a closed bus)
@@ -61,6 +64,11 @@ class ServerConflict(DatabusError, RuntimeError):
 
 class InvalidURL(DatabusError, ValueError):
     """A connection URL with an unknown scheme or a malformed part."""
+
+
+class InvalidName(DatabusError, ValueError):
+    """A session or channel name that is empty, too long, not UTF-8 or has a control
+    character (or a session name with ':'); see ``keys.check_name``."""
 
 
 class ReadTimeout(DatabusError, TimeoutError):
@@ -131,12 +139,20 @@ class ShapeError(PointError, ValueError):
     """The value is neither one point nor a block of points of the channel's shape."""
 
 
+class FileRefError(PointError, ValueError):
+    """A ``FileRef`` sent to a ref channel that readers could not trust: a relative path,
+    an empty dataset, a NUL, or frames past ``encoding.MAX_REF_INDEX`` or more than
+    ``encoding.MAX_REF_FRAMES`` in one reference."""
+
+
 class ChannelExists(DatabusError, ValueError):
     """A scan already has a channel with this name."""
 
 
 class MetadataError(DatabusError, TypeError):
-    """Scan info, a descriptor or a shared value holds something msgpack cannot carry."""
+    """Scan info, a descriptor or a shared value holds something msgpack cannot carry, or
+    scan info or a json record is larger than its limit (``Settings.max_info_bytes``,
+    ``Settings.max_record_bytes``)."""
 
 
 class ScanStateError(DatabusError, RuntimeError):

@@ -15,11 +15,24 @@ Layout (``P`` is the settings' prefix, names are %-escaped by ``escape``)::
 
 The braces are the scan's hash tag: every key of one scan lands in one Redis Cluster slot,
 so one XREAD covers all of its streams. Escaping keeps user names from adding braces.
+
+Names are checked by ``check_name`` before any key is built from them: a non-empty
+``str`` of at most ``MAX_SESSION_NAME`` (sessions) or ``MAX_CHANNEL_NAME`` (scan and
+shared channels) characters, encodable as UTF-8 (no lone surrogate such as ``"\\udcff"``),
+without control characters (NUL, newline, tab, DEL...); a session name has no ``':'``.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from urllib.parse import quote, unquote
+
+from .errors import InvalidName
+
+#: Longest session name, in characters (it becomes part of key and file names).
+MAX_SESSION_NAME = 128
+#: Longest channel name (scan channels and shared channels), in characters.
+MAX_CHANNEL_NAME = 256
 
 # Characters kept as they are in a key; everything else (":", "{", "}", "%", spaces,
 # non-ASCII) is %-escaped so a name can neither split a key nor open a hash tag.
@@ -34,6 +47,42 @@ def escape(name: str) -> str:
 def unescape(part: str) -> str:
     """The inverse of ``escape``."""
     return unquote(part)
+
+
+def check_name(kind: str, name: object, max_len: int) -> str:
+    """``name`` if it can name a ``kind`` (session, channel...); else ``InvalidName`` saying
+    which rule it breaks: a non-empty str, UTF-8, no control character, ``max_len`` at most."""
+    if not isinstance(name, str) or not name:
+        raise InvalidName(f"a {kind} name is a non-empty string, got {name!r:.80}")
+    if len(name) > max_len:
+        raise InvalidName(
+            f"a {kind} name has at most {max_len} characters, got {len(name)}: {name[:40]!r}..."
+        )
+    try:
+        name.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidName(
+            f"a {kind} name must be valid text, got {name!r} with {name[exc.start]!r} at "
+            f"{exc.start} (a lone surrogate: decode bytes with errors='replace')"
+        ) from None
+    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise InvalidName(
+            f"a {kind} name cannot contain control characters, got {name!r} "
+            f"(try {''.join(c for c in name if unicodedata.category(c) != 'Cc')!r})"
+        )
+    return name
+
+
+def check_session_name(name: object) -> str:
+    """``name`` if ``check_name`` accepts it as a session name and it has no ``':'``."""
+    checked = check_name("session", name, MAX_SESSION_NAME)
+    if ":" in checked:
+        raise InvalidName(
+            f"a session name cannot contain ':', got {checked!r} "
+            f"(try {checked.replace(':', '_')!r})"
+        )
+    return checked
 
 
 def sessions(prefix: str) -> str:

@@ -26,9 +26,12 @@ import numpy as np
 import redis
 
 from . import keys
+from .config import env_var
 from .encoding import (
     GAP_DROPPED,
     GAP_SERVER_LOST,
+    MAX_REF_FRAMES,
+    MAX_REF_INDEX,
     SEAL_ID,
     ChannelKind,
     Descriptor,
@@ -44,7 +47,9 @@ from .errors import (
     ChannelExists,
     DatabusError,
     DtypeError,
+    FileRefError,
     FlushFailed,
+    MetadataError,
     ScanStateError,
     ShapeError,
     translate_redis_errors,
@@ -111,6 +116,17 @@ def _mutable(value: Any) -> bool:
     return not isinstance(base, bytes)
 
 
+def _check_size(packed: bytes, limit: int, what: str, setting: str) -> None:
+    """Refuse ``packed`` (``what``: scan info, a record) if it is over ``limit`` bytes, the
+    ``Settings`` field ``setting``, so one huge value cannot fill the server."""
+    if len(packed) > limit:
+        raise MetadataError(
+            f"{what} is {len(packed)} bytes packed, over the limit of {limit} bytes "
+            f"(Settings.{setting}, environment variable {env_var(setting)}): "
+            f"store less, or raise the limit"
+        )
+
+
 def _guard(bus: Any) -> Any:
     """The memory guard's check for this bus's publishers (None if disabled); problems
     running it (an ACL without INFO, say) are logged and it stays off."""
@@ -137,6 +153,7 @@ class ChannelWriter(ChannelBuffer):
         self.scan = scan
         self._sink = scan._sink
         self._copy = copy
+        self._max_record = scan.bus.settings.max_record_bytes
         #: [first, stop) ranges of acknowledged points a restarted server lost.
         self.lost: list[tuple[int, int]] = []
         fast = desc.kind == "array" and desc.shape == () and not desc.lossy
@@ -162,8 +179,10 @@ class ChannelWriter(ChannelBuffer):
 
         Returns at once unless the scan's buffer is full (then it blocks, or a lossy
         channel drops its oldest points). Raises ``DtypeError``/``ShapeError`` for a value
-        the channel cannot take (the scan stays usable), ``ClosedError`` after ``end()``,
-        ``FlushFailed`` if an earlier flush failed.
+        the channel cannot take, ``FileRefError`` for a reference ``FileRef.problem()``
+        refuses, ``MetadataError`` for a record over ``Settings.max_record_bytes`` (the
+        scan stays usable after each), ``ClosedError`` after ``end()``, ``FlushFailed``
+        if an earlier flush failed.
         """
         if type(value) is self._fast_type:
             queue = self._queue
@@ -197,6 +216,9 @@ class ChannelWriter(ChannelBuffer):
         desc = self.desc
         if desc.kind == "json":
             packed = pack_record(value, desc.name)
+            _check_size(
+                packed, self._max_record, f"a record of channel {desc.name!r}", "max_record_bytes"
+            )
             sink.put(self, packed, len(packed))
             return
         if desc.kind == "ref":
@@ -204,6 +226,13 @@ class ChannelWriter(ChannelBuffer):
                 raise DtypeError(
                     f"channel {desc.name!r} takes file references: send "
                     f"FileRef(file, dataset, start, stop); got {type(value).__name__}"
+                )
+            problem = value.problem()
+            if problem:
+                raise FileRefError(
+                    f"channel {desc.name!r} refuses this FileRef: {problem}; send "
+                    f"FileRef('/absolute/file.h5', 'dataset', start, stop) with "
+                    f"0 <= start < stop <= {MAX_REF_INDEX} and at most {MAX_REF_FRAMES} frames"
                 )
             sink.put(self, value, 0)
             return
@@ -265,6 +294,7 @@ class Scan:
         """Number a new scan atomically and write its record and log entries."""
         bus = session.bus
         packed_info = pack_meta(info, what="scan info")
+        _check_size(packed_info, bus.settings.max_info_bytes, "scan info", "max_info_bytes")
         now = time.time()
         check_memory = _guard(bus)
         if check_memory is not None:
@@ -307,21 +337,22 @@ class Scan:
             copying them; the caller must then not modify an array after sending it.
         attrs: extra JSON-like metadata stored in the descriptor.
 
-        Raises ``ChannelExists`` for a second channel of the same name, ``ScanStateError``
-        once the scan is prepared.
+        Raises ``InvalidName`` for a name ``keys.check_name`` refuses (empty, over
+        ``keys.MAX_CHANNEL_NAME`` characters, control characters), ``ChannelExists`` for a
+        second channel of the same name, ``ScanStateError`` once the scan is prepared.
         """
         if self.state >= ScanState.PREPARED:
             raise ScanStateError(
                 f"cannot add channel {name!r}: scan {self.key} is {self.state.name}; "
                 f"declare every channel before prepare()"
             )
-        if name in self.channels:
-            raise ChannelExists(f"scan {self.key} already has a channel {name!r}")
         if dtype is None and kind == "array":
             raise DtypeError(f"channel {name!r}: give a dtype (e.g. 'float64'), or kind='json'")
         desc = Descriptor.create(
             name, dtype, tuple(shape), unit=unit, kind=kind, lossy=lossy, attrs=attrs
         )
+        if name in self.channels:
+            raise ChannelExists(f"scan {self.key} already has a channel {name!r}")
         ckey = keys.channel(self.key, name)
         with translate_redis_errors(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
@@ -420,6 +451,7 @@ class Scan:
         self._check_not_ended("update its info")
         info = {**self._info, **(fields or {}), **more}
         packed = pack_meta(info, what="scan info")
+        _check_size(packed, self.bus.settings.max_info_bytes, "scan info", "max_info_bytes")
         with translate_redis_errors(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
             pipe.hset(self.key, "info", packed)

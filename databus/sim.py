@@ -217,7 +217,7 @@ class SimDetector:
             chunks=(1, *self.shape),
         )
         self._file.swmr_mode = True
-        self._path = str(path)
+        self._path = str(Path(path).absolute())  # readers refuse relative references
         self._count = 0
 
     def store(self, frame: np.ndarray) -> FileRef:

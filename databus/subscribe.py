@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
+import stat
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -124,8 +126,7 @@ class SessionNode(Node):
     type = "session"
 
     def __init__(self, bus: Bus, name: str) -> None:
-        if not isinstance(name, str) or not name or ":" in name:
-            raise ValueError(f"a session name is a non-empty string without ':', got {name!r}")
+        keys.check_session_name(name)
         super().__init__(bus, name, name, None)
         self.log_key = keys.session_log(bus.settings.prefix, name)
 
@@ -543,6 +544,9 @@ class ChannelNode(Node):
         return data[offset : offset + count]
 
     def _frames_from_files(self, blocks: list[Block], first: int, last: int) -> np.ndarray:
+        """Frames ``first`` .. ``last`` from the files the blocks' references name. A file
+        must be a regular one (opening a FIFO would block forever) whose dataset has this
+        channel's point shape and every referenced frame; else ``DataExpired`` says why."""
         try:
             import h5py
         except ImportError:
@@ -555,22 +559,37 @@ class ChannelNode(Node):
             lo, hi = max(first, block.first), min(last, block.first + block.count - 1)
             if lo > hi:
                 continue
+            why, cause = "", None
             try:
-                with _open_h5(h5py, ref.file) as f:
-                    data = f[ref.dataset][
-                        ref.start + lo - block.first : ref.start + hi - block.first + 1
-                    ]
+                if not stat.S_ISREG(os.stat(ref.file).st_mode):
+                    why = "it is not a regular file"
+                else:
+                    with _open_h5(h5py, ref.file) as f:
+                        ds = f.get(ref.dataset)
+                        if not isinstance(ds, h5py.Dataset):
+                            why = "no dataset there"
+                        elif ds.shape[1:] != self.shape or ds.shape[:1] < (ref.stop,):
+                            why = (
+                                f"its shape is {ds.shape}, frames of shape {self.shape} "
+                                f"up to frame {ref.stop - 1} are needed"
+                            )
+                        else:
+                            data = ds[
+                                ref.start + lo - block.first : ref.start + hi - block.first + 1
+                            ]
             except (OSError, KeyError) as exc:
+                why, cause = str(exc), exc
+            if why:
                 raise DataExpired(
                     f"channel {self.name!r}: frames {lo}..{hi} are in {ref.file}:{ref.dataset}, "
-                    f"which cannot be read ({exc})",
+                    f"which cannot be read ({why})",
                     channel=self.name,
                     scan=self.scan.key,
                     first=lo,
                     last=hi,
                     file=ref.file,
                     dataset=ref.dataset,
-                ) from exc
+                ) from cause
             out[lo - first : hi - first + 1] = data
         return out
 

@@ -204,3 +204,44 @@ def test_descriptor_round_trips():
     desc = enc.Descriptor.create("img", ">u2", (4, 5), unit="ct", lossy=True, attrs={"det": "x"})
     assert enc.Descriptor.from_meta(desc.to_meta()) == desc
     assert desc.dtype == np.dtype("<u2")
+
+
+@pytest.mark.parametrize(
+    ("ref", "problem"),
+    [
+        (enc.FileRef("/d/det.h5", "/entry/data", 2**40 - 10, 2**40), None),
+        (enc.FileRef("/d/det.h5", "data", np.int64(3), np.int64(5)), None),
+        (enc.FileRef("/d/det.h5", "d", 0, 2**40 + 1), "stop 1099511627777 is over"),
+        (enc.FileRef("/d/det.h5", "d", 5, 5 + 2**24), None),
+        (enc.FileRef("/d/det.h5", "d", 5, 6 + 2**24), "16777217 frames (5..16777221) are more"),
+        (enc.FileRef("./det.h5", "d", 0, 1), "file './det.h5' is not an absolute path"),
+        (enc.FileRef("/d/\udcff.h5", "d", 0, 1), "is not valid text (a lone surrogate)"),
+        (enc.FileRef("/d/det.h5", "d\x00", 0, 1), "dataset 'd\\x00' contains a NUL"),
+        (enc.FileRef("/" + "d" * 4096, "d", 0, 1), "file has 4097 characters, over 4096"),
+        (enc.FileRef("/d/det.h5", None, 0, 1), "dataset must be a non-empty string, got None"),
+        (enc.FileRef("/d/det.h5", "d", True, 2), "start must be an int, got True"),
+    ],
+)
+def test_file_ref_problem_names_what_is_wrong(ref, problem):
+    found = ref.problem()
+    assert found is None if problem is None else problem in found
+
+
+@pytest.mark.parametrize(
+    ("packed", "n", "why"),
+    [
+        (["/d/det.h5", "d", 0, 2**62], 2**62, "stop 4611686018427387904 is over"),
+        (["/d/det.h5", "d", 0, 10], 2, "2 points for a reference to frames 0..9"),
+        (["det.h5", "d", 0, 2], 2, "file 'det.h5' is not an absolute path"),
+        (["/d/det.h5", "d", 5, 2], 2, "FileRef needs 0 <= start < stop, got 5..2"),
+    ],
+)
+def test_an_inconsistent_ref_entry_is_corrupt_and_vouches_for_nothing(packed, n, why):
+    desc = enc.Descriptor.create("det", "uint16", (4, 4), kind="ref")
+    fields = {b"r": enc.pack_meta(packed), b"n": n}
+    with pytest.raises(CorruptEntry, match=r"k entry 3-1: cannot decode") as info:
+        list(enc.decode_entries(desc, "k", stored([(b"3-1", fields)])))
+    assert why in str(info.value) and info.value.entry_id == "3-1"
+    assert enc.points_through(desc, b"3-1", stored([(b"3-1", fields)])[0][1]) == 3
+    good = enc.ref_entry(3, enc.FileRef("/d/det.h5", "d", 0, 10))
+    assert enc.points_through(desc, *stored([good])[0]) == 13

@@ -272,7 +272,7 @@ class TestBadInput:
     def test_bad_scan_info_and_session_names(self, bus):
         with pytest.raises(databus.MetadataError, match=r"scan info\['motor'\]"):
             bus.session("info").create_scan({"motor": object()})
-        with pytest.raises(ValueError, match="cannot contain ':'"):
+        with pytest.raises(databus.InvalidName, match="cannot contain ':'"):
             bus.session("a:b")
         scan = bus.session("info").create_scan()
         with pytest.raises(ValueError, match="unknown end reason 'done'"):
