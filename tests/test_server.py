@@ -323,3 +323,12 @@ def test_settings_from_the_environment(monkeypatch):
         databus.Settings.from_env()
     with pytest.raises(ValueError, match="prefix"):
         databus.Settings(prefix="a{b")
+
+
+def test_a_server_stopped_on_purpose_is_not_brought_back_by_its_clients(run_dir):
+    bus = databus.connect(run_dir=run_dir)
+    assert EmbeddedServer(run_dir).stop()
+    bus.revive_server()  # what a publisher or a walk calls when it loses the server
+    assert EmbeddedServer(run_dir).status() is None
+    assert not (run_dir / "server.json").exists()
+    bus.close()
