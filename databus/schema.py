@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from . import keys
 from .encoding import Descriptor, field, text, unpack_meta
 from .errors import CorruptEntry
 from .states import EndReason, ScanState
@@ -34,7 +35,7 @@ def _name(key: str, entry_id: str, name: str, raw: Any) -> str | None:
         return text(raw)
     except UnicodeDecodeError:
         raise CorruptEntry(
-            f"{key} entry {entry_id}: field {name!r} is not UTF-8 text ({bytes(raw)!r:.60})",
+            f"field {name!r} is not UTF-8 text ({bytes(raw)!r:.60})",
             key=key,
             entry_id=entry_id,
         ) from None
@@ -63,11 +64,17 @@ class LogEntry:
 
     @classmethod
     def parse(cls, key: str, entry_id: bytes | str, fields: dict) -> LogEntry:
-        """Decode an entry of log ``key``; ``CorruptEntry`` if a name is not UTF-8."""
+        """Decode an entry of log ``key``; ``CorruptEntry`` if a name is not UTF-8 or
+        ``scan`` is not a scan key."""
         eid = text(entry_id)
         event, scan, name = (
             _name(key, eid, f, field(fields, f)) for f in ("event", "scan", "name")
         )
+        if scan is not None:
+            try:
+                keys.parse_scan(scan)
+            except ValueError as exc:
+                raise CorruptEntry(str(exc), key=key, entry_id=eid) from None
         return cls(
             eid,
             event or "",
@@ -102,8 +109,9 @@ def _decoded(key: str, name: str, raw: Any, convert: Callable[[Any], Any]) -> An
     try:
         return convert(raw)
     except Exception as exc:
+        why = str(exc) or type(exc).__name__
         raise CorruptEntry(
-            f"scan record {key}: field {name!r} = {raw!r:.60} cannot be read ({exc}); {_FIX}",
+            f"scan record {key}: field {name!r} = {raw!r:.60} cannot be read ({why}); {_FIX}",
             key=key,
             entry_id=name,
         ) from None

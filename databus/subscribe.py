@@ -630,13 +630,20 @@ def read_streams(
 
 
 def _records(bus: Bus, scan_keys: Iterable[str]) -> dict[str, dict]:
+    """The HGETALL of each scan key; empty, with a warning, for a key that holds
+    something else than a hash."""
     scan_keys = list(scan_keys)
     if not scan_keys:
         return {}
     pipe = bus.redis.pipeline(transaction=False)
     for key in scan_keys:
         pipe.hgetall(key)
-    return dict(zip(scan_keys, pipe.execute(), strict=True))
+    records = {}
+    for key, reply in zip(scan_keys, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(reply, Exception):
+            warn_skipped(key, "-", f"not a scan record ({reply})")
+        records[key] = {} if isinstance(reply, Exception) else reply
+    return records
 
 
 def _walk(
