@@ -181,13 +181,20 @@ class ScanRecord:
         )
 
 
+def _descriptor(name: str, raw: bytes) -> Descriptor:
+    desc = Descriptor.from_meta(raw)
+    if desc.name != name:
+        raise ValueError(f"it describes channel {desc.name!r}")
+    return desc
+
+
 def descriptor(key: str, name: str, raw: bytes | None) -> Descriptor:
     """Channel ``name``'s descriptor, field ``ch:<name>`` of scan record ``key``."""
     if raw is None:
         raise CorruptEntry(
             f"scan record {key}: no descriptor for channel {name!r}", key=key, entry_id=name
         )
-    return _decoded(key, f"ch:{name}", raw, Descriptor.from_meta)
+    return _decoded(key, f"ch:{name}", raw, lambda raw: _descriptor(name, raw))
 
 
 def descriptors(key: str, record: dict) -> dict[str, Descriptor]:
@@ -199,9 +206,7 @@ def descriptors(key: str, record: dict) -> dict[str, Descriptor]:
         if not name.startswith("ch:"):
             continue
         try:
-            desc = _decoded(key, name, raw, Descriptor.from_meta)
+            found[name[3:]] = descriptor(key, name[3:], raw)
         except CorruptEntry as exc:
             warn_skipped(key, name, str(exc))
-            continue
-        found[desc.name] = desc
     return found

@@ -317,8 +317,9 @@ class ScanNode(Node):
                 name: ChannelNode(self.bus, self, desc)
                 for name, desc in descriptors(self.key, self._record).items()
             }
-            order = self.info.get("channels")
-            listed = [n for n in order if n in found] if isinstance(order, list) else []
+            hint = self.info.get("channels")
+            hint = hint if isinstance(hint, list) else []
+            listed = [n for n in hint if isinstance(n, str) and n in found]
             order = listed + sorted(set(found) - set(listed))
             self._channels = {name: found[name] for name in order}
         return dict(self._channels)

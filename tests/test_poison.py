@@ -14,7 +14,7 @@ from conftest import Running, eventually
 import databus
 from databus import keys
 from databus.clients.monitor import Monitor
-from databus.encoding import pack_meta
+from databus.encoding import Descriptor, pack_meta
 from databus.errors import CorruptEntry
 from databus.events import EventType
 from databus.memory import MemoryGuard
@@ -125,11 +125,18 @@ def test_a_scan_whose_record_does_not_decode_is_skipped_and_named(bus, caplog, f
         bus.scan(bad.key)
 
 
-def test_bad_descriptors_and_field_names_cost_only_their_channel(bus, caplog):
+@pytest.mark.parametrize(
+    "descriptor, why",
+    [
+        (b"\xc1", "'ch:y'"),
+        (Descriptor.create("x", "float64").to_meta(), "describes channel 'x'"),  # found by fuzz
+    ],
+)
+def test_bad_descriptors_and_field_names_cost_only_their_channel(bus, caplog, descriptor, why):
     session = bus.session("poison")
     scan = session.create_scan(title="bad channel")
     x, y = scan.channel("x", "float64"), scan.channel("y", "float64")
-    bus.redis.hset(scan.key, mapping={"ch:y": b"\xc1", b"ch:\xff": b"x", b"\xfe": b"1"})
+    bus.redis.hset(scan.key, mapping={"ch:y": descriptor, b"ch:\xff": b"x", b"\xfe": b"1"})
     scan.prepare()
     x.send(np.arange(3.0))
     y.send(np.arange(3.0))
@@ -137,7 +144,7 @@ def test_bad_descriptors_and_field_names_cost_only_their_channel(bus, caplog):
     with caplog.at_level(logging.WARNING):
         assert delivered(replay(session), scan) == [0, 1, 2]
         assert list(bus.scan(scan.key).channels) == ["x"]
-    assert any("'ch:y'" in line for line in skipped(caplog, scan.key))
+    assert any(why in line for line in skipped(caplog, scan.key))
 
 
 def test_poison_scan_log_entries_are_skipped_and_a_bad_end_message_kept_escaped(bus, caplog):
