@@ -22,7 +22,7 @@ can come after it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -174,14 +174,17 @@ class Assembler:
                 for entry in self.log_entries(key, entries):
                     if entry.event == "created" and entry.scan and entry.scan not in self._scans:
                         needed.add(entry.scan)
+                        if entry.scan in self.sequential:
+                            break  # ``feed`` stops there while the scan is replayed
             elif key in self._by_log and any(
                 e.event in ("channel", "info") for e in self.log_entries(key, entries)
             ):
                 needed.add(self._by_log[key])
         return needed
 
-    def log_entries(self, key: str, entries: Entries) -> list[LogEntry]:
-        """The entries of log ``key`` that decode; the others are skipped."""
+    def log_entries(self, key: str, entries: Entries) -> Iterator[LogEntry]:
+        """The entries of log ``key`` that decode, as they are iterated; the others are
+        skipped."""
         return log_entries(key, entries, self._skip)
 
     # ------------------------------------------------------------------ feeding

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import keys
@@ -87,16 +87,15 @@ class LogEntry:
 
 
 def log_entries(
-    key: str, entries: list[tuple[Any, dict]], skip: Callable[[str, str, str], None]
-) -> list[LogEntry]:
-    """The entries of log ``key`` that decode; ``skip(key, entry id, why)`` for the others."""
-    parsed = []
+    key: str, entries: Iterable[tuple[Any, dict]], skip: Callable[[str, str, str], None]
+) -> Iterator[LogEntry]:
+    """The entries of log ``key`` that decode, as they are iterated; ``skip(key, entry id,
+    why)`` for the others."""
     for entry_id, fields in entries:
         try:
-            parsed.append(LogEntry.parse(key, entry_id, fields))
+            yield LogEntry.parse(key, entry_id, fields)
         except CorruptEntry as exc:
             skip(key, text(entry_id), str(exc))
-    return parsed
 
 
 def warn_skipped(key: str, entry_id: str, why: str) -> None:

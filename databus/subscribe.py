@@ -669,7 +669,7 @@ def _walk(
     )
     with translate_redis_errors(bus.url):
         entries = _xrange(bus, session.log_key)
-    parsed = asm.log_entries(session.log_key, entries)
+    parsed = list(asm.log_entries(session.log_key, entries))
     created = {e.scan: e.id for e in parsed if e.event == "created" and e.scan}
     asm.sequential = {e.scan for e in parsed if e.event == "ended" and e.scan}
     with translate_redis_errors(bus.url):
