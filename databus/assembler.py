@@ -172,15 +172,25 @@ class Assembler:
         for key, entries in reply:
             if key == self.session_log:
                 for entry in self.log_entries(key, entries):
-                    if entry.event == "created" and entry.scan and entry.scan not in self._scans:
-                        needed.add(entry.scan)
+                    if self._unread_record(entry, {}):
+                        needed.add(entry.scan or "")
                         if entry.scan in self.sequential:
-                            break  # ``feed`` stops there while the scan is replayed
+                            break  # ``feed`` may stop there, to replay that scan whole
             elif key in self._by_log and any(
                 e.event in ("channel", "info") for e in self.log_entries(key, entries)
             ):
                 needed.add(self._by_log[key])
         return needed
+
+    def _unread_record(self, entry: LogEntry, records: dict[str, dict]) -> bool:
+        """``entry`` (of the session log) starts following a scan whose record is not in
+        ``records``: only the records up to the first scan to replay are read at a time."""
+        return (
+            entry.event == "created"
+            and entry.scan is not None
+            and entry.scan not in self._scans
+            and entry.scan not in records
+        )
 
     def log_entries(self, key: str, entries: Entries) -> Iterator[LogEntry]:
         """The entries of log ``key`` that decode, as they are iterated; the others are
@@ -275,12 +285,14 @@ class Assembler:
         for entry_id, fields in entries:
             if self.replaying:
                 break  # the rest is read again once the replayed scan has ended
-            self.cursors[self.session_log] = text(entry_id)
             entry = self._entry(self.session_log, entry_id, fields)
+            if entry is not None and self._unread_record(entry, records):
+                break  # read again, with its record, next time
+            self.cursors[self.session_log] = text(entry_id)
             if entry is None or entry.scan is None:
                 continue
             if entry.event == "created":
-                events += self.add_scan(entry.scan, records.get(entry.scan), entry.id)
+                events += self.add_scan(entry.scan, records[entry.scan], entry.id)
                 if entry.scan in self.sequential:
                     self._held = entry.scan
             elif entry.event == "evicted":
