@@ -138,8 +138,10 @@ class SessionNode(Node):
             records = _records(self.bus, found)
         scans = []
         for key, record in records.items():
+            if not record:
+                continue  # expired
             try:
-                scans += [ScanNode(self.bus, key, record, self)] if record else []
+                scans.append(ScanNode(self.bus, key, record, self))
             except CorruptEntry as exc:
                 warn_skipped(self.log_key, found[key], f"scan left out: {exc}")
         return scans
@@ -270,11 +272,13 @@ class ScanNode(Node):
         self._channels: dict[str, ChannelNode] | None = None
 
     def _ended(self, end: ScanEnd) -> None:
-        self._record = {
-            **self._record,
-            b"state": b"%d" % ScanState.ENDED,
-            b"end_reason": str(end.reason).encode(),
-        }
+        self._update(
+            {
+                **self._record,
+                b"state": b"%d" % ScanState.ENDED,
+                b"end_reason": str(end.reason).encode(),
+            }
+        )
 
     @property
     def type(self) -> str:  # type: ignore[override]
@@ -632,7 +636,7 @@ def read_streams(
 
 def _records(bus: Bus, scan_keys: Iterable[str]) -> dict[str, dict]:
     """The HGETALL of each scan key; empty, with a warning, for a key that holds
-    something else than a hash."""
+    something other than a hash."""
     scan_keys = list(scan_keys)
     if not scan_keys:
         return {}
