@@ -266,7 +266,8 @@ class Assembler:
         events: list[Event] = []
         for name, (_, raw) in channels.items():  # channels declared after the walk's last read
             if name not in scan.channels:
-                events += self._new_channel(scan, name, {f"ch:{name}".encode(): raw})
+                record = {f"ch:{name}".encode(): raw}
+                events += self._new_channel(scan, name, record, (self.session_log, entry.id))
         if any(total for total, _ in channels.values()):
             events += self._prepared(scan)
         events += self._start_reading(scan)
@@ -315,7 +316,7 @@ class Assembler:
             if what in ("channel", "info") and record:
                 self._update_node(scan, record, entry)
             if what == "channel":
-                events += self._new_channel(scan, entry.name or "", record)
+                events += self._new_channel(scan, entry.name or "", record, (log_key, entry.id))
             elif what in ("prepared", "started"):
                 events += self._prepared(scan)
             elif what == "ended":
@@ -344,13 +345,18 @@ class Assembler:
         except CorruptEntry as exc:
             self._skip(keys.scan_log(scan.node.db_name), entry.id, f"record not re-read: {exc}")
 
-    def _new_channel(self, scan: _Scan, name: str, record: dict | None) -> list[Event]:
+    def _new_channel(
+        self, scan: _Scan, name: str, record: dict | None, source: tuple[str, str]
+    ) -> list[Event]:
+        """Follow channel ``name`` of ``scan``, declared by the log entry ``source`` (log
+        key, entry id), with its descriptor from ``record``; skipped if that does not
+        decode."""
         if not scan.descend or name in scan.channels:
             return []
         try:
             desc = descriptor(scan.node.db_name, name, field(record or {}, f"ch:{name}"))
         except CorruptEntry as exc:
-            self._skip(keys.scan_log(scan.node.db_name), "-", str(exc))
+            self._skip(*source, str(exc))
             return []
         node = self._make_channel(scan.node, desc)
         channel = _Channel(

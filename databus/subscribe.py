@@ -46,7 +46,7 @@ from .errors import (
     translate_redis_errors,
 )
 from .events import Event, EventType, ScanEnd
-from .schema import ScanRecord, descriptors, log_entries, warn_skipped
+from .schema import ScanRecord, descriptors, log_entries, message, warn_skipped
 from .states import EndReason, ScanState
 
 if TYPE_CHECKING:
@@ -592,8 +592,8 @@ class ChannelNode(Node):
         if exists and first >= length:
             raise self._beyond(first, last, length, sealed)
         where = (
-            f"; the file writer saved them in {text(file)}"
-            + (f":{text(dataset)}" if dataset else "")
+            f"; the file writer saved them in {message(file)}"
+            + (f":{message(dataset)}" if dataset else "")
             if file
             else "; no file writer recorded where they were saved"
         )
@@ -604,8 +604,8 @@ class ChannelNode(Node):
             scan=self.scan.key,
             first=first,
             last=last,
-            file=None if file is None else text(file),
-            dataset=None if dataset is None else text(dataset),
+            file=message(file),
+            dataset=message(dataset),
         )
 
 

@@ -238,3 +238,13 @@ def test_the_writer_writes_the_scans_after_poison_entries(bus, tmp_path):
         for entry in titles.values():
             assert entry["measurement/x"][()].tolist() == [0, 1, 2, 3, 4]
             assert entry["end_reason"][()] == b"finished"
+
+
+def test_a_file_name_that_does_not_decode_still_says_where_the_points_went(bus):
+    scan = publish(bus.session("poison"))
+    bus.redis.hset(scan.key, "file", b"/data/\xff.h5")
+    x = bus.scan(scan.key).channels["x"]
+    bus.redis.delete(x.key)  # as expiry would
+    with pytest.raises(databus.DataExpired, match=r"saved them in /data/\\xff\.h5") as info:
+        x.get(0)
+    assert info.value.file == "/data/\\xff.h5"
