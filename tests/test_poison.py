@@ -79,24 +79,59 @@ def test_a_poison_session_log_entry_is_skipped_and_the_next_scan_delivered(bus, 
     assert lines and all(entry_id in line and why in line for line in lines)
 
 
+class Following:
+    """A live ``follow()`` of ``session`` in a thread; ``events`` as they come."""
+
+    def __init__(self, session):
+        self.events, self.stop = [], databus.StopHandler()
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(session, started), daemon=True)
+        self.thread.start()
+        assert started.wait(10)
+
+    def _run(self, session, started):
+        for event in session.follow(started_event=started, stop_handler=self.stop):
+            self.events.append(event)
+
+    def wait_for(self, kind, count=1):
+        assert eventually(lambda: [e.type for e in self.events].count(kind) >= count, 10)
+
+    def join(self):
+        self.stop.stop()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+        return self.events
+
+
 def test_a_live_follower_goes_on_after_a_poison_entry(bus):
     session = bus.session("poison")
-    started, stop, events = threading.Event(), databus.StopHandler(), []
-
-    def run():
-        for event in session.follow(started_event=started, stop_handler=stop):
-            events.append(event)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
+    following = Following(session)
     bus.redis.xadd(session.node.log_key, {"event": "created", "scan": b"\xff"})
     fake_scan(bus, session, 50, info=b"\xc1")
     good = publish(session)
-    assert eventually(lambda: any(e.type is EventType.END_SCAN for e in events), 10)
-    stop.stop()
-    thread.join(5)
-    assert not thread.is_alive() and delivered(events, good) == [0, 1, 2, 3, 4]
+    following.wait_for(EventType.END_SCAN)
+    assert delivered(following.join(), good) == [0, 1, 2, 3, 4]
+
+
+def test_a_record_corrupted_while_followed_keeps_the_info_already_read(bus, caplog):
+    session = bus.session("poison")
+    following = Following(session)
+    scan = session.create_scan(title="then corrupted")
+    x = scan.channel("x", "float64")
+    following.wait_for(EventType.NEW_NODE, 2)  # the scan and x
+    bus.redis.hset(scan.key, "info", b"\xc1")
+    y = scan.channel("y", "float64")  # its "channel" entry makes the walk re-read the record
+    scan.prepare()
+    x.send(np.arange(2.0))
+    y.send(np.arange(3.0))
+    with caplog.at_level(logging.WARNING):
+        scan.end()
+        following.wait_for(EventType.END_SCAN)
+    events = following.join()
+    assert events[0].node.info["title"] == "then corrupted"
+    sent = {e.node.name: e.data.block_size for e in events if e.type is EventType.NEW_DATA}
+    assert sent == {"x": 2, "y": 3}
+    assert any("record not re-read" in line for line in skipped(caplog, keys.scan_log(scan.key)))
 
 
 @pytest.mark.parametrize(
