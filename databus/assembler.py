@@ -221,7 +221,8 @@ class Assembler:
 
     def feed(self, reply: Iterable[tuple[str, Entries]], records: dict[str, dict]) -> list[Event]:
         """Events for one XREAD reply. ``records`` holds the HGETALL of every scan that
-        ``records_needed`` named."""
+        ``records_needed`` named; the session log is taken up to a scan whose record is
+        not there, and read again from it next time."""
         order = {self.session_log: 0}
         batches = sorted(
             ((k if isinstance(k, str) else k.decode(), e) for k, e in reply),
