@@ -40,6 +40,17 @@ class ScanLine:
         return f"{self.title[:44]:<44} {bar} {state}"
 
 
+def _line(scan: databus.ScanNode) -> ScanLine:
+    """A new scan's line, from its info; a title or npoints of the wrong type is left
+    out (the scan's name, no bar) rather than stopping the monitor."""
+    title = scan.info.get("title")
+    try:
+        npoints = max(0, int(scan.info.get("npoints") or 0))
+    except (TypeError, ValueError, OverflowError):
+        npoints = 0
+    return ScanLine(scan.db_name, title if isinstance(title, str) else scan.name, npoints)
+
+
 class Monitor:
     """Follows ``session`` in a background thread and draws its scans on ``out``.
     ``lines`` holds every scan seen, in order; ``wait_idle`` waits for running ones."""
@@ -67,10 +78,7 @@ class Monitor:
         node = event.node
         kind = event.type
         if kind is databus.EventType.NEW_NODE and node.type in ("scan", "scan_group"):
-            info = node.info
-            self.lines[node.db_name] = ScanLine(
-                node.db_name, info.get("title", node.name), int(info.get("npoints") or 0)
-            )
+            self.lines[node.db_name] = _line(node)
             self._announce(self.lines[node.db_name], "started")
         elif kind is databus.EventType.NEW_DATA:
             line = self.lines.get(node.parent.db_name)

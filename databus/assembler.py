@@ -22,8 +22,7 @@ can come after it.
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -43,8 +42,7 @@ from .encoding import (
 )
 from .errors import CorruptEntry
 from .events import DataGap, Event, EventData, EventType, ScanEnd
-
-log = logging.getLogger(__name__)
+from .schema import LogEntry, descriptor, log_entries, warn_skipped
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Filter = Callable[[Any], bool]
@@ -98,6 +96,10 @@ class Assembler:
     decides which nodes' events are yielded (``include_filter``), ``descend`` whether a
     scan's channels are walked (``exclude_children``); ``data`` False skips channel
     streams (walking nodes only).
+
+    Corrupt entries are skipped, each recorded once in ``skipped`` and logged once: log
+    entries that do not decode, and the scans whose record does not (``make_scan`` raised
+    ``CorruptEntry``); the walk goes on with everything else.
     """
 
     def __init__(
@@ -109,7 +111,6 @@ class Assembler:
         wants: Filter,
         descend: Filter,
         data: bool = True,
-        sequential: Iterable[str] = (),
     ) -> None:
         self.session_log = session_log
         self._make_scan = make_scan
@@ -119,7 +120,7 @@ class Assembler:
         self._data = data
         #: Scans that had ended when the walk started: replayed one after the other, so a
         #: replay reads as a tree (scan 1 and its channels, then scan 2...).
-        self._sequential = set(sequential)
+        self.sequential: set[str] = set()
         self._held: str | None = None
         self._scans: dict[str, _Scan] = {}
         self._by_log: dict[str, str] = {}  # scan log key -> scan key
@@ -127,6 +128,7 @@ class Assembler:
         self.cursors: dict[str, str] = {session_log: START}
         #: Corrupt entries skipped so far, as (key, entry id, message).
         self.skipped: list[tuple[str, str, str]] = []
+        self._skipped_set: set[tuple[str, str, str]] = set()
 
     # ------------------------------------------------------------------ queries
 
@@ -169,25 +171,45 @@ class Assembler:
         needed = set()
         for key, entries in reply:
             if key == self.session_log:
-                for _, fields in entries:
-                    scan = field(fields, "scan")
-                    created = text(field(fields, "event")) == "created"
-                    if created and scan is not None and text(scan) not in self._scans:
-                        needed.add(text(scan))
-            elif key in self._by_log:
-                for _, fields in entries:
-                    if text(field(fields, "event")) in ("channel", "info"):
-                        needed.add(self._by_log[key])
+                for entry in self.log_entries(key, entries):
+                    if self._unread_record(entry, {}):
+                        needed.add(entry.scan or "")
+                        if entry.scan in self.sequential:
+                            break  # ``feed`` may stop there, to replay that scan whole
+            elif key in self._by_log and any(
+                e.event in ("channel", "info") for e in self.log_entries(key, entries)
+            ):
+                needed.add(self._by_log[key])
         return needed
+
+    def _unread_record(self, entry: LogEntry, records: dict[str, dict]) -> bool:
+        """``entry`` (of the session log) starts following a scan whose record is not in
+        ``records``: only the records up to the first scan to replay are read at a time."""
+        return (
+            entry.event == "created"
+            and entry.scan is not None
+            and entry.scan not in self._scans
+            and entry.scan not in records
+        )
+
+    def log_entries(self, key: str, entries: Entries) -> Iterator[LogEntry]:
+        """The entries of log ``key`` that decode, as they are iterated; the others are
+        skipped."""
+        return log_entries(key, entries, self._skip)
 
     # ------------------------------------------------------------------ feeding
 
-    def add_scan(self, key: str, record: dict | None) -> list[Event]:
+    def add_scan(self, key: str, record: dict | None, entry_id: str = "-") -> list[Event]:
         """Follow the scan ``key`` from its start (a new scan, or one running at walk
-        start); ``record`` is its HGETALL, None or empty if it has expired."""
+        start); ``record`` is its HGETALL, None or empty if it has expired. A record that
+        does not decode skips the scan (``entry_id``: its session-log entry)."""
         if key in self._scans or not record:
             return []
-        node = self._make_scan(key, record)
+        try:
+            node = self._make_scan(key, record)
+        except CorruptEntry as exc:
+            self._skip(self.session_log, entry_id, f"scan not followed: {exc}")
+            return []
         scan = _Scan(node, wanted=self._wants(node), descend=self._descend(node))
         if not scan.wanted and not scan.descend:
             return []
@@ -199,7 +221,8 @@ class Assembler:
 
     def feed(self, reply: Iterable[tuple[str, Entries]], records: dict[str, dict]) -> list[Event]:
         """Events for one XREAD reply. ``records`` holds the HGETALL of every scan that
-        ``records_needed`` named."""
+        ``records_needed`` named; the session log is taken up to a scan whose record is
+        not there, and read again from it next time."""
         order = {self.session_log: 0}
         batches = sorted(
             ((k if isinstance(k, str) else k.decode(), e) for k, e in reply),
@@ -227,23 +250,25 @@ class Assembler:
             channel.sealed = True
         return self._maybe_end(scan_key, scan)
 
-    def evicted(self, scan_key: str, fields: dict) -> list[Event]:
-        """End a scan the memory guard deleted, from its session log's ``evicted`` entry
-        (``fields``): a GAP for every point of each followed channel this reader has not
-        had, then END_SCAN with the way the scan ended."""
+    def evicted(self, entry: LogEntry) -> list[Event]:
+        """End a scan the memory guard deleted, from its session log's ``evicted`` entry:
+        a GAP for every point of each followed channel this reader has not had, then
+        END_SCAN with the way the scan ended."""
+        scan_key = entry.scan or ""
         scan = self._scans.get(scan_key)
         if scan is None:
             return []
         try:
-            packed = unpack_meta(field(fields, "channels"))
+            packed = unpack_meta(field(entry.fields, "channels"))
             channels = {str(name): (int(v[0]), v[1]) for name, v in packed.items()}
         except Exception as exc:
-            self._skip(self.session_log, "-", f"bad 'evicted' entry of {scan_key}: {exc}")
+            self._skip(self.session_log, entry.id, f"bad 'evicted' entry of {scan_key}: {exc}")
             return self.lost(scan_key, "the memory guard deleted it (its totals are unreadable)")
         events: list[Event] = []
         for name, (_, raw) in channels.items():  # channels declared after the walk's last read
             if name not in scan.channels:
-                events += self._new_channel(scan, name, {f"ch:{name}".encode(): raw})
+                record = {f"ch:{name}".encode(): raw}
+                events += self._new_channel(scan, name, record, (self.session_log, entry.id))
         if any(total for total, _ in channels.values()):
             events += self._prepared(scan)
         events += self._start_reading(scan)
@@ -254,7 +279,7 @@ class Assembler:
                 events.append(Event(EventType.GAP, channel.node, gap))
                 channel.next = total
             channel.sealed = True
-        _end(scan, fields)
+        _end(scan, entry)
         return events + self._maybe_end(scan_key, scan)
 
     def _session_entries(self, entries: Entries, records: dict[str, dict]) -> list[Event]:
@@ -262,53 +287,77 @@ class Assembler:
         for entry_id, fields in entries:
             if self.replaying:
                 break  # the rest is read again once the replayed scan has ended
+            entry = self._entry(self.session_log, entry_id, fields)
+            if entry is not None and self._unread_record(entry, records):
+                break  # read again, with its record, next time
             self.cursors[self.session_log] = text(entry_id)
-            what, scan = text(field(fields, "event")), field(fields, "scan")
-            if scan is None:
+            if entry is None or entry.scan is None:
                 continue
-            if what == "created":
-                key = text(scan)
-                events += self.add_scan(key, records.get(key))
-                if key in self._sequential:
-                    self._held = key
-            elif what == "evicted":
-                events += self.evicted(text(scan), fields)
+            if entry.event == "created":
+                events += self.add_scan(entry.scan, records[entry.scan], entry.id)
+                if entry.scan in self.sequential:
+                    self._held = entry.scan
+            elif entry.event == "evicted":
+                events += self.evicted(entry)
         return events
 
     def _scan_entries(
         self, scan_key: str, entries: Entries, records: dict[str, dict]
     ) -> list[Event]:
         scan = self._scans[scan_key]
+        log_key = keys.scan_log(scan_key)
         events: list[Event] = []
         for entry_id, fields in entries:
-            self.cursors[keys.scan_log(scan_key)] = text(entry_id)
-            what = text(field(fields, "event") or b"")
+            self.cursors[log_key] = text(entry_id)
+            entry = self._entry(log_key, entry_id, fields)
+            if entry is None:
+                continue
+            what = entry.event
             record = records.get(scan_key)
-            if what in ("channel", "info") and record and hasattr(scan.node, "_update"):
-                scan.node._update(record)  # the node's channels and info as of now
+            if what in ("channel", "info") and record:
+                self._update_node(scan, record, entry)
             if what == "channel":
-                events += self._new_channel(scan, text(field(fields, "name")), record)
+                events += self._new_channel(scan, entry.name or "", record, (log_key, entry.id))
             elif what in ("prepared", "started"):
                 events += self._prepared(scan)
             elif what == "ended":
                 events += self._start_reading(scan)
-                _end(scan, fields)
+                _end(scan, entry)
                 events += self._maybe_end(scan_key, scan)
             elif what not in ("created", "gap"):  # gaps come as markers in the streams
-                self._skip(keys.scan_log(scan_key), entry_id, f"unknown log event {what!r}")
+                self._skip(log_key, entry_id, f"unknown log event {what!r}")
         return events
 
-    def _new_channel(self, scan: _Scan, name: str, record: dict | None) -> list[Event]:
+    def _entry(self, key: str, entry_id: Any, fields: dict) -> LogEntry | None:
+        """Entry ``entry_id`` of log ``key`` decoded; None (and skipped) if it is corrupt."""
+        try:
+            return LogEntry.parse(key, entry_id, fields)
+        except CorruptEntry as exc:
+            self._skip(key, entry_id, str(exc))
+            return None
+
+    def _update_node(self, scan: _Scan, record: dict, entry: LogEntry) -> None:
+        """The scan node's channels and info as of now; kept as they were (and the entry
+        noted as skipped) if the record no longer decodes."""
+        if not hasattr(scan.node, "_update"):
+            return
+        try:
+            scan.node._update(record)
+        except CorruptEntry as exc:
+            self._skip(keys.scan_log(scan.node.db_name), entry.id, f"record not re-read: {exc}")
+
+    def _new_channel(
+        self, scan: _Scan, name: str, record: dict | None, source: tuple[str, str]
+    ) -> list[Event]:
+        """Follow channel ``name`` of ``scan``, declared by the log entry ``source`` (log
+        key, entry id), with its descriptor from ``record``; skipped if that does not
+        decode."""
         if not scan.descend or name in scan.channels:
             return []
-        raw = field(record or {}, f"ch:{name}")
-        if raw is None:
-            self._skip(keys.scan_log(scan.node.db_name), "-", f"no descriptor for channel {name!r}")
-            return []
         try:
-            desc = Descriptor.from_meta(raw)
-        except Exception as exc:
-            self._skip(keys.scan_log(scan.node.db_name), "-", f"bad descriptor of {name!r}: {exc}")
+            desc = descriptor(scan.node.db_name, name, field(record or {}, f"ch:{name}"))
+        except CorruptEntry as exc:
+            self._skip(*source, str(exc))
             return []
         node = self._make_channel(scan.node, desc)
         channel = _Channel(
@@ -410,16 +459,18 @@ class Assembler:
         return [Event(EventType.END_SCAN, scan.node, scan.end)] if scan.wanted else []
 
     def _skip(self, key: str, entry_id: Any, message: str) -> None:
-        self.skipped.append((key, text(entry_id), message))
-        log.warning("databus walk: skipped %s entry %s: %s", key, text(entry_id), message)
+        """Note a corrupt entry left out, once per walk (logs are read again on replay)."""
+        skipped = (key, text(entry_id), message)
+        if skipped not in self._skipped_set:
+            self._skipped_set.add(skipped)
+            self.skipped.append(skipped)
+            warn_skipped(*skipped)
 
 
-def _end(scan: _Scan, fields: dict) -> None:
+def _end(scan: _Scan, entry: LogEntry) -> None:
     """Record how ``scan`` ended, from the ``reason`` and ``error`` of a log entry (its
     scan log's ``ended``, or the session log's ``evicted``)."""
-    error = field(fields, "error")
-    reason = text(field(fields, "reason") or b"finished")
-    scan.end = ScanEnd(reason, None if error is None else text(error))
+    scan.end = ScanEnd(entry.reason or "finished", entry.error)
     if hasattr(scan.node, "_ended"):
         scan.node._ended(scan.end)
 

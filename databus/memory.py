@@ -18,8 +18,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import keys
-from .encoding import Descriptor, pack_meta, points_through, text
-from .errors import DatabusError, translate_redis_errors
+from .encoding import Descriptor, pack_meta, points_through
+from .errors import CorruptEntry, DatabusError, translate_redis_errors
+from .schema import message, scan_state
 from .states import ScanState
 
 if TYPE_CHECKING:
@@ -119,18 +120,19 @@ class MemoryGuard:
     def _ended_scans_oldest_first(self) -> list[str]:
         """Ended scans, oldest first; those a file writer has started and not finished
         (its ``file`` in the record, no ``written`` yet) come last, so a writer that
-        lags loses a scan only when nothing else is left to delete."""
+        lags loses a scan only when nothing else is left to delete. A scan whose state
+        cannot be read is kept, with a warning: it may be running."""
         prefix = self.bus.settings.prefix
         scan_keys: list[Any] = list(self.bus.redis.zrange(keys.scans(prefix), 0, -1))
-        names = [k.decode() if isinstance(k, bytes) else k for k in scan_keys]
+        names = [message(k) or "" for k in scan_keys]
         pipe = self.bus.redis.pipeline(transaction=False)
         for key in names:
             pipe.hmget(key, "state", "file", "written")
-        records = pipe.execute() if names else []
+        records = pipe.execute(raise_on_error=False) if names else []
         ended = [
-            (key, file is not None and written is None)
-            for key, (state, file, written) in zip(names, records, strict=True)
-            if state is not None and int(state) == ScanState.ENDED
+            (key, record[1] is not None and record[2] is None)
+            for key, record in zip(names, records, strict=True)
+            if _ended(key, record)
         ]
         return [key for key, _ in sorted(ended, key=lambda item: item[1])]
 
@@ -139,7 +141,8 @@ class MemoryGuard:
         how it ended and each channel's total and descriptor, so a walk still reading it
         can report what it will never read (``GAP`` events, reason ``evicted``)."""
         prefix, session, number = keys.parse_scan(key)
-        record: dict[str, Any] = {text(k): v for k, v in self.bus.redis.hgetall(key).items()}
+        stored = self.bus.redis.hgetall(key).items()
+        record: dict[str, Any] = {message(k) or "": v for k, v in stored}
         descs = {k[3:]: v for k, v in record.items() if k.startswith("ch:")}
         pipe = self.bus.redis.pipeline(transaction=False)
         for name in descs:
@@ -154,7 +157,7 @@ class MemoryGuard:
             "scan": key,
             "number": number,
             "time": time.time(),
-            "reason": text(record.get("end_reason", b"finished")),
+            "reason": message(record.get("end_reason", b"finished")),
             "channels": pack_meta(channels),
         }
         if "error" in record:
@@ -169,6 +172,18 @@ class MemoryGuard:
         pipe.zrem(keys.scans(prefix), key)
         pipe.xadd(keys.session_log(prefix, session), event)
         pipe.execute()
+
+
+def _ended(key: str, record: Any) -> bool:
+    """True if ``record`` (state, file, written of scan ``key``) says the scan has ended."""
+    if isinstance(record, Exception):  # not a scan record (another type at that key)
+        log.warning("memory guard: %s is not a scan record (%s); not deleting it", key, record)
+        return False
+    try:
+        return scan_state(key, record[0]) is ScanState.ENDED
+    except CorruptEntry as exc:
+        log.warning("memory guard: not deleting %s: %s", key, exc)
+        return False
 
 
 def _total(descriptor: bytes, last: list) -> int:

@@ -30,14 +30,13 @@ from .encoding import (
     FileRef,
     Gap,
     decode_entries,
-    field,
     is_seal,
     parse_id,
     points_through,
     text,
-    unpack_meta,
 )
 from .errors import (
+    CorruptEntry,
     DataExpired,
     DataLost,
     EndOfData,
@@ -49,6 +48,7 @@ from .errors import (
     translate_redis_errors,
 )
 from .events import Event, EventType, ScanEnd
+from .schema import ScanRecord, descriptors, log_entries, message, warn_skipped
 from .states import EndReason, ScanState
 
 if TYPE_CHECKING:
@@ -131,19 +131,21 @@ class SessionNode(Node):
         self.log_key = keys.session_log(bus.settings.prefix, name)
 
     def scans(self) -> list[ScanNode]:
-        """The session's scans still in Redis, oldest first."""
+        """The session's scans still in Redis, oldest first; corrupt log entries and scan
+        records are left out, with a warning."""
         with translate_redis_errors(self.bus.url):
-            entries = _xrange(self.bus, self.log_key)
-            found = [
-                text(f[b"scan"])
-                for _, f in entries
-                if f.get(b"event") == b"created" and b"scan" in f
-            ]
-            pipe = self.bus.redis.pipeline(transaction=False)
-            for key in found:
-                pipe.hgetall(key)
-            records = pipe.execute() if found else []
-        return [ScanNode(self.bus, k, r, self) for k, r in zip(found, records, strict=True) if r]
+            entries = log_entries(self.log_key, _xrange(self.bus, self.log_key), warn_skipped)
+            found = {e.scan: e.id for e in entries if e.event == "created" and e.scan}
+            records = _records(self.bus, found)
+        scans = []
+        for key, record in records.items():
+            if not record:
+                continue  # expired
+            try:
+                scans.append(ScanNode(self.bus, key, record, self))
+            except CorruptEntry as exc:
+                warn_skipped(self.log_key, found[key], f"scan left out: {exc}")
+        return scans
 
     def children(self) -> list[Node]:
         return list(self.scans())
@@ -256,57 +258,54 @@ class ScanNode(Node):
     def __init__(self, bus: Bus, key: str, record: dict, parent: Node | None = None) -> None:
         self.key = key
         self._update(record)
-        name = f"{self.number}_{self._info.get('type', 'scan')}"
+        name = f"{self.number}_{self.info.get('type', 'scan')}"
         if parent is None:
             _, session, _ = keys.parse_scan(key)
             parent = SessionNode(bus, session)
         super().__init__(bus, key, name, parent)
 
     def _update(self, record: dict) -> None:
+        """Take ``record`` (an HGETALL) as the scan's; ``CorruptEntry`` (and the node
+        unchanged) if it does not decode."""
+        self._parsed = ScanRecord.parse(self.key, record)
         self._record = record
-        self.number = int(field(record, "number") or 0)
-        raw = field(record, "info")
-        self._info = unpack_meta(raw) if raw else {}
+        self.number = self._parsed.number
         self._channels: dict[str, ChannelNode] | None = None
 
     def _ended(self, end: ScanEnd) -> None:
-        self._record = {
-            **self._record,
-            b"state": b"%d" % ScanState.ENDED,
-            b"end_reason": str(end.reason).encode(),
-        }
+        self._update(
+            {
+                **self._record,
+                b"state": b"%d" % ScanState.ENDED,
+                b"end_reason": str(end.reason).encode(),
+            }
+        )
 
     @property
     def type(self) -> str:  # type: ignore[override]
-        group = self._info.get("is_scan_sequence") or self._info.get("type") == "sequence"
+        group = self.info.get("is_scan_sequence") or self.info.get("type") == "sequence"
         return "scan_group" if group else "scan"
 
     @property
     def info(self) -> dict[str, Any]:
-        return self._info
+        return self._parsed.info
 
     @property
     def state(self) -> ScanState:
         """The state as last read (``refresh()`` reads it again)."""
-        return ScanState(int(field(self._record, "state") or 0))
+        return self._parsed.state
 
     @property
     def end_reason(self) -> EndReason | str | None:
-        raw = field(self._record, "end_reason")
-        if raw is None:
-            return None
-        try:
-            return EndReason(text(raw))
-        except ValueError:
-            return text(raw)
+        return self._parsed.end_reason
 
     @property
     def error(self) -> str | None:
-        raw = field(self._record, "error")
-        return None if raw is None else text(raw)
+        return self._parsed.error
 
     def refresh(self) -> ScanNode:
-        """Read the scan record again; ``UnknownScan`` if it is gone."""
+        """Read the scan record again; ``UnknownScan`` if it is gone, ``CorruptEntry``
+        if it no longer decodes."""
         with translate_redis_errors(self.bus.url):
             record = self.bus.redis.hgetall(self.key)
         if not record:
@@ -319,12 +318,13 @@ class ScanNode(Node):
         """The scan's channels, by full name, in the order of the scan info's
         ``channels`` list when it has one (then by name)."""
         if self._channels is None:
-            found = {}
-            for field, raw in self._record.items():
-                if text(field).startswith("ch:"):
-                    desc = Descriptor.from_meta(raw)
-                    found[desc.name] = ChannelNode(self.bus, self, desc)
-            listed = [n for n in self._info.get("channels") or () if n in found]
+            found = {
+                name: ChannelNode(self.bus, self, desc)
+                for name, desc in descriptors(self.key, self._record).items()
+            }
+            hint = self.info.get("channels")
+            hint = hint if isinstance(hint, list) else []
+            listed = [n for n in hint if isinstance(n, str) and n in found]
             order = listed + sorted(set(found) - set(listed))
             self._channels = {name: found[name] for name in order}
         return dict(self._channels)
@@ -355,15 +355,12 @@ class ScanNode(Node):
         cursor = START
         with translate_redis_errors(self.bus.url):
             while True:
-                for entry_id, fields in _xrange(self.bus, log_key, _after(cursor)):
-                    cursor = text(entry_id)
-                    if fields.get(b"event") == b"ended":
+                entries = _xrange(self.bus, log_key, _after(cursor))
+                cursor = text(entries[-1][0]) if entries else cursor
+                for entry in log_entries(log_key, entries, warn_skipped):
+                    if entry.event == "ended":
                         self.refresh()
-                        error = fields.get(b"error")
-                        return ScanEnd(
-                            self.end_reason or text(fields.get(b"reason", b"")),
-                            None if error is None else text(error),
-                        )
+                        return ScanEnd(self.end_reason or entry.reason or "", entry.error)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise ReadTimeout(f"scan {self.key} did not end within {timeout} s")
@@ -614,8 +611,8 @@ class ChannelNode(Node):
         if exists and first >= length:
             raise self._beyond(first, last, length, sealed)
         where = (
-            f"; the file writer saved them in {text(file)}"
-            + (f":{text(dataset)}" if dataset else "")
+            f"; the file writer saved them in {message(file)}"
+            + (f":{message(dataset)}" if dataset else "")
             if file
             else "; no file writer recorded where they were saved"
         )
@@ -626,8 +623,8 @@ class ChannelNode(Node):
             scan=self.scan.key,
             first=first,
             last=last,
-            file=None if file is None else text(file),
-            dataset=None if dataset is None else text(dataset),
+            file=message(file),
+            dataset=message(dataset),
         )
 
 
@@ -657,13 +654,20 @@ def read_streams(
 
 
 def _records(bus: Bus, scan_keys: Iterable[str]) -> dict[str, dict]:
+    """The HGETALL of each scan key; empty, with a warning, for a key that holds
+    something other than a hash."""
     scan_keys = list(scan_keys)
     if not scan_keys:
         return {}
     pipe = bus.redis.pipeline(transaction=False)
     for key in scan_keys:
         pipe.hgetall(key)
-    return dict(zip(scan_keys, pipe.execute(), strict=True))
+    records = {}
+    for key, reply in zip(scan_keys, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(reply, Exception):
+            warn_skipped(key, "-", f"not a scan record ({reply})")
+        records[key] = {} if isinstance(reply, Exception) else reply
+    return records
 
 
 def _walk(
@@ -678,14 +682,6 @@ def _walk(
     bus = session.bus
     wait, stop_handler = opts.wait, opts.stop_handler
     excluded = make_filter(opts.exclude_children) if opts.exclude_children is not None else None
-    with translate_redis_errors(bus.url):
-        entries = _xrange(bus, session.log_key)
-    created = [
-        (text(i), text(f[b"scan"]))
-        for i, f in entries
-        if f.get(b"event") == b"created" and b"scan" in f
-    ]
-    ended = {text(f[b"scan"]) for _, f in entries if f.get(b"event") == b"ended" and b"scan" in f}
     asm = Assembler(
         session.log_key,
         make_scan=lambda key, record: ScanNode(bus, key, record, session),
@@ -693,18 +689,23 @@ def _walk(
         wants=make_filter(opts.include_filter),
         descend=(lambda node: not excluded(node)) if excluded else (lambda node: True),
         data=data,
-        sequential=ended,
     )
     with translate_redis_errors(bus.url):
+        entries = _xrange(bus, session.log_key)
+    parsed = list(asm.log_entries(session.log_key, entries))
+    created = {e.scan: e.id for e in parsed if e.event == "created" and e.scan}
+    asm.sequential = {e.scan for e in parsed if e.event == "ended" and e.scan}
+    with translate_redis_errors(bus.url):
         if from_last:
-            asm.cursors[session.log_key] = _before(created[-1][0]) if created else START
+            last = list(created.values())[-1] if created else None
+            asm.cursors[session.log_key] = _before(last) if last else START
         elif not replay:
             asm.cursors[session.log_key] = text(entries[-1][0]) if entries else START
         first: list[Event] = []
         if not replay and running:
-            live = [key for _, key in created if key not in ended]
+            live = [key for key in created if key not in asm.sequential]
             for key, record in _records(bus, live).items():
-                first += asm.add_scan(key, record)
+                first += asm.add_scan(key, record, created[key])
     if opts.started_event is not None:
         opts.started_event.set()
     yield from first
@@ -782,13 +783,13 @@ def _check_lost(bus: Bus, asm: Assembler) -> Iterator[Event]:
     if not gone:
         return
     evicted = {
-        text(f[b"scan"]): f
-        for _, f in _xrange(bus, asm.session_log)
-        if f.get(b"event") == b"evicted" and b"scan" in f
+        e.scan: e
+        for e in asm.log_entries(asm.session_log, _xrange(bus, asm.session_log))
+        if e.event == "evicted" and e.scan
     }
     for key in gone:
         if key in evicted:
-            yield from asm.evicted(key, evicted[key])
+            yield from asm.evicted(evicted[key])
         else:
             yield from asm.lost(
                 key, "the scan's keys expired before it ended: its publisher stopped"

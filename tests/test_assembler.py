@@ -7,6 +7,7 @@ from conftest import stored
 from databus import encoding as enc
 from databus import keys
 from databus.assembler import Assembler
+from databus.errors import CorruptEntry
 from databus.events import EventType, ScanEnd
 
 SLOG = "p:session:s:log"
@@ -263,3 +264,38 @@ def test_an_expired_scan_is_ignored_and_unknown_log_events_are_skipped():
 def test_event_type_members_reach_each_other_as_in_bliss_scripts(member):
     assert member.NEW_NODE is EventType.NEW_NODE
     assert EventType.NEW_DATA_IN_CHANNEL is EventType.NEW_DATA
+
+
+def test_poison_log_entries_and_records_are_skipped_once_and_the_next_scan_followed():
+    def make_scan(key, rec):
+        if rec.get(b"number") == b"abc":
+            raise CorruptEntry(f"scan record {key}: field 'number' = b'abc' cannot be read")
+        return FakeNode("scan", key)
+
+    asm = Assembler(
+        SLOG,
+        make_scan=make_scan,
+        make_channel=lambda scan, desc: FakeNode("channel", desc.name),
+        wants=lambda node: True,
+        descend=lambda node: True,
+    )
+    bad = keys.scan("p", "s", 2)
+    entries = [
+        (b"1-0", {b"event": b"created", b"scan": b"\xff"}),
+        log(2, "created", scan=bad),
+        log(3, "created", scan=SCAN),
+    ]
+    assert asm.records_needed([(SLOG, entries)]) == {bad, SCAN}
+    ev = asm.feed([(SLOG, entries)], {bad: {b"number": b"abc"}, SCAN: record(X)})
+    assert kinds(ev) == [("NEW_NODE", SCAN)] and asm.streams()[SLOG] == "3-0"
+    asm.records_needed([(SLOG, entries)])  # the same entries read again: noted once
+    assert [s[:2] for s in asm.skipped] == [(SLOG, "1-0"), (SLOG, "2-0")]
+    assert "'scan' is not UTF-8" in asm.skipped[0][2] and "'number'" in asm.skipped[1][2]
+    ev = asm.feed([(SCAN_LOG, [(b"4-0", {b"event": b"\xff"}), log(5, "ended")])], {})
+    assert kinds(ev) == [("END_SCAN", SCAN)] and asm.skipped[-1][:2] == (SCAN_LOG, "4-0")
+
+
+def test_a_created_entry_without_its_record_is_read_again():
+    asm = make()
+    assert asm.feed([(SLOG, [log(1, "created", scan=SCAN)])], {}) == []
+    assert asm.streams()[SLOG] == "0-0"

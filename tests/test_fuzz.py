@@ -2,10 +2,12 @@
 logged entry; no hang, no crash of a walk, no corruption of other channels.
 
 Example counts (sum >= 10,000): coerce 3000, metadata 2000, names 1500, raw entries 3000,
-records 500, server round trips 300, walks over garbage 100, shared-channel garbage 100.
+records 500, server round trips 300, walks over garbage 100, shared-channel garbage 100,
+poison in session logs, scan logs and scan records 150 each.
 """
 
 import contextlib
+import itertools
 import math
 import threading
 
@@ -208,6 +210,125 @@ def test_a_walk_survives_garbage_in_streams_and_logs(fuzz_bus, garbage, log_garb
     assert mine[-1].type is databus.EventType.END_SCAN
     got = [e.data for e in mine if e.type is databus.EventType.NEW_DATA and e.node.name == "good"]
     assert np.concatenate([d.data for d in got]).tolist() == [0, 1, 2, 3, 4]
+
+
+_POISON_SESSIONS = itertools.count()
+GOOD = "<the valid scan's key>"
+log_values = (
+    st.binary(max_size=12)
+    | st.sampled_from([b"\xff", b"created", b"ended", b"evicted", b"channel", b"info", b"x"])
+    | st.just(GOOD)
+)
+log_entries = st.dictionaries(
+    st.sampled_from([b"event", b"scan", b"name", b"reason", b"error", b"channels", b"\xfe"]),
+    log_values,
+    min_size=1,
+    max_size=5,
+)
+descriptor_metas = st.sampled_from(
+    [
+        enc.Descriptor.create("x", "float64").to_meta(),
+        enc.Descriptor.create("x", "uint8", (3,)).to_meta(),
+        enc.Descriptor.create("x", None, kind="json").to_meta(),
+        enc.Descriptor.create("y", "int16").to_meta(),
+        enc.pack_meta({"name": "x"}),
+    ]
+)
+record_values = (
+    st.binary(max_size=12)
+    | st.integers().map(lambda i: str(i).encode())
+    | st.dictionaries(
+        st.sampled_from(["channels", "type", "title", "save"]),
+        st.recursive(
+            st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5) | st.binary(),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner),
+            max_leaves=6,
+        ),
+    ).map(enc.pack_meta)
+    | descriptor_metas
+)
+record_fields = st.dictionaries(
+    st.sampled_from(
+        [b"number", b"info", b"state", b"end_reason", b"error", b"created", b"ended", b"ch:x"]
+    ),
+    record_values,
+    min_size=1,
+    max_size=4,
+)
+
+
+def poison_session(bus):
+    """A session of its own for one example, and the key its first scan will have."""
+    session = bus.session(f"poison{next(_POISON_SESSIONS)}")
+    return session, keys.scan(bus.settings.prefix, session.name, 1)
+
+
+def with_key(fields, key):
+    """``fields`` with the placeholder ``GOOD`` replaced by ``key``."""
+    return {k: key if v == GOOD else v for k, v in fields.items()}
+
+
+def publish_good(session, before_end=()):
+    """An ended scan of 5 points on ``x``; ``before_end`` entries go to its log first."""
+    scan = session.create_scan(title="good")
+    x = scan.channel("x", "float64")
+    scan.prepare()
+    x.send(np.arange(5.0))
+    for fields in before_end:
+        session.bus.redis.xadd(keys.scan_log(scan.key), with_key(fields, scan.key))
+    scan.end()
+    return scan
+
+
+def assert_delivered_whole(session, scan):
+    """A replay of ``session`` (it must not raise) delivers ``scan`` whole, then its end
+    (again after a second "created" entry of it: a walk follows what the log says)."""
+    events = list(session.node.walk_events(wait=False))
+    mine = [e for e in events if e.node.db_name.startswith(scan.key)]
+    ends = [i for i, e in enumerate(mine) if e.type is databus.EventType.END_SCAN]
+    assert ends and ends[-1] == len(mine) - 1
+    for start, end in zip([0] + [i + 1 for i in ends[:-1]], ends, strict=True):
+        assert mine[start].type is databus.EventType.NEW_NODE
+        got = [e.data.data for e in mine[start:end] if e.type is databus.EventType.NEW_DATA]
+        assert np.concatenate(got).tolist() == [0, 1, 2, 3, 4]
+
+
+@fuzz(150)
+@given(entries=st.lists(log_entries, min_size=1, max_size=4))
+def test_a_follower_delivers_the_valid_scan_past_garbage_in_its_session_log(fuzz_bus, entries):
+    session, good_key = poison_session(fuzz_bus)
+    for fields in entries:
+        fuzz_bus.redis.xadd(session.node.log_key, with_key(fields, good_key))
+    good = publish_good(session)
+    assert good.key == good_key
+    assert_delivered_whole(session, good)
+    assert good_key in [s.key for s in session.node.scans()]
+
+
+@fuzz(150)
+@given(entries=st.lists(log_entries, min_size=1, max_size=4))
+def test_a_follower_delivers_the_valid_scan_past_garbage_in_its_scan_log(fuzz_bus, entries):
+    session, _ = poison_session(fuzz_bus)
+    good = publish_good(session, before_end=entries)
+    assert_delivered_whole(session, good)
+    fuzz_bus.scan(good.key).wait_end(0)
+
+
+@fuzz(150)
+@given(fields=record_fields)
+def test_a_follower_delivers_the_valid_scan_past_a_garbage_record(fuzz_bus, fields):
+    session, bad_key = poison_session(fuzz_bus)
+    bad = publish_good(session)
+    fuzz_bus.redis.hset(bad_key, mapping=fields)
+    good = publish_good(session)
+    assert_delivered_whole(session, good)
+    assert good.key in [s.key for s in session.node.scans()]
+    try:
+        node = fuzz_bus.scan(bad.key)
+    except CorruptEntry as exc:
+        assert bad.key in str(exc)
+    else:  # a record that still decodes reads as one
+        assert set(node.channels) <= {"x", "y"} and isinstance(node.info, dict)
 
 
 @fuzz(100)
