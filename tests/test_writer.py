@@ -248,8 +248,8 @@ def test_unsaved_scans_bad_names_and_scan_layout(beamline, tmp_path):
     files = sorted(p.name for p in (tmp_path / "runner").glob("*.h5"))
     assert files == ["runner_0002.h5", "runner_0003.h5"]
     with h5py.File(tmp_path / "runner" / "runner_0002.h5", "r") as f:
-        assert f["2.1/measurement/a_b"][()].tolist() == [0, 1, 2]
-    assert hdf5_name("a/b") == "a_b" and hdf5_name("..") == "_.." and hdf5_name("") == "_"
+        assert f["2.1/measurement/a%2Fb"][()].tolist() == [0, 1, 2]
+    assert hdf5_name("a/b") == "a%2Fb" and hdf5_name("..") == "%2E." and hdf5_name("") == "%"
     assert s.key.endswith(":3}")
 
 
