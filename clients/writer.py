@@ -134,9 +134,17 @@ def _free(group: Any, name: str) -> str:
     return candidate
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _no_space(exc: BaseException) -> bool:
-    """True if ``exc`` says the disk is full (HDF5 keeps the errno)."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    """True if ``exc`` says the disk is full: its errno, or for h5py's RuntimeErrors
+    (a failed flush), the system's text for it inside HDF5's message."""
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    return isinstance(exc, (OSError, RuntimeError)) and any(
+        os.strerror(code) in str(exc) for code in _FULL
+    )
 
 
 def _iso(seconds: float | None) -> str:
@@ -219,7 +227,8 @@ class _File:
     def check_room(self, pending: int = 0) -> None:
         """OSError (ENOSPC) unless the file's disk has ``pending`` + ``ROOM_BYTES`` free:
         the writer stops before HDF5 fails half way through a write."""
-        st = os.statvfs(self.path.parent if self.path.parent.exists() else self.root)
+        where = next(p for p in (self.path.parent, *self.path.parents) if p.exists())
+        st = os.statvfs(where)
         free = st.f_bavail * st.f_frsize
         if free < pending + ROOM_BYTES:
             raise OSError(
@@ -229,8 +238,7 @@ class _File:
     def structural(self) -> Any:
         """The file, open for structure changes (SWMR off)."""
         h5py = _h5py()
-        if self.h5 is None or self.h5.swmr_mode:
-            self.check_room()
+        self.check_room()
         if self.h5 is not None and self.h5.swmr_mode:
             self.h5.close()
             self.h5 = None
@@ -265,6 +273,14 @@ class _File:
         if self.h5 is not None:
             self.h5.flush()
             self.last_flush = time.monotonic()
+
+    def drop(self) -> None:
+        """Let go of a handle a failed write left unreliable (reopened when next used)."""
+        try:
+            self.h5.close()
+        except Exception as exc:
+            log.warning("%s: closing after a failed write: %s", self.path, exc)
+        self.h5 = None
 
     def close(self) -> None:
         if self.h5 is not None:
@@ -537,12 +553,13 @@ class NexusWriter:
     def _trouble(self, scan: Any, exc: Exception) -> None:
         """A scan's event failed: a full disk holds its file, anything else fails it."""
         key = scan.db_name
-        entry = self._entries.get(key)
-        if entry is not None and isinstance(exc, OSError) and _no_space(exc):
-            self._block(entry.file, exc)
-            self._hold(scan, entry.file)
-        else:
+        if not _no_space(exc):
             self._fail(key, exc)
+            return
+        entry = self._entries.get(key)
+        file = entry.file if entry is not None else self._file(self.location(scan)[0])
+        self._block(file, exc, failed=True)
+        self._hold(scan, file)
 
     # ------------------------------------------------------------------ waiting
 
@@ -551,18 +568,19 @@ class NexusWriter:
         if scan.db_name not in self._held:
             self._held[scan.db_name] = _Held(scan, file)
 
-    def _block(self, file: _File, exc: OSError) -> None:
+    def _block(self, file: _File, exc: Exception, failed: bool = False) -> None:
         """Stop writing ``file``: its scans wait, their unstored points are dropped (Redis
         still has them: they are read again), and it is tried again later: every
         ``flush_s`` while another writer holds it, with a growing backoff while its disk
-        is full. Logged once per episode."""
+        is full. ``failed``: HDF5 failed in a write, so the handle is let go and the
+        points not flushed are dropped too. Logged once per episode."""
         full = _no_space(exc)
         if file.blocked is None:
             file.backoff = self.flush_s
             log.warning(
                 "%s: %s; its scans wait (their data stays in Redis), trying again %s",
                 file.path,
-                "no space left on its disk" if full else exc.strerror or exc,
+                "no space left on its disk" if full else exc,
                 "with backoff" if full else f"every {self.flush_s} s",
             )
         elif full:
@@ -571,18 +589,22 @@ class NexusWriter:
         file.retry_at = time.monotonic() + file.backoff
         for entry in self._entries.values():
             if entry.file is file:
-                self._rewind(entry)
+                self._rewind(entry, failed)
+        if failed and file.h5 is not None:
+            file.drop()
 
-    def _rewind(self, entry: _Entry) -> None:
-        """Forget the points not flushed, from the start of the chunk HDF5 may have been
-        rewriting when a write failed; the next event or the end reads them again."""
+    def _rewind(self, entry: _Entry, failed: bool) -> None:
+        """Forget the points not stored, or if a write ``failed``, not flushed (from the
+        start of the chunk HDF5 may have been rewriting); the next event or the end
+        reads them from Redis again."""
         for ch in entry.channels.values():
             if ch.path is None:
                 continue
-            keep = ch.durable
-            if entry.file.h5 is not None:
+            keep = ch.durable if failed else ch.stored
+            if failed and entry.file.h5 is not None:
                 keep -= keep % entry.dataset(ch.path).chunks[0]
-            ch.written = ch.stored = ch.durable = keep
+            ch.written = ch.stored = keep
+            ch.durable = min(ch.durable, keep)
             ch.pending = []
         entry.pending_bytes = 0
         entry.behind = True
@@ -606,14 +628,18 @@ class NexusWriter:
         safely stored, then open and finish the scans that waited for it."""
         try:
             file.check_room()
+        except OSError as exc:
+            self._block(file, exc)
+            return
+        try:
             if file.h5 is not None:
                 file.h5.flush()  # what HDF5 still holds; the entries are cut back below
             file.structural()
-        except OSError as exc:
-            if _no_space(exc) or isinstance(exc, BlockingIOError):
-                self._block(file, exc)
-                return
-            raise
+        except Exception as exc:
+            if not (_no_space(exc) or isinstance(exc, BlockingIOError)):
+                raise
+            self._block(file, exc, failed=_no_space(exc))
+            return
         for entry in self._entries.values():
             if entry.file is file:
                 self._cut(entry)
@@ -698,7 +724,7 @@ class NexusWriter:
                 if ds.shape[0] > progress[index]:
                     ds.resize(int(progress[index]), axis=0)
         entry = _Entry(scan, file, name, channels)
-        entry.gaps = {tuple(int(v) for v in row) for row in group["writer/gaps"][()]}
+        entry.gaps = {(int(c), int(a), int(b), int(r)) for c, a, b, r in group["writer/gaps"][()]}
         self._entries[key] = entry
         where = {f"dataset:{c.name}": f"/{name}/{c.path}" for c in channels.values() if c.path}
         self._note(key, {"file": str(path), **where})
@@ -903,9 +929,15 @@ class NexusWriter:
             return
         self._take(entry, ch, block, 0)
 
-    def _catch_up_all(self, entry: _Entry) -> None:
-        """Every channel read up to what Redis has: for a scan whose events went by while
-        its file waited."""
+    def _catch_up_all(self, entry: _Entry) -> dict[str, list[int | None]]:
+        """Every channel read up to what Redis has, for a scan whose events went by while
+        its file waited; if the scan is gone from Redis, what is missing per channel
+        (from, None), as ``writer/missing`` records it."""
+        entry.behind = False
+        try:
+            entry.scan.refresh()
+        except databus.UnknownScan:
+            return {c.name: [c.written, None] for c in entry.channels.values()}
         for ch in entry.channels.values():
             if ch.path is None or ch.node is None:
                 continue
@@ -915,7 +947,7 @@ class NexusWriter:
                 continue  # the scan is gone: what was written is all there is
             if total > ch.written:
                 self._catch_up(entry, ch, total)
-        entry.behind = False
+        return {}
 
     def _store(self, entry: _Entry) -> None:
         """Write every channel's pending points to its dataset (one write each), then
@@ -992,13 +1024,17 @@ class NexusWriter:
             entries = [e for e in self._entries.values() if e.file is f and e.failed is None]
             try:
                 f.check_room(sum(e.pending_bytes for e in entries))
+            except OSError as exc:
+                self._block(f, exc)
+                continue
+            try:
                 for entry in entries:
                     self._store(entry)
                 f.flush()
-            except OSError as exc:
+            except Exception as exc:
                 if not _no_space(exc):
                     raise
-                self._block(f, exc)
+                self._block(f, exc, failed=True)
                 continue
             for entry in entries:
                 for ch in entry.channels.values():
@@ -1006,19 +1042,24 @@ class NexusWriter:
 
     def _finish(self, entry: _Entry, end: databus.ScanEnd) -> None:
         key = entry.scan.db_name
+        missing = {}
         if entry.failed is None:
             if entry.behind:
-                self._catch_up_all(entry)
+                missing = self._catch_up_all(entry)
             self._store(entry)
         h5 = entry.file.structural()
         e = h5[entry.name]
         reason = f"writer failed: {entry.failed}" if entry.failed else str(end.reason)
+        if missing:
+            reason = "incomplete: the scan expired from Redis before it was written"
+            log.error("%s: %s; missing %s", key, reason, missing)
         e["end_time"] = _iso(None)
         e["end_reason"] = _h5_text(reason)
         if end.error:
             e["end_error"] = _h5_text(end.error)
         if str(end.reason) == "lost":  # its keys vanished before it ended: say what is missing
             missing = {c.name: [c.written, None] for c in entry.channels.values()}
+        if missing:
             e["writer/missing"] = json.dumps(missing)
         for ch in entry.channels.values():
             if ch.path is None and ch.refs:

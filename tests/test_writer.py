@@ -17,7 +17,7 @@ from conftest import Running  # noqa: E402
 
 import databus  # noqa: E402
 from databus import scan  # noqa: E402
-from databus.clients.writer import hdf5_name  # noqa: E402
+from databus.clients.writer import hdf5_name, original_name  # noqa: E402
 from databus.sim import SimDetector  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def the_file(root):
 def same_as_published(bus, key, entry):
     """Every channel in the file equals what Redis holds, point by point."""
     node = bus.scan(key)
-    names = [n.decode() for n in entry["writer/channels"][()]]
+    names = [original_name(n.decode()) for n in entry["writer/channels"][()]]
     paths = [p.decode() for p in entry["writer/paths"][()]]
     for name, path, count in zip(names, paths, entry["writer/progress"][()], strict=True):
         published = node.channels[name].get_as_array()
