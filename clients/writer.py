@@ -456,9 +456,9 @@ class NexusWriter:
                 h5 = f.h5 if f.h5 is not None else f.structural()
                 name = self._entry_name(h5, scan, name)
                 return name in h5 and "end_reason" in h5[name]
-            except BlockingIOError:
-                return False  # another writer has it: wait for it (see _open_entry)
             except Exception as exc:
+                if isinstance(exc, BlockingIOError) or _no_space(exc):
+                    return False  # not known yet: _open_entry holds the scan until it is
                 self._error(f"{path}: cannot read ({exc})")
                 return True  # do not touch a file we cannot read
 
@@ -491,7 +491,10 @@ class NexusWriter:
                 if entry.failed is None and entry.file.blocked is None:
                     self._store(entry)
             for f in self._files.values():
-                f.close()
+                try:
+                    f.close()
+                except Exception as exc:  # a full disk: the next start resumes from the file
+                    self._error(f"{f.path}: cannot close it ({type(exc).__name__}: {exc})")
         if self._died:
             raise RuntimeError(f"the writer stopped: {self._died[0]}")
 
@@ -532,8 +535,8 @@ class NexusWriter:
             return
         entry = self._entries.get(key)
         if entry is not None and entry.file.blocked is not None:
-            entry = None  # the file waits: this event's data stays in Redis
-            self._hold(scan, self._entries[key].file)
+            self._hold(scan, entry.file)  # the file waits: this event's data stays in Redis
+            entry = None
         elif entry is None:
             entry = self._open_entry(scan)
         if entry is None:  # held until its file can be written
@@ -766,7 +769,7 @@ class NexusWriter:
             group_name, short = _slot(instrument, measurement, ch.name, field)
             holder = instrument.require_group(group_name)
             holder.attrs["NX_class"] = "NXpositioner" if is_axis else "NXdetector"
-            names.append(hdf5_name(ch.name))
+            names.append(ch.name)
             if ch.desc.kind == "ref":
                 paths.append("")  # linked to the detector's own file at the end
                 continue
@@ -804,7 +807,7 @@ class NexusWriter:
         w = e.create_group("writer")
         w.attrs["NX_class"] = "NXcollection"
         w.attrs["scan_created"] = float(scan._record.get(b"created", 0))
-        w["channels"] = np.array(names, dtype=h5py.string_dtype())
+        w["channels"] = np.array([hdf5_name(n) for n in names], dtype=h5py.string_dtype())
         w["paths"] = np.array(paths, dtype=h5py.string_dtype())
         w.create_dataset("progress", data=np.zeros(len(names), dtype=np.int64))
         gaps = w.create_dataset(
@@ -918,16 +921,22 @@ class NexusWriter:
     def _catch_up(self, entry: _Entry, ch: _Channel, stop: int) -> None:
         """Points ``ch.written .. stop - 1``, which no event brought, read from Redis; a
         gap if Redis cannot give them (expired, never kept, undecodable)."""
-        first = ch.written
-        try:
-            block = ch.node.get(first, stop - 1)
-        except databus.DatabusError as exc:
-            gone = isinstance(exc, (databus.DataExpired, databus.UnknownScan))
-            reason = "expired" if gone and not isinstance(exc, databus.DataLost) else "missing"
-            log.warning("%s: cannot read %s again (%s)", entry.scan.db_name, ch.name, exc)
-            self._gap(entry, ch.name, first, stop - first, reason)
-            return
-        self._take(entry, ch, block, 0)
+        ds = entry.dataset(str(ch.path))
+        step = max(1, STORE_BYTES // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
+        while ch.written < stop:
+            first, last = ch.written, min(stop, ch.written + step) - 1
+            try:
+                block = ch.node.get(first, last)
+            except databus.DatabusError as exc:
+                gone = isinstance(exc, (databus.DataExpired, databus.UnknownScan))
+                reason = "expired" if gone and not isinstance(exc, databus.DataLost) else "missing"
+                log.warning("%s: cannot read %s again (%s)", entry.scan.db_name, ch.name, exc)
+                self._gap(entry, ch.name, first, last + 1 - first, reason)
+                continue
+            if len(block) != last + 1 - first:  # never short: the points after stay in order
+                self._gap(entry, ch.name, first, last + 1 - first, "missing")
+                continue
+            self._take(entry, ch, block, 0)
 
     def _catch_up_all(self, entry: _Entry) -> dict[str, list[int | None]]:
         """Every channel read up to what Redis has, for a scan whose events went by while
