@@ -274,14 +274,6 @@ class _File:
             self.h5.flush()
             self.last_flush = time.monotonic()
 
-    def drop(self) -> None:
-        """Let go of a handle a failed write left unreliable (reopened when next used)."""
-        try:
-            self.h5.close()
-        except Exception as exc:
-            log.warning("%s: closing after a failed write: %s", self.path, exc)
-        self.h5 = None
-
     def close(self) -> None:
         if self.h5 is not None:
             self.h5.close()
@@ -593,8 +585,6 @@ class NexusWriter:
         for entry in self._entries.values():
             if entry.file is file:
                 self._rewind(entry, failed)
-        if failed and file.h5 is not None:
-            file.drop()
 
     def _rewind(self, entry: _Entry, failed: bool) -> None:
         """Forget the points not stored, or if a write ``failed``, not flushed (from the
@@ -636,7 +626,7 @@ class NexusWriter:
             return
         try:
             if file.h5 is not None:
-                file.h5.flush()  # what HDF5 still holds; the entries are cut back below
+                self._flush_held(file)
             file.structural()
         except Exception as exc:
             if not (_no_space(exc) or isinstance(exc, BlockingIOError)):
@@ -662,6 +652,17 @@ class NexusWriter:
             except Exception as exc:
                 self._trouble(held.scan, exc)
         file.live()
+
+    @staticmethod
+    def _flush_held(file: _File) -> None:
+        """Flush what HDF5 still holds of a file that was blocked; after a flush that
+        failed on a full disk, HDF5's first one trips on its own leftover state
+        ("slist already enabled") and the second goes through."""
+        try:
+            file.flush()
+        except RuntimeError as exc:
+            log.info("%s: flushing again after %s", file.path, exc)
+            file.flush()
 
     def _cut(self, entry: _Entry) -> None:
         """Cut each dataset and ``writer/progress`` of ``entry`` back to what it stored."""
@@ -701,6 +702,9 @@ class NexusWriter:
             return None
         name = self._entry_name(h5, scan, name)
         resumed = name in h5
+        if resumed and "writer/progress" not in h5[name]:  # a creation that failed half way
+            del h5[name]
+            resumed = False
         if resumed and "end_reason" in h5[name]:
             log.info("%s: %s::%s was finished by another writer", key, path, name)
             self._refused.add(key)

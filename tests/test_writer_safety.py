@@ -294,3 +294,25 @@ def test_a_dead_session_thread_stops_the_writer_with_a_message(bus, tmp_path, ca
     writer = Dying(bus, ["good", "bad"], tmp_path, flush_s=0.1)
     assert serve(writer) == 1
     assert "the writer stopped: session 'bad': OSError: the walk broke" in caplog.text
+
+
+def test_hdf5_failing_on_a_full_disk_is_recovered(beamline, small_disk, monkeypatch, caplog):
+    from databus.clients import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "ROOM_BYTES", 0)  # let HDF5 itself hit ENOSPC
+    b = beamline
+    w = Running(b["bus"], small_disk, flush_s=0.1)
+    first = scan.loopscan(5, 0, b["diode"])
+    w.wait_for(1)
+    filler = fill(small_disk)
+    s = scan.loopscan(20, 0, b["diode"], b["mon"])
+    assert eventually(lambda: s.key in w.writer._held, timeout=10)
+    filler.unlink()
+    w.wait_for(2, timeout=20)
+    w.stop()
+    assert caplog.text.count("no space left") == 1, caplog.text
+    assert w.writer.errors == []
+    with h5py.File(today_file(small_disk), "r") as f:
+        for number, key in ((1, first.key), (2, s.key)):
+            assert f[f"{number}.1/end_reason"][()] == b"finished"
+            same_as_published(b["bus"], key, f[f"{number}.1"])
