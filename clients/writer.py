@@ -502,9 +502,14 @@ class NexusWriter:
             started.set()
 
     def _follow_session(self, session: str, started: threading.Event) -> None:
+        try:
+            node = self.bus.session(session)
+        except ValueError as exc:  # a name the bus refuses: the other sessions go on
+            self._error(f"session {session!r} cannot be followed ({exc}); writing the others")
+            return
         # From the session's first scan still in Redis: scans that ended while no writer
         # ran are written too; the filter skips those already complete in a file.
-        events = self.bus.session(session).follow(
+        events = node.follow(
             replay=True,
             include_filter=self._wanted,
             stop_handler=self.stop_handler,

@@ -63,7 +63,12 @@ def test_colliding_and_nul_names_are_written_whole_and_the_next_scan_too(bus, tm
         {"title": "odd\0names", "a/b": 1, "a_b": 2, "note": "x\0y"}
     )
     channels = ["det:image", "det:data", "ctrl:x\0y", "ctrl:x_y", "c:positioners"]
-    writers = [odd.channel(name, "float64") for name in channels]
+    writers = []
+    for name in list(channels):
+        try:
+            writers.append(odd.channel(name, "float64"))
+        except ValueError:  # an API that refuses NUL: test_names_map_one_to_one covers it
+            channels.remove(name)
     odd.prepare()
     for k, ch in enumerate(writers):
         ch.send(np.arange(5.0) + 10 * k)
@@ -84,14 +89,17 @@ def test_colliding_and_nul_names_are_written_whole_and_the_next_scan_too(bus, tm
         assert len(set(paths)) == len(paths)
         for name, path in zip(stored, paths, strict=True):
             assert original_name(e[path].attrs["channel"]) == name
-        assert sorted(e["measurement"]) == ["c_positioners", "data", "det_image", "x%00y", "x_y"]
+        expected = {"c_positioners", "data", "det_image", "x%00y", "x_y"}
+        if "ctrl:x\0y" not in channels:
+            expected.remove("x%00y")
+        assert set(e["measurement"]) == expected
         assert original_name(f["1.1"]["scan_key"][()].decode()) == odd.key
         assert f["2.1/end_reason"][()] == b"finished"
         same_as_published(bus, nxt, f["2.1"])
 
 
 def test_sessions_with_close_or_bad_names_get_files_of_their_own(bus, tmp_path):
-    sessions = ["a/b", "a_b", " x", "x", "n" * 300, "nul\0name"]
+    sessions = ["a/b", "a_b", " x", "x", "n" * 300, "nul\0name", "bad:name"]
     writer = NexusWriter(bus, sessions, tmp_path)
     thread = threading.Thread(target=writer.run, args=(started := threading.Event(),))
     thread.start()
@@ -100,6 +108,10 @@ def test_sessions_with_close_or_bad_names_get_files_of_their_own(bus, tmp_path):
     assert eventually(lambda: len(writer.written) == 4, timeout=15), writer.errors
     writer.stop_handler.stop()
     thread.join(10)
+    # Names the bus refuses (':' always; NUL and 300 characters once the API checks names)
+    # are one error each; the other sessions are written all the same.
+    assert any("'bad:name' cannot be followed" in e for e in writer.errors)
+    assert all("cannot be followed" in e for e in writer.errors), writer.errors
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert folders == sorted(file_name(s) for s in sessions[:4])
     for name, key in zip(sessions[:4], keys, strict=True):
