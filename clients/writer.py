@@ -183,6 +183,7 @@ class _File:
         self.blocked: str | None = None
         self.retry_at = 0.0
         self.backoff = 0.0
+        self.failed_write = False  # HDF5 failed in a write since the file was last usable
         self._lock: int | None = None
 
     def _check_path(self) -> None:
@@ -587,6 +588,7 @@ class NexusWriter:
             file.backoff = min(file.backoff * 2, MAX_BACKOFF_S)
         file.blocked = "no space" if full else "locked by another writer"
         file.retry_at = time.monotonic() + file.backoff
+        file.failed_write = file.failed_write or failed
         for entry in self._entries.values():
             if entry.file is file:
                 self._rewind(entry, failed)
@@ -633,14 +635,17 @@ class NexusWriter:
             if file.h5 is not None:
                 self._flush_held(file)
             file.structural()
+            for entry in self._entries.values():
+                if entry.file is file:
+                    self._cut(entry)
         except Exception as exc:
-            if not (_no_space(exc) or isinstance(exc, BlockingIOError)):
+            if _no_space(exc) or isinstance(exc, BlockingIOError):
+                self._block(file, exc, failed=_no_space(exc))
+                return
+            if not file.failed_write:
                 raise
-            self._block(file, exc, failed=_no_space(exc))
-            return
-        for entry in self._entries.values():
-            if entry.file is file:
-                self._cut(entry)
+            self._set_aside(file, exc)
+        file.failed_write = False
         if file.blocked is not None:
             log.info("%s: writing again (it was %s)", file.path, file.blocked)
         file.blocked = None
@@ -656,18 +661,48 @@ class NexusWriter:
                         self._finish(opened, held.end)
             except Exception as exc:
                 self._trouble(held.scan, exc)
-        file.live()
+        if file.h5 is not None and file.blocked is None:
+            file.live()
+
+    def _set_aside(self, file: _File, exc: Exception) -> None:
+        """HDF5 left ``file`` unreadable after failing on a full disk: rename it
+        ``<name>.damaged-<time>`` and write its open scans again, from Redis, into a new
+        file (scans it had finished stay in the damaged one)."""
+        if file.h5 is not None:
+            try:
+                file.h5.close()
+            except Exception as close_exc:
+                log.warning("%s: closing the damaged file: %s", file.path, close_exc)
+            file.h5 = None
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        aside = file.path.with_name(f"{file.path.name}.damaged-{stamp}")
+        file.path.rename(aside)
+        self._error(
+            f"{file.path}: HDF5 failed on the full disk and left it unreadable ({exc}); "
+            f"moved to {aside}, its unfinished scans are written again from Redis"
+        )
+        for key, entry in list(self._entries.items()):
+            if entry.file is file:
+                del self._entries[key]
+                self._hold(entry.scan, file)
 
     @staticmethod
     def _flush_held(file: _File) -> None:
-        """Flush what HDF5 still holds of a file that was blocked; after a flush that
-        failed on a full disk, HDF5's first one trips on its own leftover state
-        ("slist already enabled") and the second goes through."""
+        """Flush what HDF5 still holds of a file that was blocked. After a write that
+        failed on a full disk HDF5 may trip on its own leftover state ("slist already
+        enabled"): then flush again, and if that fails too, close the handle (the next
+        use reopens the file, and the entries are cut back to what was flushed)."""
+        for _ in range(2):
+            try:
+                file.flush()
+                return
+            except RuntimeError as exc:
+                log.info("%s: flushing again after %s", file.path, exc)
         try:
-            file.flush()
-        except RuntimeError as exc:
-            log.info("%s: flushing again after %s", file.path, exc)
-            file.flush()
+            file.h5.close()
+        except Exception as exc:
+            log.warning("%s: closed after a failed flush (%s)", file.path, exc)
+        file.h5 = None
 
     def _cut(self, entry: _Entry) -> None:
         """Cut each dataset and ``writer/progress`` of ``entry`` back to what it stored."""
