@@ -13,7 +13,7 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from conftest import Running  # noqa: E402
+from conftest import Running, eventually  # noqa: E402
 
 import databus  # noqa: E402
 from databus import scan  # noqa: E402
@@ -207,6 +207,15 @@ def test_kill_9_and_restart_loses_and_repeats_nothing(beamline, tmp_path):
     assert record[b"dataset:simulation:diode"].startswith(b"/1.1/")
 
 
+def stored_progress(root):
+    """The diode's ``writer/progress`` in the file a live writer has open (0 until flushed)."""
+    try:
+        with h5py.File(the_file(root), "r", swmr=True, locking=False) as f:
+            return int(f["1.1/writer/progress"][1])
+    except (OSError, KeyError):
+        return 0
+
+
 def test_a_scan_that_expired_before_the_restart_is_marked(beamline, tmp_path):
     b = beamline
     first = writer_process(b["bus"], tmp_path)
@@ -215,7 +224,7 @@ def test_a_scan_that_expired_before_the_restart_is_marked(beamline, tmp_path):
     runner = threading.Thread(target=s.run)
     runner.start()
     wait_for_log(first, "writing ")
-    time.sleep(0.5)
+    assert eventually(lambda: stored_progress(tmp_path) > 0, timeout=10)
     first.send_signal(signal.SIGKILL)
     first.wait()
     b["bus"].scan(s.key).request_stop()
