@@ -1,6 +1,7 @@
 """The external NeXus/HDF5 file writer: follows sessions and writes every saved scan live.
 
     databus writer --session demo --root /data [--layout session|scan] [--compression lz4]
+                   [--trust-ref-root DIR]
 
 Layout ``session`` (default, ESRF style) writes one file per session and day,
 ``<root>/<session>/<session>_<YYYYMMDD>.h5``, one NXentry ``<number>.1`` per scan; layout
