@@ -189,7 +189,8 @@ class _File:
 
     def _check_path(self) -> None:
         """PermissionError unless the file, resolved, is where ``root`` says: no symbolic
-        link may lead the writer out of its root or onto another session's file."""
+        link (nor a second hard link) may lead the writer out of its root or onto another
+        session's file."""
         real_root = os.path.realpath(self.root)
         wanted = os.path.join(real_root, os.path.relpath(self.path, self.root))
         real = os.path.realpath(self.path)
@@ -197,6 +198,11 @@ class _File:
             raise PermissionError(
                 f"{self.path}: refusing to write through a symbolic link (it resolves to "
                 f"{real}, not {wanted}); remove the link or choose another --root"
+            )
+        if os.path.exists(real) and os.stat(real).st_nlink > 1:
+            raise PermissionError(
+                f"{self.path}: refusing to write a file with other hard links (they may lie "
+                f"outside the root); copy it and remove the links"
             )
 
     def _take_lock(self) -> None:

@@ -136,7 +136,7 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_kept(bus, tmp_path):
     assert all("is a symbolic link; refusing to open it" in e for e in w.writer.errors)
 
 
-@pytest.mark.parametrize("link", ["folder", "file"])
+@pytest.mark.parametrize("link", ["folder", "file", "hard"])
 def test_a_symlink_out_of_the_root_is_refused(bus, tmp_path, link):
     root, outside = tmp_path / "root", tmp_path / "outside"
     outside.mkdir()
@@ -144,15 +144,23 @@ def test_a_symlink_out_of_the_root_is_refused(bus, tmp_path, link):
     target = today_file(root)
     if link == "folder":
         target.parent.symlink_to(outside)
-    else:
+    elif link == "file":
         target.parent.mkdir()
         target.symlink_to(outside / "victim.h5")
+    else:
+        target.parent.mkdir()
+        (outside / "victim.h5").write_bytes(b"precious")
+        os.link(outside / "victim.h5", target)
     w = Running(bus, root)
     publish(bus, "runner", ["c:v"])
     assert eventually(lambda: w.writer.errors)
     w.stop()
-    assert list(outside.iterdir()) == []
-    assert "refusing to write through a symbolic link" in w.writer.errors[0]
+    if link == "hard":
+        assert (outside / "victim.h5").read_bytes() == b"precious"
+        assert "refusing to write a file with other hard links" in w.writer.errors[0]
+    else:
+        assert list(outside.iterdir()) == []
+        assert "refusing to write through a symbolic link" in w.writer.errors[0]
 
 
 def test_a_second_writer_takes_over_from_one_killed(beamline, tmp_path, caplog):
