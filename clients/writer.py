@@ -56,6 +56,7 @@ import numpy as np
 
 import databus
 from databus.encoding import GAP_DROPPED, GAP_EVICTED, GAP_SERVER_LOST, FileRef, text
+from databus.subscribe import referenced_frames
 
 from ._h5clear import clear_status_flags
 
@@ -362,8 +363,9 @@ class NexusWriter:
     compression: ``none``, ``gzip`` or ``lz4`` for frames.
     flush_s: the longest a written point waits before readers can see it; also how often
         a file another writer holds is tried again.
-    trust_ref_roots: directories whose files frames may be linked from (default: the
-        simulated detectors' directory, ``<server_dir>/detectors``).
+    trust_ref_roots: directories whose files frames may be linked from (default: those
+        each scan's info names in ``detector_directories``, and the simulated detectors'
+        ``<server_dir>/detectors``).
     """
 
     def __init__(
@@ -385,8 +387,7 @@ class NexusWriter:
         self.layout = layout
         self.compression = _compression(compression)
         self.flush_s = flush_s
-        trusted = list(trust_ref_roots) or [bus.settings.server_dir / "detectors"]
-        self.trusted = [os.path.realpath(d) for d in trusted]
+        self.trusted = [os.path.realpath(d) for d in trust_ref_roots]
         self.stop_handler = databus.StopHandler()
         self._files: dict[Path, _File] = {}
         self._entries: dict[str, _Entry] = {}
@@ -1190,43 +1191,52 @@ class NexusWriter:
         measurement = e["measurement"]
         measurement[_free(measurement, ch.short)] = h5py.SoftLink(f"{holder.name}/{link}")
 
+    def _trusted(self, scan: Any) -> list[str]:
+        """Resolved roots the frames of ``scan`` may be linked from: ``trust_ref_roots``,
+        or by default the absolute ``detector_directories`` of its info and
+        ``<server_dir>/detectors``."""
+        if self.trusted:
+            return self.trusted
+        named = scan.info.get("detector_directories")
+        roots = [d for d in named if isinstance(d, str)] if isinstance(named, list) else []
+        roots.append(os.path.abspath(self.bus.settings.server_dir / "detectors"))
+        return [os.path.realpath(d) for d in roots if os.path.isabs(d)]
+
     def _checked_refs(
         self, ch: _Channel
     ) -> tuple[list[tuple[int, FileRef]], list[tuple[int, FileRef, str]]]:
         """``ch``'s references split into those safe to link and (index, ref, why) of the
-        others: a file outside the trusted roots, a dataset it cannot open, frames past
-        its end or of another shape, or an index past what the references can cover
-        (each unchecked one counted as at most the longest dataset checked)."""
-        h5py = _h5py()
-        shapes: dict[tuple[str, str], tuple[int, ...] | str] = {}
-        good, bad = [], []
+        others: a file outside the trusted roots or that ``referenced_frames`` refuses (not
+        a regular file, no such dataset, frames past its end or of another shape), or an
+        index past what the references can cover (each refused one counted as at most the
+        longest dataset checked)."""
+        groups: dict[tuple[str, str], list[tuple[int, FileRef]]] = {}
         for index, ref in ch.refs:
-            real = os.path.realpath(ref.file)
-            if not any(real.startswith(root + os.sep) for root in self.trusted):
-                bad.append((index, ref, "file outside the trusted roots"))
+            groups.setdefault((os.path.realpath(ref.file), ref.dataset), []).append((index, ref))
+        good: list[tuple[int, FileRef]] = []
+        bad: list[tuple[int, FileRef, str]] = []
+        trusted = self._trusted(ch.node.scan)
+        for (real, dataset), refs in groups.items():
+            if not any(real.startswith(root + os.sep) for root in trusted):
+                bad += [(i, r, "file outside the trusted roots") for i, r in refs]
                 continue
-            where = (real, ref.dataset)
-            if where not in shapes:
-                try:
-                    with h5py.File(real, "r", locking=False) as f:
-                        shapes[where] = tuple(f[ref.dataset].shape)
-                except (OSError, KeyError, ValueError, TypeError) as exc:
-                    shapes[where] = f"cannot read it ({exc})"
-            shape = shapes[where]
-            if isinstance(shape, str):
-                bad.append((index, ref, shape))
-            elif shape[1:] != tuple(ch.node.shape) or ref.stop > shape[0]:
-                why = f"frames {ref.start}..{ref.stop - 1} are not in its dataset of shape {shape}"
-                bad.append((index, ref, why))
-            else:
-                good.append((index, ref))
-        longest = max((s[0] for s in shapes.values() if not isinstance(s, str)), default=0)
+            whole = FileRef(real, dataset, 0, max(r.stop for _, r in refs))
+            if _frames_problem(whole, ch.node.shape) is None:  # one open for all of them
+                good += refs
+                continue
+            for index, ref in refs:
+                why = _frames_problem(dataclasses.replace(ref, file=real), ch.node.shape)
+                if why is None:
+                    good.append((index, ref))
+                else:
+                    bad.append((index, ref, why))
+        longest = max((r.stop for _, r in good), default=0)
         bound = sum(len(r) for _, r in good) + sum(min(len(r), longest) for _, r, _ in bad)
         far = [(i, r) for i, r in good if i + len(r) > bound]
         bad += [
             (i, r, f"index {i} is past the {bound} frames the references cover") for i, r in far
         ]
-        return [g for g in good if g not in far], bad
+        return sorted(g for g in good if g not in far), sorted(bad, key=lambda b: b[0])
 
     # ------------------------------------------------------------------ failures
 
@@ -1278,6 +1288,15 @@ class NexusWriter:
             entry["end_time"] = _iso(None)
             entry["writer/missing"] = json.dumps(missing)
             log.error("%s::%s: data expired before it was written; missing %s", path, name, missing)
+
+
+def _frames_problem(ref: FileRef, shape: tuple[int, ...]) -> str | None:
+    """Why the frames ``ref`` names cannot be linked as points of ``shape``, or None."""
+    try:
+        with referenced_frames(ref, shape):
+            return None
+    except (OSError, KeyError, ValueError) as exc:
+        return f"cannot read it ({exc})"
 
 
 def _slot(instrument: Any, measurement: Any, channel: str, field: str) -> tuple[str, str]:

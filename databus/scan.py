@@ -190,13 +190,17 @@ class Scan:
             raise DatabusError(f"{self!r} has already run; build a new scan to run it again")
         bus = self._bus or default_bus()
         info = self.scan_info
+        detectors = [c for c in self.counters if isinstance(c, SimDetector) and c.mode == "file"]
+        if detectors:
+            info["detector_directories"] = sorted(
+                {str(self._detector_dir(d, bus)) for d in detectors}
+            )
         published = bus.session(current_session()).create_scan(info)
         self.key = published.key
         writers = {
             name: published.channel(name, dtype, shape, unit=unit, kind=kind)
             for name, dtype, shape, unit, kind in self._channel_specs()
         }
-        detectors = [c for c in self.counters if isinstance(c, SimDetector) and c.mode == "file"]
         start_positions = [m.position for m in self.motors]
         self._running = True
         monitor = bus.runner.spawn(
@@ -338,10 +342,14 @@ class Scan:
         return cursor
 
     @staticmethod
-    def _detector_file(det: SimDetector, bus: Bus, published: PublishedScan) -> Path:
-        base = det.directory or (bus.settings.server_dir / "detectors")
+    def _detector_dir(det: SimDetector, bus: Bus) -> Path:
+        """Where a file-mode detector writes its frames (named in the scan info's
+        ``detector_directories``, the writer's default trusted roots)."""
+        return Path(det.directory or (bus.settings.server_dir / "detectors")).absolute()
+
+    def _detector_file(self, det: SimDetector, bus: Bus, published: PublishedScan) -> Path:
         safe = f"{published.session.name}_{published.number}_{det.name}.h5".replace("/", "_")
-        return Path(base) / safe
+        return self._detector_dir(det, bus) / safe
 
 
 def _run_or_return(scan: Scan, run: bool) -> Scan:

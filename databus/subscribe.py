@@ -8,6 +8,7 @@ Nothing scans the keyspace: scans are found in the session log.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -370,12 +371,32 @@ class ScanNode(Node):
                 self.bus.redis.xread({log_key: cursor}, block=max(1, int(wait * 1000)))
 
 
-def _open_h5(h5py: Any, path: str) -> Any:
-    """Open a detector's file for reading; SWMR when its writer is still at work."""
+@contextlib.contextmanager
+def referenced_frames(ref: FileRef, shape: tuple[int, ...]) -> Iterator[Any]:
+    """The h5py dataset holding the frames ``ref`` names, once checked: a regular file
+    (opening a FIFO would block for ever), opened read-only (SWMR when its detector still
+    writes it), a dataset of frames of ``shape`` with at least ``ref.stop`` of them.
+    ``ValueError`` saying which check failed; ``OSError`` if the file cannot be opened."""
     try:
-        return h5py.File(path, "r", swmr=True, locking=False)
+        import h5py
+    except ImportError:
+        raise ImportError("reading lima frames needs h5py: pip install 'databus[hdf5]'") from None
+    if not stat.S_ISREG(os.stat(ref.file).st_mode):
+        raise ValueError("it is not a regular file")
+    try:
+        f = h5py.File(ref.file, "r", swmr=True, locking=False)
     except OSError:
-        return h5py.File(path, "r", locking=False)
+        f = h5py.File(ref.file, "r", locking=False)
+    with f:
+        ds = f.get(ref.dataset)
+        if not isinstance(ds, h5py.Dataset):
+            raise ValueError("no dataset there")
+        if ds.shape[1:] != tuple(shape) or ds.shape[:1] < (ref.stop,):
+            raise ValueError(
+                f"its shape is {ds.shape}, frames of shape {tuple(shape)} "
+                f"up to frame {ref.stop - 1} are needed"
+            )
+        yield ds
 
 
 def _after(cursor: str) -> str:
@@ -541,15 +562,8 @@ class ChannelNode(Node):
         return data[offset : offset + count]
 
     def _frames_from_files(self, blocks: list[Block], first: int, last: int) -> np.ndarray:
-        """Frames ``first`` .. ``last`` from the files the blocks' references name. A file
-        must be a regular one (opening a FIFO would block forever) whose dataset has this
-        channel's point shape and every referenced frame; else ``DataExpired`` says why."""
-        try:
-            import h5py
-        except ImportError:
-            raise ImportError(
-                "reading lima frames needs h5py: pip install 'databus[hdf5]'"
-            ) from None
+        """Frames ``first`` .. ``last`` from the files the blocks' references name, each
+        checked by ``referenced_frames``; ``DataExpired`` says why one cannot be read."""
         out = np.empty((last - first + 1, *self.shape), dtype=self.dtype)
         for block in blocks:
             ref: FileRef = block.data[0]
@@ -558,23 +572,9 @@ class ChannelNode(Node):
                 continue
             why, cause = "", None
             try:
-                if not stat.S_ISREG(os.stat(ref.file).st_mode):
-                    why = "it is not a regular file"
-                else:
-                    with _open_h5(h5py, ref.file) as f:
-                        ds = f.get(ref.dataset)
-                        if not isinstance(ds, h5py.Dataset):
-                            why = "no dataset there"
-                        elif ds.shape[1:] != self.shape or ds.shape[:1] < (ref.stop,):
-                            why = (
-                                f"its shape is {ds.shape}, frames of shape {self.shape} "
-                                f"up to frame {ref.stop - 1} are needed"
-                            )
-                        else:
-                            data = ds[
-                                ref.start + lo - block.first : ref.start + hi - block.first + 1
-                            ]
-            except (OSError, KeyError) as exc:
+                with referenced_frames(ref, self.shape) as ds:
+                    data = ds[ref.start + lo - block.first : ref.start + hi - block.first + 1]
+            except (OSError, KeyError, ValueError) as exc:
                 why, cause = str(exc), exc
             if why:
                 raise DataExpired(

@@ -296,12 +296,45 @@ def test_frame_references_are_linked_only_from_trusted_files_that_hold_them(bus,
             (1000004, str(det / "frames.h5"), 5),
         ]
         assert rows[0]["why"] == "file outside the trusted roots"
-        assert "not in its dataset of shape (5, 4, 4)" in rows[1]["why"]
+        assert "its shape is (5, 4, 4)" in rows[1]["why"]
         assert (
             "past the" in rows[2]["why"]
             and "trust-ref-root" in holder["data_unlinked"].attrs["why"]
         )
         assert f["1.1/measurement/image"] == linked
+
+
+def test_by_default_frames_are_linked_from_the_detector_directories_the_scan_names(bus, tmp_path):
+    det, elsewhere = tmp_path / "det", tmp_path / "elsewhere"
+    frames = np.arange(3 * 16, dtype=np.uint16).reshape(3, 4, 4)
+    for folder in (det, elsewhere):
+        folder.mkdir()
+        with h5py.File(folder / "frames.h5", "w") as f:
+            f["entry/data"] = frames
+    s = bus.session("runner").create_scan(title="named", detector_directories=[str(det)])
+    lima = s.channel("lima:image", "uint16", (4, 4), kind="ref")
+    s.prepare()
+    lima.send(databus.FileRef(str(det / "frames.h5"), "entry/data", 0, 3))
+    lima.send(databus.FileRef(str(elsewhere / "frames.h5"), "entry/data", 0, 3))
+    s.end()
+    w = Running(bus, tmp_path / "root")  # no --trust-ref-root
+    w.wait_for(1)
+    w.stop()
+    with h5py.File(today_file(tmp_path / "root"), "r") as f:
+        holder = f["1.1/instrument/lima"]
+        np.testing.assert_array_equal(holder["data"][:3], frames)
+        (row,) = [json.loads(r) for r in holder["data_unlinked"][()]]
+        assert row["file"] == str(elsewhere / "frames.h5")
+        assert row["why"] == "file outside the trusted roots"
+
+
+def test_the_simulated_file_detector_names_its_directory_in_the_scan_info(beamline, tmp_path):
+    from databus.sim import SimDetector
+
+    det = SimDetector("cam", shape=(8, 8), mode="file", directory=tmp_path / "cam")
+    s = scan.loopscan(3, 0, det)
+    info = beamline["bus"].scan(s.key).info
+    assert info["detector_directories"] == [str((tmp_path / "cam").absolute())]
 
 
 def test_a_dead_session_thread_stops_the_writer_with_a_message(bus, tmp_path, caplog):
