@@ -1361,7 +1361,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="DIR",
         help="link detector frames only from files under DIR (repeat for several; "
-        "default: <server_dir>/detectors); other references are listed as text",
+        "default: the detector_directories each scan's info names, and "
+        "<server_dir>/detectors); other references are listed as text",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -1374,7 +1375,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log.error("cannot write to %s: %s", root, exc)
         return 2
-    bus = databus.connect(args.url)
+    try:
+        bus = databus.connect(args.url)
+    except databus.DatabusError as exc:
+        log.error("cannot connect: %s", exc)
+        return 2
     writer = NexusWriter(
         bus, args.session, root, args.layout, args.compression, trust_ref_roots=args.trust_ref_root
     )

@@ -167,6 +167,23 @@ def _ping(state: ServerState, timeout: float) -> bool:
         client.close()
 
 
+def _shutdown(state: ServerState) -> None:
+    """Ask the server to exit (SHUTDOWN NOSAVE, as ``admin``, over its socket: it reaches
+    this server and no other process); a server that does not answer is signalled."""
+    client = redis.Redis.from_url(
+        state.admin_url if state.auth == "acl" else state.socket_url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        client.shutdown(nosave=True)
+    except redis.RedisError:
+        pass  # it exited (the connection closes), or it cannot answer: signals follow
+    finally:
+        client.close()
+
+
 def _conf_value(value: str) -> str:
     """``value`` quoted for a server config file."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -370,14 +387,16 @@ class EmbeddedServer:
         _write_private(self.config_file, "\n".join(lines) + "\n")
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop the server; True if one was running. A pid that is no longer our
-        server's is left alone."""
+        """Stop the server (SHUTDOWN as ``admin``, then SIGTERM, SIGKILL after
+        ``timeout`` s); True if one was running. A pid that is no longer our server's is
+        left alone."""
         with self._locked():
             state = self._read_state()
             if state is None:
                 return False
             running = _process(state.pid, str(self.config_file)) == "ours"
             if running:
+                _shutdown(state)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(state.pid, signal.SIGTERM)
                     os.kill(state.pid, signal.SIGCONT)  # a stopped server, to hear it

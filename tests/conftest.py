@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 import databus
 from databus.server import EmbeddedServer, ServerState
@@ -36,6 +38,12 @@ DTYPES = [
     "complex64",
     "complex128",
 ]
+
+# The suite draws the same inputs on every run (CI); ``HYPOTHESIS_PROFILE=explore`` draws
+# new ones (see tests/test_fuzz.py).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 _DATABASES = itertools.cycle(range(1, 16))
 _PREFIXES = itertools.count()

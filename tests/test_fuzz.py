@@ -4,11 +4,16 @@ logged entry; no hang, no crash of a walk, no corruption of other channels.
 Example counts (sum >= 10,000): coerce 3000, metadata 2000, names 1500, raw entries 3000,
 records 500, server round trips 300, walks over garbage 100, shared-channel garbage 100,
 poison in session logs, scan logs and scan records 150 each.
+
+Deterministic by default (the ``ci`` profile in conftest); random exploration, new inputs
+each run and ten times as many: ``HYPOTHESIS_PROFILE=explore DATABUS_FUZZ_SCALE=10
+python -m pytest tests/test_fuzz.py``.
 """
 
 import contextlib
 import itertools
 import math
+import os
 import threading
 
 import hypothesis.extra.numpy as hnp
@@ -28,9 +33,14 @@ NUMERIC = DTYPES
 FAST = settings(deadline=None, suppress_health_check=list(HealthCheck))
 
 
+#: ``DATABUS_FUZZ_SCALE=10`` multiplies every property's examples (random exploration).
+SCALE = int(os.environ.get("DATABUS_FUZZ_SCALE", "1"))
+
+
 def fuzz(examples):
-    """Hypothesis settings for ``examples`` cases, without deadlines (a shared CI box)."""
-    return settings(FAST, max_examples=examples)
+    """Hypothesis settings for ``examples`` cases (times ``SCALE``), without deadlines (a
+    shared CI box); the profile (conftest) decides whether the inputs are the same each run."""
+    return settings(FAST, max_examples=examples * SCALE)
 
 
 point_shapes = st.sampled_from([(), (3,), (2, 2), (1, 4, 2)])
