@@ -39,8 +39,8 @@ DTYPES = [
     "complex128",
 ]
 
-# The suite draws the same inputs on every run (CI); ``HYPOTHESIS_PROFILE=explore`` draws
-# new ones (see tests/test_fuzz.py).
+# The suite draws the same inputs on every run (CI); ``--hypothesis-profile=explore`` (or
+# ``HYPOTHESIS_PROFILE=explore``) draws new ones (see tests/test_fuzz.py).
 hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 hypothesis_settings.register_profile("explore", derandomize=False, print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -6,8 +6,8 @@ records 500, server round trips 300, walks over garbage 100, shared-channel garb
 poison in session logs, scan logs and scan records 150 each.
 
 Deterministic by default (the ``ci`` profile in conftest); random exploration, new inputs
-each run and ten times as many: ``HYPOTHESIS_PROFILE=explore DATABUS_FUZZ_SCALE=10
-python -m pytest tests/test_fuzz.py``.
+each run and ten times as many: ``DATABUS_FUZZ_SCALE=10 python -m pytest tests/test_fuzz.py
+--hypothesis-profile=explore``.
 """
 
 import contextlib
@@ -104,9 +104,14 @@ def test_metadata_round_trips_or_names_the_culprit(info):
 
 @fuzz(1500)
 @given(
-    session=st.text(min_size=1, max_size=60)
-    | st.builds(lambda c, n: c * n, st.characters(), st.integers(10_000, 10_050)),
-    channel=st.text(max_size=40),
+    # What the API lets through (keys.check_name refuses lone surrogates, tested apart).
+    session=st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=60)
+    | st.builds(
+        lambda c, n: c * n,
+        st.characters(exclude_categories=["Cs"]),
+        st.integers(10_000, 10_050),
+    ),
+    channel=st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
     number=st.integers(1, 10**9),
 )
 def test_any_name_makes_keys_that_round_trip_in_one_slot(session, channel, number):
