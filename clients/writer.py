@@ -1118,7 +1118,7 @@ class NexusWriter:
         e["end_reason"] = _h5_text(reason)
         if end.error:
             e["end_error"] = _h5_text(end.error)
-        if str(end.reason) == "lost":  # its keys vanished before it ended: say what is missing
+        if end.reason == databus.EndReason.LOST:  # keys gone before it ended: say what is missing
             missing = {c.name: [c.written, None] for c in entry.channels.values()}
         if missing:
             e["writer/missing"] = json.dumps(missing)

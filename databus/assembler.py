@@ -43,6 +43,7 @@ from .encoding import (
 from .errors import CorruptEntry
 from .events import DataGap, Event, EventData, EventType, ScanEnd
 from .schema import LogEntry, descriptor, log_entries, warn_skipped
+from .states import EndReason
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Filter = Callable[[Any], bool]
@@ -245,7 +246,7 @@ class Assembler:
         scan = self._scans.get(scan_key)
         if scan is None:
             return []
-        scan.end = ScanEnd("lost", why)
+        scan.end = ScanEnd(EndReason.LOST, why)
         for channel in scan.channels.values():
             channel.sealed = True
         return self._maybe_end(scan_key, scan)

@@ -21,6 +21,7 @@ from redis.connection import PythonRespSerializer
 
 from . import keys
 from .config import Settings
+from .encoding import text
 from .errors import ClosedError, DatabusError, InvalidURL, redact, translate_redis_errors
 from .runners import GeventRunner, ThreadRunner, make_runner
 from .server import EmbeddedServer
@@ -172,7 +173,7 @@ class Bus:
         self._check_open()
         with translate_redis_errors(self.url):
             names: list[Any] = list(self.redis.zrange(keys.sessions(self.settings.prefix), 0, -1))
-        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        return [text(n) for n in names]
 
 
 class Session:

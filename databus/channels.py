@@ -16,6 +16,7 @@ while it was not listening is missed, across a server restart too.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ import redis
 from . import keys
 from .encoding import pack_meta, unpack_meta
 from .errors import ReadTimeout, ServerUnavailable, translate_redis_errors
+from .timing import RECONNECT, milliseconds
 
 if TYPE_CHECKING:
     from .bus import Bus
@@ -122,7 +124,7 @@ class Channel:
 
     def _write(self, packed: bytes, *, only_if_absent: bool) -> None:
         hub = _hub(self.bus)
-        ttl_ms = int(self.bus.settings.retention_ttl * 1000)
+        ttl_ms = milliseconds(self.bus.settings.retention_ttl)
         with translate_redis_errors(self.bus.url):
             version, stored = hub.write(
                 keys=[self.key], args=[packed, "1" if only_if_absent else "0", ttl_ms]
@@ -220,24 +222,23 @@ class _Hub:
             self._pubsub.subscribe(*topics)
 
     def _run(self) -> None:
-        delay = 0.1
-        resync = False
+        lost_since: float | None = None
         while not self._closed:
             try:
                 self._subscribe_pending()
                 message = self._pubsub.get_message(timeout=_POLL_S)
-                if resync:
+                if lost_since is not None:
                     with self._lock:
                         topics = list(self._holders)
                     self._read(topics, restarted=True)
-                    resync = False
-                delay = 0.1
+                    lost_since = None
             except (redis.ConnectionError, redis.TimeoutError, ServerUnavailable) as exc:
-                log.warning("shared channels: lost the server (%s); retrying in %.1f s", exc, delay)
+                now = time.monotonic()
+                lost_since = now if lost_since is None else lost_since
+                delay = RECONNECT.compute(now - lost_since)
+                log.warning("shared channels: lost the server (%s); retrying in %.2f s", exc, delay)
                 self.bus.revive_server()
                 self.bus.runner.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                resync = True
                 continue
             except Exception:
                 log.exception("shared channels: listener error")

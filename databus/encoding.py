@@ -67,8 +67,7 @@ def entry_id(index: int, part: int = 1) -> bytes:
 
 def parse_id(raw: bytes | str) -> tuple[int, int]:
     """(first index, part) of an entry ID."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
     return int(ms), int(seq)
 
 

@@ -23,11 +23,8 @@ The tree::
     ├── MetadataError (TypeError)            scan info or a value msgpack cannot carry,
     │                                        or larger than its limit
     ├── ScanStateError (RuntimeError)        an action the scan's state does not allow
-    ├── ScanEnded                            a normal end: the scan has ended
     ├── ClosedError (RuntimeError)           you closed it (sent after end(), used a closed bus)
-    ├── PublisherLost                        the other side died: a scan's publisher is gone
     ├── FlushFailed                          the server refused a flush; see __cause__
-    ├── SinkFull                             send_nowait() found the buffer full
     ├── BusFull                              the server's memory cap left no room in time
     ├── PermissionDenied (PermissionError)   the server's ACL forbids this user the command
     └── ServerError                          any other error the server answered with
@@ -159,25 +156,13 @@ class ScanStateError(DatabusError, RuntimeError):
     """The scan's state does not allow this action; names the state and the one needed."""
 
 
-class ScanEnded(DatabusError):
-    """The scan has ended normally; nothing more will come."""
-
-
 class ClosedError(DatabusError, RuntimeError):
     """You closed it: a send after ``end()``, a call on a closed bus or sink."""
-
-
-class PublisherLost(DatabusError):
-    """The other side failed: the scan's publisher stopped refreshing it."""
 
 
 class FlushFailed(DatabusError):
     """The server refused part of a flush; ``__cause__`` is its error. Accepted points
     that were not acknowledged are listed in the message."""
-
-
-class SinkFull(DatabusError):
-    """``send_nowait()`` found the scan's buffer full."""
 
 
 class BusFull(DatabusError):

@@ -27,6 +27,8 @@ from __future__ import annotations
 import unicodedata
 from urllib.parse import quote, unquote
 
+from redis.crc import key_slot
+
 from .errors import InvalidName
 
 #: Longest session name, in characters (it becomes part of key and file names).
@@ -142,28 +144,6 @@ def parse_scan(key: str) -> tuple[str, str, int]:
 
 
 def hash_slot(key: str) -> int:
-    """The Redis Cluster slot of ``key`` (CRC16 of its hash tag), as the server computes it."""
-    data = key.encode()
-    start = data.find(b"{")
-    if start >= 0:
-        end = data.find(b"}", start + 1)
-        if end > start + 1:
-            data = data[start + 1 : end]
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ byte]
-    return crc % 16384
-
-
-def _crc16_table() -> list[int]:
-    """CRC16-XMODEM (polynomial 0x1021) of every byte value, for ``hash_slot``."""
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-        table.append(crc)
-    return table
-
-
-_CRC16 = _crc16_table()
+    """The Redis Cluster slot of ``key`` (CRC16 of its hash tag), as the server computes
+    it: redis-py's own ``key_slot``, which its cluster client routes by."""
+    return key_slot(key.encode())

@@ -56,6 +56,7 @@ from .errors import (
 )
 from .sink import POOL_MIN_BYTES, ChannelBuffer, FlushPolicy, Sink, SinkStatistics
 from .states import EndReason, ScanState, end_reason_for
+from .timing import milliseconds
 
 if TYPE_CHECKING:
     from .bus import Session
@@ -384,7 +385,7 @@ class Scan:
                 lost[w] = (stored, w.acked_end)
         if has_record and not lost:
             return
-        running_ms = int(self.bus.settings.running_ttl * 1000)
+        running_ms = milliseconds(self.bus.settings.running_ttl)
         pipe = r.pipeline(transaction=True)
         if not has_record:
             self._rebuild(pipe)
@@ -492,7 +493,7 @@ class Scan:
         stopped, aborted, failed, interrupted) and ``error`` text, and give all keys the
         retention TTL. Blocks until Redis has acknowledged everything; raises
         ``FlushFailed`` (after recording the scan as failed) if it could not."""
-        end_reason = EndReason.parse(reason)
+        end_reason = EndReason.given(reason)
         self._check_not_ended("end it again")
         failure: FlushFailed | None = None
         try:
@@ -512,7 +513,7 @@ class Scan:
 
     def _write_end(self, reason: EndReason, error: str | None) -> None:
         settings = self.bus.settings
-        retention_ms = int(settings.retention_ttl * 1000)
+        retention_ms = milliseconds(settings.retention_ttl)
         now = time.time()
         fields: dict[Any, Any] = {
             "state": int(ScanState.ENDED),
@@ -566,8 +567,8 @@ def _write_creation(
     session log's entry, the indexes, and their TTLs (running for the scan's keys)."""
     settings = session.bus.settings
     prefix = settings.prefix
-    running_ms = int(settings.running_ttl * 1000)
-    retention_ms = int(settings.retention_ttl * 1000)
+    running_ms = milliseconds(settings.running_ttl)
+    retention_ms = milliseconds(settings.retention_ttl)
     oldest = time.time() - settings.retention_ttl
     key = keys.scan(prefix, session.name, number)
     record = {

@@ -33,9 +33,11 @@ from .publish import Scan as PublishedScan
 from .sim import ElapsedTimeCounter, PointContext, SimDetector, SimMotor
 from .states import EndReason
 from .subscribe import read_streams
+from .timing import milliseconds
 
 __all__ = [
     "Scan",
+    "StepScan",
     "WatchdogCallback",
     "a2scan",
     "amesh",
@@ -78,7 +80,7 @@ class WatchdogCallback:
             raise ValueError(f"watchdog_timeout must be > 0 seconds, got {watchdog_timeout!r}")
         self.watchdog_timeout = watchdog_timeout
 
-    def on_scan_new(self, scan: Scan, scan_info: dict[str, Any]) -> None:
+    def on_scan_new(self, scan: StepScan, scan_info: dict[str, Any]) -> None:
         """The scan is prepared and about to start."""
 
     def on_scan_data(
@@ -98,7 +100,7 @@ class _HookFailed(Exception):
     """An exception a watchdog callback raised (the scan is aborted, not failed)."""
 
 
-class Scan:
+class StepScan:
     """A step scan: motors go through ``positions`` (one row per point), counters are
     read at each point after ``count_time`` seconds. Built by ``ascan`` and friends;
     ``run()`` publishes it. After a run: ``key``, ``end_reason``, ``error``, ``npoints_done``.
@@ -144,7 +146,7 @@ class Scan:
         state = (
             self.end_reason.value if self.end_reason else ("running" if self._running else "new")
         )
-        return f"<Scan {self.title!r} {state} {self.npoints_done}/{self.npoints or '∞'} points>"
+        return f"<StepScan {self.title!r} {state} {self.npoints_done}/{self.npoints or '∞'} points>"
 
     def set_watchdog_callback(self, callback: WatchdogCallback) -> None:
         """Call ``callback``'s hooks during the run."""
@@ -184,7 +186,7 @@ class Scan:
                 specs.append((c.channel_name, c.dtype, (), c.unit, "array"))
         return specs
 
-    def run(self) -> Scan:
+    def run(self) -> StepScan:
         """Publish the scan point by point; returns once it has ended."""
         if self._running or self.end_reason is not None:
             raise DatabusError(f"{self!r} has already run; build a new scan to run it again")
@@ -317,7 +319,7 @@ class Scan:
         """One round of ``_monitor``: read stop requests (blocking up to 0.1 s), then
         call ``on_timeout`` if it is due. Returns the control stream's new cursor."""
         timeout = self._watchdog.watchdog_timeout if self._watchdog else 1.0
-        block = max(1, int(min(0.1, timeout) * 1000))
+        block = milliseconds(min(0.1, timeout))
         try:
             replies = read_streams(conn, {ctl: cursor}, 16, block)
         except Exception as exc:  # the server went away: keep the watchdog going
@@ -352,7 +354,11 @@ class Scan:
         return self._detector_dir(det, bus) / safe
 
 
-def _run_or_return(scan: Scan, run: bool) -> Scan:
+#: BLISS's name for a step scan (``bliss.scanning.scan.Scan``), for scripts that use it.
+Scan = StepScan
+
+
+def _run_or_return(scan: StepScan, run: bool) -> StepScan:
     return scan.run() if run else scan
 
 
@@ -378,11 +384,11 @@ def ascan(
     save: bool = True,
     run: bool = True,
     bus: Bus | None = None,
-) -> Scan:
+) -> StepScan:
     """``npoints`` points of ``motor`` from ``start`` to ``stop`` (absolute)."""
     _check_points(npoints)
     positions = np.linspace(start, stop, npoints)[:, None]
-    scan = Scan(
+    scan = StepScan(
         "ascan",
         _titled("ascan", motor, start, stop, npoints, count_time),
         [motor],
@@ -407,12 +413,12 @@ def dscan(
     save: bool = True,
     run: bool = True,
     bus: Bus | None = None,
-) -> Scan:
+) -> StepScan:
     """Like ``ascan`` relative to the current position, which the motor returns to."""
     _check_points(npoints)
     here = motor.position
     positions = here + np.linspace(start, stop, npoints)[:, None]
-    scan = Scan(
+    scan = StepScan(
         "dscan",
         _titled("dscan", motor, start, stop, npoints, count_time),
         [motor],
@@ -441,11 +447,11 @@ def a2scan(
     save: bool = True,
     run: bool = True,
     bus: Bus | None = None,
-) -> Scan:
+) -> StepScan:
     """Two motors moving together, ``npoints`` points."""
     _check_points(npoints)
     positions = np.column_stack([np.linspace(s1, e1, npoints), np.linspace(s2, e2, npoints)])
-    scan = Scan(
+    scan = StepScan(
         "a2scan",
         _titled("a2scan", m1, s1, e1, m2, s2, e2, npoints, count_time),
         [m1, m2],
@@ -474,13 +480,13 @@ def amesh(
     save: bool = True,
     run: bool = True,
     bus: Bus | None = None,
-) -> Scan:
+) -> StepScan:
     """A grid: ``m1`` fast over ``n1`` points, ``m2`` slow over ``n2``."""
     _check_points(n1)
     _check_points(n2)
     fast, slow = np.meshgrid(np.linspace(s1, e1, n1), np.linspace(s2, e2, n2))
     positions = np.column_stack([fast.ravel(), slow.ravel()])
-    scan = Scan(
+    scan = StepScan(
         "amesh",
         _titled("amesh", m1, s1, e1, n1, m2, s2, e2, n2, count_time),
         [m1, m2],
@@ -502,10 +508,10 @@ def loopscan(
     save: bool = True,
     run: bool = True,
     bus: Bus | None = None,
-) -> Scan:
+) -> StepScan:
     """``npoints`` counts with no motor."""
     _check_points(npoints)
-    scan = Scan(
+    scan = StepScan(
         "loopscan",
         _titled("loopscan", npoints, count_time),
         [],
@@ -526,11 +532,11 @@ def timescan(
     save: bool = True,
     run: bool = True,
     bus: Bus | None = None,
-) -> Scan:
+) -> StepScan:
     """Counts until stopped (or ``npoints`` of them if not 0)."""
     if npoints < 0:
         raise ValueError(f"npoints must be >= 0 (0: until stopped), got {npoints!r}")
-    scan = Scan(
+    scan = StepScan(
         "timescan",
         _titled("timescan", count_time),
         [],
@@ -546,9 +552,9 @@ def timescan(
 
 def ct(
     count_time: float, *counters: Any, save: bool = False, run: bool = True, bus: Bus | None = None
-) -> Scan:
+) -> StepScan:
     """One count of ``count_time`` seconds (not saved unless asked)."""
-    scan = Scan(
+    scan = StepScan(
         "ct",
         _titled("ct", count_time),
         [],

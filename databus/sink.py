@@ -41,9 +41,11 @@ from .encoding import (
     gap_entry,
     record_entry,
     ref_entry,
+    text,
 )
 from .errors import BusFull, ClosedError, FlushFailed, ReadTimeout, redact, translate_redis_errors
 from .runners import GeventRunner, ThreadRunner
+from .timing import RECONNECT, milliseconds
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +289,7 @@ class Sink:
         self._runner = runner
         self.policy = policy
         self._running_ttl = running_ttl
-        self._ttl_ms = max(1, int(running_ttl * 1000))
+        self._ttl_ms = milliseconds(running_ttl)
         self._refresh_keys = refresh_keys
         self._url = url
         self._channels: list[ChannelBuffer] = []
@@ -591,7 +593,7 @@ class Sink:
                 self._conn.disconnect()
                 if self._revive is not None:
                     self._revive()
-                time.sleep(min(1.0, 0.05 + (now - lost_since) / 4))
+                time.sleep(RECONNECT.compute(now - lost_since))
         self._next_heartbeat = time.monotonic() + HEARTBEAT_S
         if resent:
             log.warning("reconnected to %s and sent the batch again", redact(self._url))
@@ -642,8 +644,7 @@ class Sink:
             log.info("cannot count the readers (%s): flushes are not paced", exc)
             self._readers = None
             return
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        blocked = [line for line in text.splitlines() if line.startswith("blocked_clients:")]
+        blocked = [line for line in text(info).splitlines() if line.startswith("blocked_clients:")]
         self._readers.append(int(blocked[0].split(":")[1]) if blocked else 0)
         self._pace = self.policy.pace(max(self._readers))
 

@@ -37,6 +37,19 @@ class EndReason(str, enum.Enum):
     ABORTED = "aborted"  # stopped by an error outside the scan's own code (a hook raised)
     FAILED = "failed"  # the acquisition code raised
     INTERRUPTED = "interrupted"  # Ctrl-C or a signal
+    LOST = "lost"  # its keys vanished before it ended (its publisher died): set by readers
+
+    @classmethod
+    def given(cls, value: str | EndReason) -> EndReason:
+        """``value`` as the end reason a publisher gives; ValueError for an unknown one,
+        or for ``lost``, which only a reader finds."""
+        reason = cls.parse(value)
+        if reason is cls.LOST:
+            raise ValueError(
+                "'lost' is what readers report for a scan whose publisher died; a publisher "
+                "ends a scan 'finished', 'stopped', 'aborted', 'failed' or 'interrupted'"
+            )
+        return reason
 
     @classmethod
     def parse(cls, value: str | EndReason) -> EndReason:

@@ -51,6 +51,7 @@ from .errors import (
 from .events import Event, EventType, ScanEnd
 from .schema import ScanRecord, descriptors, log_entries, message, warn_skipped
 from .states import EndReason, ScanState
+from .timing import RECONNECT, milliseconds
 
 if TYPE_CHECKING:
     from .bus import Bus
@@ -345,7 +346,7 @@ class ScanNode(Node):
         with translate_redis_errors(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
             pipe.xadd(ctl, {"event": "stop", "reason": reason, "time": time.time()})
-            pipe.pexpire(ctl, int(self.bus.settings.retention_ttl * 1000))
+            pipe.pexpire(ctl, milliseconds(self.bus.settings.retention_ttl))
             pipe.execute()
 
     def wait_end(self, timeout: float | None = None) -> ScanEnd:
@@ -368,7 +369,7 @@ class ScanNode(Node):
                 if not self.bus.redis.exists(self.key):
                     raise UnknownScan(f"scan {self.key} is no longer in Redis")
                 wait = BLOCK_S * 10 if remaining is None else min(BLOCK_S * 10, remaining)
-                self.bus.redis.xread({log_key: cursor}, block=max(1, int(wait * 1000)))
+                self.bus.redis.xread({log_key: cursor}, block=milliseconds(wait))
 
 
 @contextlib.contextmanager
@@ -709,7 +710,7 @@ def _walk(
     if opts.started_event is not None:
         opts.started_event.set()
     yield from first
-    block_ms = max(1, int(BLOCK_S * 1000))
+    block_ms = milliseconds(BLOCK_S)
     idle_since = time.monotonic()
     pool = bus.redis.connection_pool
     with translate_redis_errors(bus.url):
@@ -737,7 +738,7 @@ def _walk(
                     log.warning("walk of %s: %s; reconnecting", session.name, exc)
                 conn.disconnect()
                 bus.revive_server()
-                time.sleep(min(2.0, 0.05 + (now - lost_since) / 4))
+                time.sleep(RECONNECT.compute(now - lost_since))
                 continue
             if lost_since is not None:
                 log.warning(

@@ -277,6 +277,8 @@ class TestBadInput:
         scan = bus.session("info").create_scan()
         with pytest.raises(ValueError, match="unknown end reason 'done'"):
             scan.end("done")
+        with pytest.raises(ValueError, match="'lost' is what readers report"):
+            scan.end(databus.EndReason.LOST)
         scan.end("finished")
 
     def test_non_numeric_dtype_and_missing_dtype(self, bus):
