@@ -407,7 +407,7 @@ class NexusWriter:
         if self.layout == "scan":
             path = self.root / session / f"{session}_{scan.number:04d}.h5"
         else:
-            created = float(scan._record.get(b"created", time.time()))
+            created = scan.created or time.time()
             day = datetime.datetime.fromtimestamp(created).strftime("%Y%m%d")
             path = self.root / session / f"{session}_{day}.h5"
         return path, f"{scan.number}.1"
@@ -417,7 +417,7 @@ class NexusWriter:
         """``name`` (``<number>.1``), unless that entry holds another scan of the same
         number (a server restarted without its data counts again from 1): then
         ``<number>.2``, ``<number>.3``... Scans are told apart by their creation time."""
-        created = float(scan._record.get(b"created", 0))
+        created = scan.created or 0.0
         number, k = name.rsplit(".", 1)
         k_int = int(k)
         while name in h5:
@@ -803,7 +803,7 @@ class NexusWriter:
         if "default" not in h5.attrs:
             h5.attrs["default"] = name
         e["title"] = _h5_text(str(info.get("title", scan.name)))
-        e["start_time"] = _iso(float(scan._record.get(b"created", time.time())))
+        e["start_time"] = _iso(scan.created)
         e["program_name"] = "databus"
         e["program_name"].attrs["version"] = databus.__version__
         e["scan_key"] = hdf5_name(scan.key)
@@ -858,7 +858,7 @@ class NexusWriter:
             paths.append(ds.name[len(e.name) + 1 :])
         w = e.create_group("writer")
         w.attrs["NX_class"] = "NXcollection"
-        w.attrs["scan_created"] = float(scan._record.get(b"created", 0))
+        w.attrs["scan_created"] = scan.created or 0.0
         w["channels"] = np.array([hdf5_name(n) for n in names], dtype=h5py.string_dtype())
         w["paths"] = np.array(paths, dtype=h5py.string_dtype())
         w.create_dataset("progress", data=np.zeros(len(names), dtype=np.int64))
@@ -1135,7 +1135,7 @@ class NexusWriter:
         del self._entries[key]
         self._note(key, {"written": time.time()})
         try:
-            ended = float(entry.scan.refresh()._record.get(b"ended", time.time()))
+            ended = entry.scan.refresh().ended or time.time()
         except databus.UnknownScan:
             ended = time.time()
         self.written.append(f"{entry.file.path}::{entry.name}")

@@ -96,7 +96,9 @@ class Assembler:
     make_scan(key, record) and make_channel(scan_node, descriptor) build nodes; ``wants``
     decides which nodes' events are yielded (``include_filter``), ``descend`` whether a
     scan's channels are walked (``exclude_children``); ``data`` False skips channel
-    streams (walking nodes only).
+    streams (walking nodes only). ``on_record(scan_node, record)`` is told a scan's record
+    as read again (its channels and info changed; ``CorruptEntry`` if it does not decode)
+    and ``on_end(scan_node, end)`` how a scan ended, so nodes stay current.
 
     Corrupt entries are skipped, each recorded once in ``skipped`` and logged once: log
     entries that do not decode, and the scans whose record does not (``make_scan`` raised
@@ -112,8 +114,12 @@ class Assembler:
         wants: Filter,
         descend: Filter,
         data: bool = True,
+        on_record: Callable[[Any, dict], None] = lambda node, record: None,
+        on_end: Callable[[Any, ScanEnd], None] = lambda node, end: None,
     ) -> None:
         self.session_log = session_log
+        self._on_record = on_record
+        self._on_end = on_end
         self._make_scan = make_scan
         self._make_channel = make_channel
         self._wants = wants
@@ -246,7 +252,7 @@ class Assembler:
         scan = self._scans.get(scan_key)
         if scan is None:
             return []
-        scan.end = ScanEnd(EndReason.LOST, why)
+        self._end(scan, ScanEnd(EndReason.LOST, why))
         for channel in scan.channels.values():
             channel.sealed = True
         return self._maybe_end(scan_key, scan)
@@ -280,7 +286,7 @@ class Assembler:
                 events.append(Event(EventType.GAP, channel.node, gap))
                 channel.next = total
             channel.sealed = True
-        _end(scan, entry)
+        self._end(scan, _logged_end(entry))
         return events + self._maybe_end(scan_key, scan)
 
     def _session_entries(self, entries: Entries, records: dict[str, dict]) -> list[Event]:
@@ -323,7 +329,7 @@ class Assembler:
                 events += self._prepared(scan)
             elif what == "ended":
                 events += self._start_reading(scan)
-                _end(scan, entry)
+                self._end(scan, _logged_end(entry))
                 events += self._maybe_end(scan_key, scan)
             elif what not in ("created", "gap"):  # gaps come as markers in the streams
                 self._skip(log_key, entry_id, f"unknown log event {what!r}")
@@ -340,10 +346,8 @@ class Assembler:
     def _update_node(self, scan: _Scan, record: dict, entry: LogEntry) -> None:
         """The scan node's channels and info as of now; kept as they were (and the entry
         noted as skipped) if the record no longer decodes."""
-        if not hasattr(scan.node, "_update"):
-            return
         try:
-            scan.node._update(record)
+            self._on_record(scan.node, record)
         except CorruptEntry as exc:
             self._skip(keys.scan_log(scan.node.db_name), entry.id, f"record not re-read: {exc}")
 
@@ -447,6 +451,10 @@ class Assembler:
                 return f"{index}-0"  # read the incomplete point again, whole
         return last
 
+    def _end(self, scan: _Scan, end: ScanEnd) -> None:
+        scan.end = end
+        self._on_end(scan.node, end)
+
     def _maybe_end(self, scan_key: str, scan: _Scan) -> list[Event]:
         if scan.end is None or not all(c.sealed for c in scan.channels.values()):
             return []
@@ -468,12 +476,10 @@ class Assembler:
             warn_skipped(*skipped)
 
 
-def _end(scan: _Scan, entry: LogEntry) -> None:
-    """Record how ``scan`` ended, from the ``reason`` and ``error`` of a log entry (its
-    scan log's ``ended``, or the session log's ``evicted``)."""
-    scan.end = ScanEnd(entry.reason or "finished", entry.error)
-    if hasattr(scan.node, "_ended"):
-        scan.node._ended(scan.end)
+def _logged_end(entry: LogEntry) -> ScanEnd:
+    """How a scan ended, from the ``reason`` and ``error`` of a log entry (its scan log's
+    ``ended``, or the session log's ``evicted``)."""
+    return ScanEnd(entry.reason or "finished", entry.error)
 
 
 def _merge(items: list[Block | Gap]) -> list[Block | Gap]:

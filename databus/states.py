@@ -39,6 +39,10 @@ class EndReason(str, enum.Enum):
     INTERRUPTED = "interrupted"  # Ctrl-C or a signal
     LOST = "lost"  # its keys vanished before it ended (its publisher died): set by readers
 
+    def __str__(self) -> str:
+        """The value, as stored and shown (``lost``, not ``EndReason.LOST``)."""
+        return str(self.value)
+
     @classmethod
     def given(cls, value: str | EndReason) -> EndReason:
         """``value`` as the end reason a publisher gives; ValueError for an unknown one,

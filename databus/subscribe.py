@@ -253,7 +253,8 @@ def _nodes(events: Iterator[Event]) -> Iterator[Node]:
 
 
 class ScanNode(Node):
-    """A scan: ``number``, ``info``, ``state``, ``end_reason``, ``error``, ``channels``
+    """A scan: ``number``, ``info``, ``state``, ``end_reason``, ``error``, ``created``,
+    ``ended``, ``channels``
     (name -> ChannelNode) and ``wait_end()``. ``type`` is ``scan``, or ``scan_group``
     for a scan whose info declares it a sequence of scans."""
 
@@ -304,6 +305,16 @@ class ScanNode(Node):
     @property
     def error(self) -> str | None:
         return self._parsed.error
+
+    @property
+    def created(self) -> float | None:
+        """When the scan was created (unix seconds, as last read)."""
+        return self._parsed.created
+
+    @property
+    def ended(self) -> float | None:
+        """When the scan ended (unix seconds; None while it runs, as last read)."""
+        return self._parsed.ended
 
     def refresh(self) -> ScanNode:
         """Read the scan record again; ``UnknownScan`` if it is gone, ``CorruptEntry``
@@ -690,6 +701,8 @@ def _walk(
         wants=make_filter(opts.include_filter),
         descend=(lambda node: not excluded(node)) if excluded else (lambda node: True),
         data=data,
+        on_record=ScanNode._update,
+        on_end=ScanNode._ended,
     )
     with translate_redis_errors(bus.url):
         entries = _xrange(bus, session.log_key)

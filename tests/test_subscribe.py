@@ -426,6 +426,8 @@ os._exit(0)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
     events = c.join(timeout=15)
     assert events[-1].type is EventType.END_SCAN and events[-1].data.reason == "lost"
+    assert events[-1].node.end_reason is databus.EndReason.LOST
+    assert str(events[-1].data.reason) == "lost"
 
 
 SCRIPT_1 = """
