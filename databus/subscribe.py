@@ -691,8 +691,54 @@ def _walk(
     running: bool = True,
     from_last: bool = False,
 ) -> Iterator[Event]:
+    """The events of a walk: its start (``_start``), then one blocking XREAD after another
+    on its own connection (``_Link``, which reconnects), fed to the assembler."""
+    bus, stop_handler = session.bus, opts.stop_handler
+    asm, first = _start(session, opts, replay, data, running, from_last)
+    if opts.started_event is not None:
+        opts.started_event.set()
+    yield from first
+    block_ms = milliseconds(BLOCK_S) if opts.wait else None
+    link = _Link(bus, session.name)
+    idle_since = time.monotonic()
+    try:
+        while not (stop_handler is not None and stop_handler.stopped):
+            reply = link.read(asm.streams(), asm.read_count(), block_ms)
+            if reply is None:
+                continue  # the server was lost: read again once it is back
+            now = time.monotonic()
+            if link.reconnected:
+                # Give publishers time to restore what a server restarted empty lost
+                # before taking their scans' missing keys for a death.
+                idle_since = now
+            if not reply:
+                if block_ms is None:
+                    return
+                if asm.active and (asm.replaying or now - idle_since > LOST_CHECK_S):
+                    idle_since = now
+                    with translate_redis_errors(bus.url):
+                        yield from _check_lost(bus, asm)
+                continue
+            idle_since = now
+            with translate_redis_errors(bus.url):
+                records = _records(bus, asm.records_needed(reply))
+            yield from asm.feed(reply, records)
+    finally:
+        link.close()
+
+
+def _start(
+    session: SessionNode,
+    opts: _WalkOptions,
+    replay: bool,
+    data: bool,
+    running: bool,
+    from_last: bool,
+) -> tuple[Assembler, list[Event]]:
+    """A walk's assembler, its session-log cursor where the walk starts (the beginning
+    for ``replay``, before the last scan for ``from_last``, else the end), and the events
+    of the scans it joins while they run (``running``)."""
     bus = session.bus
-    wait, stop_handler = opts.wait, opts.stop_handler
     excluded = make_filter(opts.exclude_children) if opts.exclude_children is not None else None
     asm = Assembler(
         session.log_key,
@@ -709,76 +755,76 @@ def _walk(
     parsed = list(asm.log_entries(session.log_key, entries))
     created = {e.scan: e.id for e in parsed if e.event == "created" and e.scan}
     asm.sequential = {e.scan for e in parsed if e.event == "ended" and e.scan}
-    with translate_redis_errors(bus.url):
-        if from_last:
-            last = list(created.values())[-1] if created else None
-            asm.cursors[session.log_key] = _before(last) if last else START
-        elif not replay:
-            asm.cursors[session.log_key] = text(entries[-1][0]) if entries else START
-        first: list[Event] = []
-        if not replay and running:
-            live = [key for key in created if key not in asm.sequential]
-            for key, record in _records(bus, live).items():
-                first += asm.add_scan(key, record, created[key])
-    if opts.started_event is not None:
-        opts.started_event.set()
-    yield from first
-    block_ms = milliseconds(BLOCK_S)
-    idle_since = time.monotonic()
-    pool = bus.redis.connection_pool
-    with translate_redis_errors(bus.url):
-        conn = pool.get_connection()  # the walk's own, for its blocking reads
-    reading = False
-    lost_since: float | None = None
-    try:
-        while not (stop_handler is not None and stop_handler.stopped):
-            try:
-                with translate_redis_errors(bus.url):
-                    reading = True
-                    reply = read_streams(
-                        conn, asm.streams(), asm.read_count(), block_ms if wait else None
-                    )
-                    reading = False
-            except ServerUnavailable as exc:
-                # Keep the cursors, reconnect, carry on where the walk was; a walk that
-                # does not wait has nothing to wait for.
-                if not wait:
-                    raise
-                reading = False
-                now = time.monotonic()
-                if lost_since is None:
-                    lost_since = now
-                    log.warning("walk of %s: %s; reconnecting", session.name, exc)
-                conn.disconnect()
-                bus.revive_server()
-                time.sleep(RECONNECT.compute(now - lost_since))
-                continue
-            if lost_since is not None:
-                log.warning(
-                    "walk of %s: reconnected after %.1f s",
-                    session.name,
-                    time.monotonic() - lost_since,
-                )
-                lost_since = None
-                # Give publishers time to restore what a server restarted empty lost
-                # before taking their scans' missing keys for a death.
-                idle_since = time.monotonic()
-            with translate_redis_errors(bus.url):
-                if not reply:
-                    if not wait:
-                        return
-                    idle = time.monotonic() - idle_since
-                    if asm.active and (asm.replaying or idle > LOST_CHECK_S):
-                        idle_since = time.monotonic()
-                        yield from _check_lost(bus, asm)
-                    continue
-                idle_since = time.monotonic()
-                records = _records(bus, asm.records_needed(reply))
-            yield from asm.feed(reply, records)
-    finally:
-        if reading:  # interrupted with a reply pending: the connection is out of step
-            conn.disconnect()
-        pool.release(conn)
+    if from_last:
+        last = list(created.values())[-1] if created else None
+        asm.cursors[session.log_key] = _before(last) if last else START
+    elif not replay:
+        asm.cursors[session.log_key] = text(entries[-1][0]) if entries else START
+    first: list[Event] = []
+    if not replay and running:
+        live = [key for key in created if key not in asm.sequential]
+        with translate_redis_errors(bus.url):
+            records = _records(bus, live)
+        for key, record in records.items():
+            first += asm.add_scan(key, record, created[key])
+    return asm, first
+
+
+class _Link:
+    """A walk's own connection, for its blocking reads. ``read`` returns XREAD's reply;
+    after losing the server (while the walk waits) it disconnects, asks for the embedded
+    server back, sleeps the reconnect backoff and returns None: call it again.
+    ``reconnected`` is True for the first reply after that."""
+
+    def __init__(self, bus: Bus, session: str) -> None:
+        self.bus, self.session = bus, session
+        self.pool = bus.redis.connection_pool
+        with translate_redis_errors(bus.url):
+            self.conn = self.pool.get_connection()
+        self.reading = False  # a reply is pending: the connection is out of step
+        self.lost_since: float | None = None
+        self.reconnected = False
+
+    def read(
+        self, streams: dict[str, str], count: int, block_ms: int | None
+    ) -> list[tuple[str, Entries]] | None:
+        """XREAD of ``streams`` (see ``read_streams``); ``block_ms`` None does not wait,
+        and then a lost server raises ``ServerUnavailable``."""
+        try:
+            with translate_redis_errors(self.bus.url):
+                self.reading = True
+                reply = read_streams(self.conn, streams, count, block_ms)
+                self.reading = False
+        except ServerUnavailable as exc:
+            if block_ms is None:
+                raise  # a walk that does not wait has nothing to wait for
+            self._lost(exc)
+            return None
+        self.reconnected = self.lost_since is not None
+        if self.reconnected:
+            log.warning(
+                "walk of %s: reconnected after %.1f s",
+                self.session,
+                time.monotonic() - (self.lost_since or 0.0),
+            )
+            self.lost_since = None
+        return reply
+
+    def _lost(self, exc: ServerUnavailable) -> None:
+        """Keep the walk's cursors; drop the connection and wait before trying again."""
+        self.reading = False
+        now = time.monotonic()
+        if self.lost_since is None:
+            self.lost_since = now
+            log.warning("walk of %s: %s; reconnecting", self.session, exc)
+        self.conn.disconnect()
+        self.bus.revive_server()
+        time.sleep(RECONNECT.compute(now - self.lost_since))
+
+    def close(self) -> None:
+        if self.reading:  # interrupted with a reply pending
+            self.conn.disconnect()
+        self.pool.release(self.conn)
 
 
 def _before(entry_id: str) -> str:
