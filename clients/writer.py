@@ -40,11 +40,9 @@ import dataclasses
 import datetime
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -55,28 +53,35 @@ from typing import Any
 import numpy as np
 
 import databus
-from databus.encoding import GAP_DROPPED, GAP_EVICTED, GAP_SERVER_LOST, FileRef, text
+from databus.encoding import FileRef, text
 from databus.subscribe import referenced_frames
 
 from ._h5clear import clear_status_flags
+from ._nexus import (
+    GAP_REASONS,
+    create_entry,
+    file_name,
+    free_name,
+    h5_text,
+    h5py_module,
+    hdf5_name,
+    iso,
+    original_name,
+    plotselect,
+    root_attributes,
+)
 
 log = logging.getLogger("databus.writer")
 
-_POSITIONER_PREFIXES = ("axis", "timer")
 _HSET_IF_EXISTS = (
     "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end"
 )
-#: Codes of the ``reason`` column of ``writer/gaps`` (its ``reasons`` attribute).
-GAP_REASONS = (GAP_DROPPED, GAP_SERVER_LOST, "missing", GAP_EVICTED, "expired")
 #: Pending bytes of a scan that are stored without waiting for ``flush_s``.
 STORE_BYTES = 16 * 2**20
 #: Free bytes a file's device keeps beyond what is pending before the writer stores more.
 ROOM_BYTES = 2**20
 #: Longest wait between two tries of a file whose disk was full (seconds).
 MAX_BACKOFF_S = 30.0
-#: Longest file or folder name the writer makes, in UTF-8 bytes (255 is the usual limit).
-FILE_NAME_BYTES = 200
-_ESCAPED = re.compile("%(25|2F|00|2E)")
 #: The events the writer acts on (a scan's entry is made at the first of them).
 _WRITTEN = (
     databus.EventType.PREPARED_SCAN,
@@ -84,56 +89,6 @@ _WRITTEN = (
     databus.EventType.GAP,
     databus.EventType.END_SCAN,
 )
-
-
-def _h5py() -> Any:
-    try:
-        import h5py
-    except ImportError:
-        raise ImportError("the file writer needs h5py: pip install 'databus[hdf5]'") from None
-    return h5py
-
-
-def hdf5_name(name: str) -> str:
-    """``name`` as a valid HDF5 link name, one to one: ``%``, ``/`` and NUL become ``%25``,
-    ``%2F`` and ``%00``, a leading ``.`` ``%2E``, the empty name ``%``."""
-    clean = name.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
-    if clean.startswith("."):
-        clean = "%2E" + clean[1:]
-    return clean or "%"
-
-
-def original_name(stored: str) -> str:
-    """The name ``hdf5_name`` made ``stored`` from."""
-    if stored == "%":
-        return ""
-    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), stored)
-
-
-def file_name(name: str) -> str:
-    """``name`` as a file or folder name: ``hdf5_name``, and past ``FILE_NAME_BYTES`` cut
-    and ended with ``%~`` and a hash of ``name`` (escaping never makes ``%~``)."""
-    clean = hdf5_name(name)
-    raw = clean.encode(errors="surrogateescape")
-    if len(raw) <= FILE_NAME_BYTES:
-        return clean
-    digest = hashlib.sha256(name.encode(errors="surrogateescape")).hexdigest()[:16]
-    cut = raw[: FILE_NAME_BYTES - 2 - len(digest)].decode(errors="ignore")
-    return f"{cut}%~{digest}"
-
-
-def _h5_text(text: str) -> str:
-    """``text`` for a string dataset (HDF5 strings hold no NUL: shown as ``\\0``)."""
-    return text.replace("\0", "\\0")
-
-
-def _free(group: Any, name: str) -> str:
-    """``name``, or ``name_2``, ``name_3``... : the first one ``group`` has not."""
-    candidate, k = name, 1
-    while candidate in group:
-        k += 1
-        candidate = f"{name}_{k}"
-    return candidate
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -147,11 +102,6 @@ def _no_space(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, RuntimeError)) and any(
         os.strerror(code) in str(exc) for code in _FULL
     )
-
-
-def _iso(seconds: float | None) -> str:
-    when = datetime.datetime.fromtimestamp(seconds or time.time(), tz=datetime.timezone.utc)
-    return when.astimezone().isoformat()
 
 
 def _compression(kind: str | None) -> dict[str, Any]:
@@ -246,7 +196,7 @@ class _File:
 
     def structural(self) -> Any:
         """The file, open for structure changes (SWMR off)."""
-        h5py = _h5py()
+        h5py = h5py_module()
         self.check_room()
         if self.h5 is not None and self.h5.swmr_mode:
             self.h5.close()
@@ -267,7 +217,7 @@ class _File:
                 self.h5 = h5py.File(self.path, "a", libver="latest", locking=False)
             self.generation += 1
             if new:
-                _root_attributes(self.h5, self.path)
+                root_attributes(self.h5, self.path)
         return self.h5
 
     def live(self) -> Any:
@@ -290,21 +240,6 @@ class _File:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
-
-
-def _root_attributes(h5: Any, path: Path) -> None:
-    h5py = _h5py()
-    h5.attrs.update(
-        {
-            "NX_class": "NXroot",
-            "creator": f"databus {databus.__version__}",
-            "file_name": str(path),
-            "file_time": _iso(None),
-            "HDF5_Version": h5py.version.hdf5_version,
-            "h5py_version": h5py.version.version,
-            "NeXus_version": "v2024.02",
-        }
-    )
 
 
 @dataclasses.dataclass
@@ -380,7 +315,7 @@ class NexusWriter:
     ) -> None:
         if layout not in ("session", "scan"):
             raise ValueError(f"layout must be 'session' or 'scan', not {layout!r}")
-        _h5py()  # fail here, once, rather than on every scan
+        h5py_module()  # fail here, once, rather than on every scan
         self.bus = bus
         self.sessions = list(sessions)
         self.root = Path(root)
@@ -757,7 +692,7 @@ class NexusWriter:
             log.info("%s: %s::%s was finished by another writer", key, path, name)
             self._refused.add(key)
             return None
-        group = h5[name] if resumed else self._create_entry(h5, name, scan)
+        group = h5[name] if resumed else create_entry(h5, name, scan, self.compression)
         names = [original_name(text(n)) for n in group["writer/channels"][()]]
         progress = group["writer/progress"][()]
         channels = {}
@@ -794,138 +729,6 @@ class NexusWriter:
             f" from {dict((c.name, c.written) for c in channels.values())}" if resumed else "",
         )
         return entry
-
-    def _create_entry(self, h5: Any, name: str, scan: Any) -> Any:
-        h5py = _h5py()
-        info = scan.info
-        e = h5.create_group(name)
-        e.attrs.update({"NX_class": "NXentry", "default": "plotselect"})
-        if "default" not in h5.attrs:
-            h5.attrs["default"] = name
-        e["title"] = _h5_text(str(info.get("title", scan.name)))
-        e["start_time"] = _iso(scan.created)
-        e["program_name"] = "databus"
-        e["program_name"].attrs["version"] = databus.__version__
-        e["scan_key"] = hdf5_name(scan.key)
-        _store_info(e.create_group("scan_info"), info)
-        instrument = e.create_group("instrument")
-        instrument.attrs["NX_class"] = "NXinstrument"
-        positioners = instrument.create_group("positioners")
-        positioners.attrs["NX_class"] = "NXcollection"
-        measurement = e.create_group("measurement")
-        measurement.attrs["NX_class"] = "NXcollection"
-        names, paths = [], []
-        for ch in scan.channels.values():
-            is_axis = ch.name.split(":")[0] in _POSITIONER_PREFIXES
-            field = "value" if is_axis else "data"
-            group_name, short = _slot(instrument, measurement, ch.name, field)
-            holder = instrument.require_group(group_name)
-            holder.attrs["NX_class"] = "NXpositioner" if is_axis else "NXdetector"
-            names.append(ch.name)
-            if ch.desc.kind == "ref":
-                paths.append("")  # linked to the detector's own file at the end
-                continue
-            if ch.desc.kind == "json":
-                ds = holder.create_dataset(
-                    field, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(256,)
-                )
-            else:
-                shape = ch.shape
-                frame = len(shape) >= 2 or int(np.prod(shape)) * ch.dtype.itemsize >= 65536
-                chunks = (
-                    (1, *shape)
-                    if frame
-                    else (max(1, 65536 // max(1, int(np.prod(shape)) * ch.dtype.itemsize)), *shape)
-                )
-                fill = np.nan if ch.dtype.kind in "fc" else 0
-                ds = holder.create_dataset(
-                    field,
-                    shape=(0, *shape),
-                    maxshape=(None, *shape),
-                    dtype=ch.dtype,
-                    chunks=chunks,
-                    fillvalue=fill,
-                    **(self.compression if frame else {}),
-                )
-                if frame:
-                    ds.attrs["interpretation"] = "image"
-            if ch.unit:
-                ds.attrs["units"] = _h5_text(ch.unit)
-            ds.attrs["channel"] = hdf5_name(ch.name)
-            if is_axis:
-                positioners[group_name] = ds
-            measurement[short] = ds
-            paths.append(ds.name[len(e.name) + 1 :])
-        w = e.create_group("writer")
-        w.attrs["NX_class"] = "NXcollection"
-        w.attrs["scan_created"] = scan.created or 0.0
-        w["channels"] = np.array([hdf5_name(n) for n in names], dtype=h5py.string_dtype())
-        w["paths"] = np.array(paths, dtype=h5py.string_dtype())
-        w.create_dataset("progress", data=np.zeros(len(names), dtype=np.int64))
-        gaps = w.create_dataset(
-            "gaps", shape=(0, 4), maxshape=(None, 4), dtype=np.int64, chunks=(64, 4)
-        )
-        gaps.attrs["columns"] = ["channel", "first", "last", "reason"]
-        gaps.attrs["reasons"] = list(GAP_REASONS)
-        self._plotselect(e, scan, names, paths, final=False)
-        return e
-
-    def _plotselect(
-        self, e: Any, scan: Any, names: list[str], paths: list[str], final: bool
-    ) -> None:
-        """The default plot: the first scalar counter against the scanned motor(s); a
-        mesh as a 2D image with both axes once the scan has ended."""
-        info = scan.info
-        motors = [f"axis:{m}" for m in info.get("motors", [])]
-        counters = [
-            n
-            for n, p in zip(names, paths, strict=True)
-            if p
-            and n not in motors
-            and not n.startswith("timer:")
-            and e[p].ndim == 1
-            and e[p].dtype.kind in "iuf"
-        ]
-        if not counters:
-            return
-        if "plotselect" in e:
-            del e["plotselect"]
-        nxdata = e.create_group("plotselect")
-        nxdata.attrs["NX_class"] = "NXdata"
-        signal = counters[0]
-        signal_name = _free(nxdata, hdf5_name(signal.rsplit(":", 1)[-1]))
-        by_name = dict(zip(names, paths, strict=True))
-        shape = info.get("shape")
-        if final and info.get("data_dim") == 2 and shape and len(motors) == 2:
-            n_slow, n_fast = shape
-            data = e[by_name[signal]][()]
-            full = np.full(n_slow * n_fast, np.nan)
-            full[: len(data)] = data
-            nxdata[signal_name] = full.reshape(n_slow, n_fast)
-            axes = []
-            for motor, count, take in (
-                (motors[1], n_slow, slice(None, None, n_fast)),
-                (motors[0], n_fast, slice(0, n_fast)),
-            ):
-                values = e[by_name[motor]][()]
-                axis_name = _free(nxdata, hdf5_name(motor.split(":", 1)[1]))
-                vals = np.full(count, np.nan)
-                picked = values[take][:count]
-                vals[: len(picked)] = picked
-                nxdata[axis_name] = vals
-                axes.append(axis_name)
-            nxdata.attrs.update({"signal": signal_name, "axes": axes})
-            return
-        nxdata[signal_name] = e[by_name[signal]]
-        axes = []
-        for motor in motors or ["timer:elapsed_time"]:
-            if by_name.get(motor):
-                axis_name = _free(nxdata, hdf5_name(motor.split(":", 1)[1]))
-                nxdata[axis_name] = e[by_name[motor]]
-                axes.append(axis_name)
-        nxdata.attrs.update({"signal": signal_name, "axes": axes[:1] or ["."]})
-        if len(axes) > 1:
-            nxdata.attrs["auxiliary_axes"] = axes[1:]
 
     # ------------------------------------------------------------------ data
 
@@ -1114,10 +917,10 @@ class NexusWriter:
         if missing:
             reason = "incomplete: the scan expired from Redis before it was written"
             log.error("%s: %s; missing %s", key, reason, missing)
-        e["end_time"] = _iso(None)
-        e["end_reason"] = _h5_text(reason)
+        e["end_time"] = iso(None)
+        e["end_reason"] = h5_text(reason)
         if end.error:
-            e["end_error"] = _h5_text(end.error)
+            e["end_error"] = h5_text(end.error)
         if end.reason == databus.EndReason.LOST:  # keys gone before it ended: say what is missing
             missing = {c.name: [c.written, None] for c in entry.channels.values()}
         if missing:
@@ -1128,7 +931,7 @@ class NexusWriter:
         names = list(entry.channels)
         paths = [c.path or "" for c in entry.channels.values()]
         try:
-            self._plotselect(e, entry.scan, names, paths, final=True)
+            plotselect(e, entry.scan.info, names, paths, final=True)
         except Exception as exc:
             log.warning("%s: no default plot (%s)", key, exc)
         entry.file.flush()
@@ -1157,9 +960,9 @@ class NexusWriter:
         dataset from its start, else a virtual dataset; never a copy. References to files
         outside the trusted roots, or to frames the file does not have, are listed as
         text (``<link>_unlinked``) instead."""
-        h5py = _h5py()
+        h5py = h5py_module()
         holder = e["instrument"].require_group(hdf5_name(ch.name.split(":")[0]))
-        link = _free(holder, "data")
+        link = free_name(holder, "data")
         good, bad = self._checked_refs(ch)
         if bad:
             rows = [
@@ -1189,7 +992,7 @@ class NexusWriter:
             holder.create_virtual_dataset(link, layout, fillvalue=0)
         holder[link].attrs["channel"] = hdf5_name(ch.name)
         measurement = e["measurement"]
-        measurement[_free(measurement, ch.short)] = h5py.SoftLink(f"{holder.name}/{link}")
+        measurement[free_name(measurement, ch.short)] = h5py.SoftLink(f"{holder.name}/{link}")
 
     def _trusted(self, scan: Any) -> list[str]:
         """Resolved roots the frames of ``scan`` may be linked from: ``trust_ref_roots``,
@@ -1285,7 +1088,7 @@ class NexusWriter:
             channels = [original_name(text(c)) for c in entry["writer/channels"][()]]
             missing = {c: [int(p), None] for c, p in zip(channels, progress, strict=True)}
             entry["end_reason"] = "incomplete: the scan expired from Redis before it was written"
-            entry["end_time"] = _iso(None)
+            entry["end_time"] = iso(None)
             entry["writer/missing"] = json.dumps(missing)
             log.error("%s::%s: data expired before it was written; missing %s", path, name, missing)
 
@@ -1297,48 +1100,6 @@ def _frames_problem(ref: FileRef, shape: tuple[int, ...]) -> str | None:
             return None
     except (OSError, KeyError, ValueError) as exc:
         return f"cannot read it ({exc})"
-
-
-def _slot(instrument: Any, measurement: Any, channel: str, field: str) -> tuple[str, str]:
-    """(group in ``instrument``, name in ``measurement``) for ``channel``: its short name
-    (frames: its controller's), prefixed with the controller when another controller has
-    it, then ``_2``, ``_3``... until both are free."""
-    controller, _, rest = channel.rpartition(":")
-    short = hdf5_name(rest)
-    controller = hdf5_name(controller.split(":")[0]) if controller else short
-    group = controller if short in ("image", "data") else short
-    taken = f"{group}/{field}" in instrument or short in measurement
-    if taken or (group in instrument and group != controller):
-        group = short = f"{controller}_{short}"  # two controllers, one name
-    base_group, base_short, k = group, short, 1
-    while f"{group}/{field}" in instrument or short in measurement or group == "positioners":
-        k += 1
-        group, short = f"{base_group}_{k}", f"{base_short}_{k}"
-    return group, short
-
-
-def _store_info(group: Any, info: dict[str, Any]) -> None:
-    """The scan info as datasets: numbers and strings as they are, the rest as JSON."""
-    group.attrs["NX_class"] = "NXcollection"
-    for key, value in info.items():
-        name = hdf5_name(str(key))
-        try:
-            if (
-                (isinstance(value, str) and "\0" not in value)
-                or isinstance(value, (int, float, bool))
-                or (
-                    isinstance(value, (list, np.ndarray))
-                    and np.asarray(value).dtype.kind in "biuf"
-                    and np.asarray(value).size
-                )
-            ):
-                group[name] = value
-                continue
-        except (TypeError, ValueError):
-            pass
-        group[name] = json.dumps(
-            value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

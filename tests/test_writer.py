@@ -17,7 +17,7 @@ from conftest import Running, eventually  # noqa: E402
 
 import databus  # noqa: E402
 from databus import scan  # noqa: E402
-from databus.clients.writer import hdf5_name, original_name  # noqa: E402
+from databus.clients._nexus import hdf5_name, original_name  # noqa: E402
 from databus.sim import SimDetector  # noqa: E402
 
 

@@ -18,14 +18,8 @@ from test_writer import same_as_published, wait_for_log, writer_process  # noqa:
 
 import databus  # noqa: E402
 from databus import scan  # noqa: E402
-from databus.clients.writer import (  # noqa: E402
-    FILE_NAME_BYTES,
-    NexusWriter,
-    file_name,
-    hdf5_name,
-    original_name,
-    serve,
-)
+from databus.clients._nexus import FILE_NAME_BYTES, file_name, hdf5_name, original_name  # noqa: E402
+from databus.clients.writer import NexusWriter, serve  # noqa: E402
 
 
 def today_file(root, session="runner"):
