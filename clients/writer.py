@@ -272,6 +272,11 @@ class _Entry:
     pending_bytes: int = 0
     behind: bool = False  # events went by unwritten: take what is missing from Redis at the end
 
+    def record_progress(self) -> None:
+        """``writer/progress`` from what each channel has stored."""
+        progress = [ch.stored for ch in self.channels.values()]
+        self.dataset("writer/progress")[:] = np.asarray(progress, dtype=np.int64)
+
     def dataset(self, path: str) -> Any:
         if self.generation != self.file.generation:
             self.handles.clear()
@@ -654,8 +659,7 @@ class NexusWriter:
                 ds = entry.dataset(ch.path)
                 if ds.shape[0] > ch.stored:
                     ds.resize(ch.stored, axis=0)
-        progress = [ch.stored for ch in entry.channels.values()]
-        entry.dataset("writer/progress")[:] = np.asarray(progress, dtype=np.int64)
+        entry.record_progress()
 
     # ------------------------------------------------------------------ entries
 
@@ -828,8 +832,7 @@ class NexusWriter:
             ds[ch.stored : end] = block
             ch.stored, ch.pending = end, []
         entry.pending_bytes = 0
-        progress = [ch.stored for ch in entry.channels.values()]
-        entry.dataset("writer/progress")[:] = np.asarray(progress, dtype=np.int64)
+        entry.record_progress()
 
     def _gap(self, entry: _Entry, channel: str, first: int, count: int, reason: str) -> None:
         """Record points ``first .. first+count-1`` that will never come: a row of

@@ -106,7 +106,8 @@ class ServerState:
 
     @property
     def admin_url(self) -> str:
-        """The server as the ``admin`` user (every command), over its unix socket."""
+        """The server as the ``admin`` user (every command), over its unix socket (no user
+        when ``auth`` is ``none``)."""
         return f"unix://{self._auth(ADMIN_USER, self.admin_password)}{self.socket}"
 
     def _auth(self, user: str, password: str | None) -> str:
@@ -144,15 +145,21 @@ def _process(pid: int, marker: str) -> str:
     return "ours" if os.fsencode(marker) in b" ".join(cmdline) else "other"
 
 
-def _ping(state: ServerState, timeout: float) -> bool:
-    """True if the server answers PING over its socket within ``timeout`` seconds.
-    ``ServerUnavailable`` if it answers but refuses the recorded credentials."""
-    client = redis.Redis.from_url(
-        state.admin_url if state.auth == "acl" else state.socket_url,
+def _admin(state: ServerState, timeout: float) -> redis.Redis:
+    """A client of the server as ``admin`` over its socket (it reaches this server and
+    no other process), giving up after ``timeout`` seconds, never retrying."""
+    return redis.Redis.from_url(
+        state.admin_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),  # a dead server is an answer, not something to wait out
     )
+
+
+def _ping(state: ServerState, timeout: float) -> bool:
+    """True if the server answers PING over its socket within ``timeout`` seconds.
+    ``ServerUnavailable`` if it answers but refuses the recorded credentials."""
+    client = _admin(state, timeout)
     try:
         return bool(client.ping())
     except redis.AuthenticationError as exc:
@@ -168,14 +175,9 @@ def _ping(state: ServerState, timeout: float) -> bool:
 
 
 def _shutdown(state: ServerState) -> None:
-    """Ask the server to exit (SHUTDOWN NOSAVE, as ``admin``, over its socket: it reaches
-    this server and no other process); a server that does not answer is signalled."""
-    client = redis.Redis.from_url(
-        state.admin_url if state.auth == "acl" else state.socket_url,
-        socket_timeout=1.0,
-        socket_connect_timeout=1.0,
-        retry=Retry(NoBackoff(), 0),
-    )
+    """Ask the server to exit (SHUTDOWN NOSAVE, as ``admin``); a server that does not
+    answer is signalled."""
+    client = _admin(state, 1.0)
     try:
         client.shutdown(nosave=True)
     except redis.RedisError:

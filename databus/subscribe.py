@@ -582,23 +582,20 @@ class ChannelNode(Node):
             lo, hi = max(first, block.first), min(last, block.first + block.count - 1)
             if lo > hi:
                 continue
-            why, cause = "", None
             try:
                 with referenced_frames(ref, self.shape) as ds:
                     data = ds[ref.start + lo - block.first : ref.start + hi - block.first + 1]
             except (OSError, KeyError, ValueError) as exc:
-                why, cause = str(exc), exc
-            if why:
                 raise DataExpired(
                     f"channel {self.name!r}: frames {lo}..{hi} are in {ref.file}:{ref.dataset}, "
-                    f"which cannot be read ({why})",
+                    f"which cannot be read ({exc})",
                     channel=self.name,
                     scan=self.scan.key,
                     first=lo,
                     last=hi,
                     file=ref.file,
                     dataset=ref.dataset,
-                ) from cause
+                ) from exc
             out[lo - first : hi - first + 1] = data
         return out
 

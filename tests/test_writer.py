@@ -229,14 +229,24 @@ def test_a_scan_that_expired_before_the_restart_is_marked(beamline, tmp_path):
     first.wait()
     b["bus"].scan(s.key).request_stop()
     runner.join(5)
-    node = b["bus"].scan(s.key)
-    b["bus"].redis.delete(s.key, *[c.key for c in node.channels.values()])  # as expiry would
+    expire(b["bus"], s.key)
     second = writer_process(b["bus"], tmp_path)
     wait_for_log(second, "data expired before it was written")
     second.send_signal(signal.SIGTERM)
     second.wait(10)
-    with h5py.File(the_file(tmp_path), "r") as f:
-        e = f["1.1"]
+    assert_marked_expired(the_file(tmp_path))
+
+
+def expire(bus, scan_key):
+    """Delete a scan's record and channel streams, as expiry would."""
+    node = bus.scan(scan_key)
+    bus.redis.delete(scan_key, *[c.key for c in node.channels.values()])
+
+
+def assert_marked_expired(path, entry="1.1"):
+    """The entry of a scan that expired before it was written says so, and what is missing."""
+    with h5py.File(path, "r") as f:
+        e = f[entry]
         assert e["end_reason"][()].startswith(b"incomplete: the scan expired")
         missing = json.loads(e["writer/missing"][()])
         assert missing["simulation:diode"][0] == e["writer/progress"][()][1] > 0

@@ -14,7 +14,13 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from conftest import Running, eventually  # noqa: E402
-from test_writer import same_as_published, wait_for_log, writer_process  # noqa: E402
+from test_writer import (  # noqa: E402
+    assert_marked_expired,
+    expire,
+    same_as_published,
+    wait_for_log,
+    writer_process,
+)
 
 import databus  # noqa: E402
 from databus import scan  # noqa: E402
@@ -249,16 +255,11 @@ def test_a_scan_that_expired_while_the_disk_was_full_is_marked(beamline, small_d
     assert eventually(lambda: s.key in w.writer._held, timeout=10)
     b["bus"].scan(s.key).request_stop()
     runner.join(10)
-    node = b["bus"].scan(s.key)
-    b["bus"].redis.delete(s.key, *[c.key for c in node.channels.values()])  # as expiry would
+    expire(b["bus"], s.key)
     filler.unlink()
     w.wait_for(1, timeout=60)
     w.stop()
-    with h5py.File(today_file(small_disk), "r") as f:
-        e = f["1.1"]
-        assert e["end_reason"][()].startswith(b"incomplete: the scan expired")
-        missing = json.loads(e["writer/missing"][()])
-        assert missing["simulation:diode"][0] == e["writer/progress"][()][1] > 0
+    assert_marked_expired(today_file(small_disk))
 
 
 def test_frame_references_are_linked_only_from_trusted_files_that_hold_them(bus, tmp_path):
