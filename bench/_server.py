@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from databus.server import EmbeddedServer
+from databus._server import EmbeddedServer
 
 
 @contextlib.contextmanager

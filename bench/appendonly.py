@@ -48,7 +48,7 @@ import redis
 from publish import CHANNELS, make_frames, run_blocks, run_points
 
 import databus
-from databus.server import EmbeddedServer
+from databus._server import EmbeddedServer
 
 MODES = ("off", "on")
 # name: (unit, both modes measured, description)

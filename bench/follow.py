@@ -163,7 +163,7 @@ def warm_up(session: databus.Session, results) -> None:
 
 def drop(bus: databus.Bus, scan_key: str) -> None:
     """Delete a finished run's keys (the subscriber has reported), as expiry would."""
-    channels = [databus.keys.channel(scan_key, n) for n in bus.scan(scan_key).channels]
+    channels = [databus._store.keys.channel(scan_key, n) for n in bus.scan(scan_key).channels]
     bus.redis.delete(*channels)
 
 

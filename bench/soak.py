@@ -49,7 +49,7 @@ import numpy as np
 import redis
 
 import databus
-from databus.server import EmbeddedServer
+from databus._server import EmbeddedServer
 
 SCALARS = 4
 FRAME = (1024, 1024)
@@ -174,7 +174,7 @@ class Writer:
         self.args = [
             sys.executable,
             "-m",
-            "databus.cli",
+            "databus._cli",
             "writer",
             "--url",
             url,

@@ -43,7 +43,7 @@ class WriterProcess:
             [
                 sys.executable,
                 "-m",
-                "databus.cli",
+                "databus._cli",
                 "writer",
                 "--session",
                 SESSION,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 import databus
-from databus.encoding import GAP_DROPPED, GAP_EVICTED, GAP_SERVER_LOST
+from databus._encoding import GAP_DROPPED, GAP_EVICTED, GAP_SERVER_LOST
 
 #: Channel prefixes that are motors (NXpositioner, under ``instrument/positioners``).
 POSITIONER_PREFIXES = ("axis", "timer")

@@ -101,7 +101,7 @@ def run(
         print(f"      channels: {sizes}", file=out)
     ttl = bus.redis.ttl(align.key)
     print(
-        f"\nThe data is in Redis at {databus.errors.redact(bus.url)} for {ttl / 3600:.0f} h"
+        f"\nThe data is in Redis at {databus._errors.redact(bus.url)} for {ttl / 3600:.0f} h"
         f" (retention TTL). Read it back with:",
         file=out,
     )

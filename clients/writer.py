@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 
 import databus
-from databus.encoding import FileRef, text
-from databus.subscribe import referenced_frames
+from databus._encoding import FileRef, text
+from databus._subscribe import referenced_frames
 
 from ._h5clear import clear_status_flags
 from ._nexus import (

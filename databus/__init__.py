@@ -9,10 +9,10 @@ channel data, walks), ``node`` (the classic BLISS API), ``runners`` (threads or 
 re-exported here.
 """
 
-from .bus import Bus, Session, connect, default_bus, set_default_bus
-from .config import Settings
-from .encoding import Descriptor, FileRef
-from .errors import (
+from ._bus import Bus, Session, connect, default_bus, set_default_bus
+from ._config import Settings
+from ._encoding import Descriptor, FileRef
+from ._errors import (
     BusFull,
     ChannelExists,
     ClosedError,
@@ -38,11 +38,11 @@ from .errors import (
     ShapeError,
     UnknownScan,
 )
-from .events import DataGap, Event, EventData, EventType, ScanEnd
-from .publish import ChannelWriter, Scan
-from .sink import FlushPolicy, SinkStatistics
-from .states import EndReason, ScanState
-from .subscribe import ChannelNode, ScanNode, SessionNode, StopHandler
+from ._events import DataGap, Event, EventData, EventType, ScanEnd
+from ._publish import ChannelWriter, Scan
+from ._sink import FlushPolicy, SinkStatistics
+from ._states import EndReason, ScanState
+from ._subscribe import ChannelNode, ScanNode, SessionNode, StopHandler
 
 __version__ = "0.1.0"
 

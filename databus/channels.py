@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from . import keys
-from .encoding import pack_meta, unpack_meta
-from .errors import ReadTimeout, ServerUnavailable, translate_redis_errors
-from .timing import RECONNECT, milliseconds
+from ._store import keys
+from ._encoding import pack_meta, unpack_meta
+from ._errors import ReadTimeout, ServerUnavailable, translate_redis_errors
+from ._timing import RECONNECT, milliseconds
 
 if TYPE_CHECKING:
-    from .bus import Bus
+    from ._bus import Bus
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Channel:
     ) -> None:
         keys.check_name("channel", name, keys.MAX_CHANNEL_NAME)
         if bus is None:
-            from .bus import default_bus
+            from ._bus import default_bus
 
             bus = default_bus()
         self.name = name

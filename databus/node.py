@@ -4,10 +4,10 @@ the embedded server; ``databus.set_default_bus()`` picks another)."""
 
 from __future__ import annotations
 
-from .bus import Bus, default_bus
-from .errors import UnknownScan
-from .events import Event, EventData, EventType, ScanEnd
-from .subscribe import ChannelNode, Node, ScanNode, SessionNode, StopHandler, get_scan
+from ._bus import Bus, default_bus
+from ._errors import UnknownScan
+from ._events import Event, EventData, EventType, ScanEnd
+from ._subscribe import ChannelNode, Node, ScanNode, SessionNode, StopHandler, get_scan
 
 __all__ = [
     "ChannelNode",

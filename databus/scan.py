@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from . import keys
-from .bus import Bus, default_bus
-from .errors import DatabusError
-from .publish import Scan as PublishedScan
+from ._store import keys
+from ._bus import Bus, default_bus
+from ._errors import DatabusError
+from ._publish import Scan as PublishedScan
 from .sim import ElapsedTimeCounter, PointContext, SimDetector, SimMotor
-from .states import EndReason
-from .subscribe import read_streams
-from .timing import milliseconds
+from ._states import EndReason
+from ._subscribe import read_streams
+from ._timing import milliseconds
 
 __all__ = [
     "Scan",

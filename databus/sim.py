@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .encoding import FileRef
+from ._encoding import FileRef
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import databus
-from databus.encoding import Descriptor, decode_entries
+from databus._encoding import Descriptor, decode_entries
 
 
 def frame(rng: np.random.Generator, position: float, size: int = 512) -> np.ndarray:

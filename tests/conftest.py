@@ -19,7 +19,7 @@ import redis
 from hypothesis import settings as hypothesis_settings
 
 import databus
-from databus.server import EmbeddedServer, ServerState
+from databus._server import EmbeddedServer, ServerState
 
 #: Every numeric dtype a channel takes.
 DTYPES = [
@@ -231,8 +231,8 @@ def read_channel(bus: databus.Bus, scan_key: str, name: str):
     left out)."""
     import numpy as np
 
-    from databus import keys
-    from databus.encoding import Descriptor, Gap, decode_entries
+    from databus._store import keys
+    from databus._encoding import Descriptor, Gap, decode_entries
 
     desc = Descriptor.from_meta(bus.redis.hget(scan_key, f"ch:{name}"))
     key = keys.channel(scan_key, name)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from conftest import stored
 
-from databus import encoding as enc
-from databus import keys
-from databus.assembler import Assembler
-from databus.errors import CorruptEntry
-from databus.events import EventType, ScanEnd
+from databus import _encoding as enc
+from databus._store import keys
+from databus._assembler import Assembler
+from databus._errors import CorruptEntry
+from databus._events import EventType, ScanEnd
 
 SLOG = "p:session:s:log"
 SCAN = keys.scan("p", "s", 1)
@@ -31,7 +31,7 @@ def record(*channels):
 
 
 def make(include=None, descend=lambda n: True, data=True):
-    from databus.assembler import make_filter
+    from databus._assembler import make_filter
 
     return Assembler(
         SLOG,

@@ -10,7 +10,7 @@ from conftest import eventually, ping
 
 import databus
 from databus.channels import Channel
-from databus.server import server_binary
+from databus._server import server_binary
 
 
 def test_default_value_only_if_never_set_and_value_is_authoritative(make_bus):
@@ -60,7 +60,7 @@ def test_last_write_wins_by_the_servers_order(make_bus):
         t.start()
     for t in threads:
         t.join()
-    stored = databus.encoding.unpack_meta(buses[0].redis.hget(holders[0].key, "v"))
+    stored = databus._encoding.unpack_meta(buses[0].redis.hget(holders[0].key, "v"))
     assert eventually(lambda: all(h.value == stored for h in holders))
 
 
@@ -107,7 +107,7 @@ def test_bad_values_are_a_type_error_naming_the_channel(bus):
 
 
 def test_a_holder_reconnects_after_a_server_restart_and_reads_the_value(tmp_path):
-    from databus.server import _free_port
+    from databus._server import _free_port
 
     port = _free_port()
 

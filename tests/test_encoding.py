@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import DTYPES, stored
 
-from databus import encoding as enc
-from databus.errors import CorruptEntry, DtypeError, MetadataError, ShapeError
+from databus import _encoding as enc
+from databus._errors import CorruptEntry, DtypeError, MetadataError, ShapeError
 
 SHAPES = [(), (3,), (4, 5), (2, 3, 4)]
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from databus import keys
+from databus._store import keys
 
 
 def scan_keys(bus, scan):

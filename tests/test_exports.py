@@ -29,7 +29,7 @@ def test_every_exported_error_is_raised_somewhere():
     PointError...) are for catching."""
     root = Path(databus.__file__).parent
     used = set()
-    for path in [*root.glob("*.py"), *root.parent.glob("clients/*.py")]:
+    for path in [*root.rglob("*.py"), *root.parent.glob("clients/*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Name):
                 used.add(node.id)

@@ -14,7 +14,7 @@ import redis
 from conftest import Running, eventually, ping
 
 import databus
-from databus.server import EmbeddedServer, _free_port, server_binary
+from databus._server import EmbeddedServer, _free_port, server_binary
 
 
 def publish_slowly(bus, session, n, period=0.004):
@@ -237,7 +237,7 @@ def test_a_scan_number_used_again_gets_its_own_entry_in_the_file(make_bus, admin
         writer.wait_for(1 if title == "first" else 2)
         # the server restarts empty and this process is a new one: the counter starts again
         admin.flushdb()
-        databus.publish._numbers.clear()
+        databus._publish._numbers.clear()
     writer.stop()
     (path,) = (tmp_path / "again").glob("*.h5")
     with h5py.File(path, "r") as f:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from databus.sink import Admission, FlushPolicy
+from databus._sink import Admission, FlushPolicy
 
 
 def test_flush_when_pending_and_nothing_in_flight():

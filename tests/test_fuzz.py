@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import databus
-from databus import encoding as enc
-from databus import keys
-from databus.errors import CorruptEntry, DtypeError, MetadataError, PointError, ShapeError
+from databus import _encoding as enc
+from databus._store import keys
+from databus._errors import CorruptEntry, DtypeError, MetadataError, PointError, ShapeError
 
 NUMERIC = DTYPES
 FAST = settings(deadline=None, suppress_health_check=list(HealthCheck))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from databus import keys
+from databus._store import keys
 
 NAMES = ["demo", "we{ird}", "a:b", "spa ce", "ünï", "%41", "}{", "x" * 10_000]
 

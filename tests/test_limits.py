@@ -10,10 +10,11 @@ from conftest import eventually, read_channel
 from test_subscribe import Collector, ended
 
 import databus
-from databus import FileRef, keys
+from databus import FileRef
+from databus._store import keys
 from databus.channels import Channel
-from databus.encoding import pack_meta
-from databus.events import EventType
+from databus._encoding import pack_meta
+from databus._events import EventType
 
 MIB = 2**20
 

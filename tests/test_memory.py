@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import databus
-from databus import keys
-from databus.memory import MemoryGuard
-from databus.server import EmbeddedServer
+from databus._store import keys
+from databus._memory import MemoryGuard
+from databus._server import EmbeddedServer
 
 CAP = 40_000_000
 
@@ -117,7 +117,7 @@ def test_the_memory_guard_command(small_server):
         [
             sys.executable,
             "-m",
-            "databus.cli",
+            "databus._cli",
             "memory-guard",
             "--interval",
             "0.2",

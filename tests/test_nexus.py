@@ -15,8 +15,8 @@ from databus.clients._nexus import (
     plotselect,
     store_info,
 )
-from databus.encoding import Descriptor, pack_meta
-from databus.subscribe import Node, ScanNode
+from databus._encoding import Descriptor, pack_meta
+from databus._subscribe import Node, ScanNode
 
 _files = iter(range(10**6))
 

@@ -12,12 +12,12 @@ import pytest
 from conftest import Running, eventually
 
 import databus
-from databus import keys
+from databus._store import keys
 from databus.clients.monitor import Monitor
-from databus.encoding import Descriptor, pack_meta
-from databus.errors import CorruptEntry
-from databus.events import EventType
-from databus.memory import MemoryGuard
+from databus._encoding import Descriptor, pack_meta
+from databus._errors import CorruptEntry
+from databus._events import EventType
+from databus._memory import MemoryGuard
 
 
 def publish(session, n=5, title="good"):

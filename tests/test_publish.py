@@ -8,8 +8,8 @@ import pytest
 from conftest import DTYPES, read_channel
 
 import databus
-from databus import keys
-from databus.encoding import unpack_meta
+from databus._store import keys
+from databus._encoding import unpack_meta
 
 
 def log_events(bus, key):
@@ -54,7 +54,7 @@ def test_frames_round_trip_and_stay_under_the_size_class(bus):
 
 
 def test_only_memory_the_caller_could_change_is_copied(bus):
-    from databus.publish import _mutable
+    from databus._publish import _mutable
 
     received = np.arange(512 * 512, dtype=np.uint16).tobytes()  # as from a socket
     frozen = np.frombuffer(received, np.uint16).reshape(512, 512)
@@ -117,7 +117,7 @@ def test_entry_ids_encode_the_first_index_and_the_seal_closes_the_stream(bus):
     ch.send(np.arange(10.0))
     scan.end()
     entries = bus.redis.xrange(ch.key)
-    assert entries[0][0] == b"0-1" and entries[-1][0] == databus.encoding.SEAL_ID
+    assert entries[0][0] == b"0-1" and entries[-1][0] == databus._encoding.SEAL_ID
     assert entries[-1][1] == {b"end": b"10"}
     with pytest.raises(Exception, match="exhausted"):
         bus.redis.xadd(ch.key, {"d": b"x"})
@@ -341,14 +341,14 @@ class TestSink:
         assert total == 20 and dropped > 0 and len(got) == 20 - dropped
         assert int(got[-1][0]) == 19  # the newest survive
         entries = bus.redis.xrange(img.key)[:-1]
-        ids = [databus.encoding.parse_id(e[0]) for e in entries]
+        ids = [databus._encoding.parse_id(e[0]) for e in entries]
         assert [int(f[0]) for f in got] == [i for i, part in ids if part]  # indices kept
         assert int(bus.redis.hget(scan.key, "dropped:img")) == dropped
         # every dropped point is announced by a gap marker, in index order
         gaps = [
             g
-            for g in databus.encoding.decode_entries(img.desc, img.key, entries)
-            if isinstance(g, databus.encoding.Gap)
+            for g in databus._encoding.decode_entries(img.desc, img.key, entries)
+            if isinstance(g, databus._encoding.Gap)
         ]
         assert {g.reason for g in gaps} == {"dropped"}
         lost = {i for g in gaps for i in range(g.first, g.first + g.count)}

@@ -15,7 +15,7 @@ from conftest import eventually, ping
 
 import databus
 from databus.channels import Channel
-from databus.server import EmbeddedServer, _free_port
+from databus._server import EmbeddedServer, _free_port
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:

@@ -11,7 +11,7 @@ import pytest
 
 import databus
 from databus import node
-from databus.events import EventType, ScanEnd
+from databus._events import EventType, ScanEnd
 
 
 class Collector:
@@ -408,7 +408,7 @@ class TestNodesAndScans:
 
 
 def test_a_scan_whose_publisher_died_ends_as_lost(make_bus, monkeypatch):
-    from databus import subscribe
+    from databus import _subscribe as subscribe
 
     monkeypatch.setattr(subscribe, "LOST_CHECK_S", 0.2)
     bus = make_bus()

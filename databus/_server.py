@@ -36,7 +36,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import ServerConflict, ServerUnavailable
+from ._errors import ServerConflict, ServerUnavailable
 
 STATE_FILE = "server.json"
 CONFIG_FILE = "server.conf"

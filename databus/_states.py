@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 
-from .errors import ScanStateError
+from ._errors import ScanStateError
 
 
 class ScanState(enum.IntEnum):

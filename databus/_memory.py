@@ -17,14 +17,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import keys
-from .encoding import Descriptor, pack_meta, points_through
-from .errors import CorruptEntry, DatabusError, translate_redis_errors
-from .schema import message, scan_state
-from .states import ScanState
+from ._store import keys
+from ._encoding import Descriptor, pack_meta, points_through
+from ._errors import CorruptEntry, DatabusError, translate_redis_errors
+from ._store.schema import message, scan_state
+from ._states import ScanState
 
 if TYPE_CHECKING:
-    from .bus import Bus
+    from ._bus import Bus
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     """``databus memory-guard``: keep a server under its cap, checking every interval."""
     import argparse
 
-    from .bus import connect
+    from ._bus import connect
 
     parser = argparse.ArgumentParser(
         prog="databus memory-guard",

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from . import keys
-from .assembler import START, Assembler, make_filter
-from .encoding import (
+from ._store import keys
+from ._assembler import START, Assembler, make_filter
+from ._encoding import (
     GAP_DROPPED,
     GAP_SERVER_LOST,
     Block,
@@ -36,7 +36,7 @@ from .encoding import (
     points_through,
     text,
 )
-from .errors import (
+from ._errors import (
     CorruptEntry,
     DataExpired,
     DataLost,
@@ -48,13 +48,13 @@ from .errors import (
     UnknownScan,
     translate_redis_errors,
 )
-from .events import Event, EventType, ScanEnd
-from .schema import ScanRecord, descriptors, log_entries, message, warn_skipped
-from .states import EndReason, ScanState
-from .timing import RECONNECT, milliseconds
+from ._events import Event, EventType, ScanEnd
+from ._store.schema import ScanRecord, descriptors, log_entries, message, warn_skipped
+from ._states import EndReason, ScanState
+from ._timing import RECONNECT, milliseconds
 
 if TYPE_CHECKING:
-    from .bus import Bus
+    from ._bus import Bus
 
 log = logging.getLogger(__name__)
 

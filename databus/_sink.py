@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from .encoding import (
+from ._encoding import (
     GAP_DROPPED,
     Descriptor,
     FileRef,
@@ -43,9 +43,9 @@ from .encoding import (
     ref_entry,
     text,
 )
-from .errors import BusFull, ClosedError, FlushFailed, ReadTimeout, redact, translate_redis_errors
-from .runners import GeventRunner, ThreadRunner
-from .timing import RECONNECT, milliseconds
+from ._errors import BusFull, ClosedError, FlushFailed, ReadTimeout, redact, translate_redis_errors
+from ._runners import GeventRunner, ThreadRunner
+from ._timing import RECONNECT, milliseconds
 
 log = logging.getLogger(__name__)
 

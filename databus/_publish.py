@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import redis
 
-from . import keys
-from .config import env_var
-from .encoding import (
+from ._store import keys
+from ._config import env_var
+from ._encoding import (
     GAP_DROPPED,
     GAP_SERVER_LOST,
     MAX_REF_FRAMES,
@@ -43,7 +43,7 @@ from .encoding import (
     points_through,
     seal_fields,
 )
-from .errors import (
+from ._errors import (
     ChannelExists,
     DatabusError,
     DtypeError,
@@ -54,12 +54,12 @@ from .errors import (
     ShapeError,
     translate_redis_errors,
 )
-from .sink import POOL_MIN_BYTES, ChannelBuffer, FlushPolicy, Sink, SinkStatistics
-from .states import EndReason, ScanState, end_reason_for
-from .timing import milliseconds
+from ._sink import POOL_MIN_BYTES, ChannelBuffer, FlushPolicy, Sink, SinkStatistics
+from ._states import EndReason, ScanState, end_reason_for
+from ._timing import milliseconds
 
 if TYPE_CHECKING:
-    from .bus import Session
+    from ._bus import Session
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _guard(bus: Any) -> Any:
     running it (an ACL without INFO, say) are logged and it stays off."""
     if not bus.settings.memory_guard:
         return None
-    from .memory import MemoryGuard
+    from ._memory import MemoryGuard
 
     guard = MemoryGuard(bus)
 

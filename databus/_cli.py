@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import keys
-from .bus import Bus, embedded_server
-from .config import Settings
-from .errors import DatabusError, redact, translate_redis_errors
-from .server import ADMIN_USER, DATABUS_USER, ServerState
+from ._store import keys
+from ._bus import Bus, embedded_server
+from ._config import Settings
+from ._errors import DatabusError, redact, translate_redis_errors
+from ._server import ADMIN_USER, DATABUS_USER, ServerState
 
 
 def _print_status(url: str, settings: Settings, state: ServerState | None) -> None:
@@ -79,7 +79,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
-    from .bus import connect
+    from ._bus import connect
 
     with connect(settings=settings) as bus:
         bus.scan(args.scan).request_stop(args.reason)
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("demo", "monitor", "writer", "memory-guard"):  # own options
         from importlib import import_module
 
-        module = "databus.memory" if argv[0] == "memory-guard" else f"databus.clients.{argv[0]}"
+        module = "databus._memory" if argv[0] == "memory-guard" else f"databus.clients.{argv[0]}"
         return int(import_module(module).main(argv[1:]))
     args = parser.parse_args(argv)
     try:

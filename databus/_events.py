@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Any, NamedTuple
 
-from .states import EndReason
+from ._states import EndReason
 
 
 class EventType(enum.Enum):

@@ -19,17 +19,17 @@ import redis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
-from . import keys
-from .config import Settings
-from .encoding import text
-from .errors import ClosedError, DatabusError, InvalidURL, redact, translate_redis_errors
-from .runners import GeventRunner, ThreadRunner, make_runner
-from .server import EmbeddedServer
-from .sink import BufferPool
+from ._store import keys
+from ._config import Settings
+from ._encoding import text
+from ._errors import ClosedError, DatabusError, InvalidURL, redact, translate_redis_errors
+from ._runners import GeventRunner, ThreadRunner, make_runner
+from ._server import EmbeddedServer
+from ._sink import BufferPool
 
 if TYPE_CHECKING:
-    from .events import Event
-    from .subscribe import ScanNode, SessionNode
+    from ._events import Event
+    from ._subscribe import ScanNode, SessionNode
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class Bus:
         """The scan stored under ``key`` (``scan.key`` of a publisher, ``node.db_name``);
         ``UnknownScan`` if it is not (or no longer) in Redis."""
         self._check_open()
-        from .subscribe import get_scan
+        from ._subscribe import get_scan
 
         return get_scan(self, key)
 
@@ -188,20 +188,20 @@ class Session:
         return f"<Session {self.name!r} on {redact(self.bus.url)}>"
 
     def create_scan(self, info: dict[str, Any] | None = None, **fields: Any) -> Any:
-        """Create and number a new scan in this session; see ``databus.publish.Scan``.
+        """Create and number a new scan in this session; see ``databus._publish.Scan``.
 
         ``info`` (and keyword ``fields``, merged into it) is the scan info: title, type,
         npoints, count_time, motors, counters and any user fields; it stays updatable
         until the scan ends.
         """
-        from .publish import Scan
+        from ._publish import Scan
 
         return Scan.create(self, {**(info or {}), **fields})
 
     @property
     def node(self) -> SessionNode:
         """The session's reader-side node (walks, as in BLISS)."""
-        from .subscribe import SessionNode
+        from ._subscribe import SessionNode
 
         return SessionNode(self.bus, self.name)
 
@@ -217,7 +217,7 @@ class Session:
         classic walks: ``include_filter``, ``exclude_children``, ``wait``,
         ``stop_handler``, ``started_event``.
         """
-        from .subscribe import follow
+        from ._subscribe import follow
 
         return follow(self.node, replay=replay, **kwargs)
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from . import keys
-from .encoding import (
+from ._store import keys
+from ._encoding import (
     GAP_EVICTED,
     SEAL_ID,
     Block,
@@ -40,10 +40,10 @@ from .encoding import (
     text,
     unpack_meta,
 )
-from .errors import CorruptEntry
-from .events import DataGap, Event, EventData, EventType, ScanEnd
-from .schema import LogEntry, descriptor, log_entries, warn_skipped
-from .states import EndReason
+from ._errors import CorruptEntry
+from ._events import DataGap, Event, EventData, EventType, ScanEnd
+from ._store.schema import LogEntry, descriptor, log_entries, warn_skipped
+from ._states import EndReason
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Filter = Callable[[Any], bool]

@@ -29,7 +29,7 @@ from urllib.parse import quote, unquote
 
 from redis.crc import key_slot
 
-from .errors import InvalidName
+from .._errors import InvalidName
 
 #: Longest session name, in characters (it becomes part of key and file names).
 MAX_SESSION_NAME = 128

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import keys
-from .encoding import Descriptor, field, text, unpack_meta
-from .errors import CorruptEntry
-from .states import EndReason, ScanState
+from .._encoding import Descriptor, field, text, unpack_meta
+from .._errors import CorruptEntry
+from .._states import EndReason, ScanState
 
 log = logging.getLogger(__name__)
 

