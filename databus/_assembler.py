@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from ._store import keys
 from ._encoding import (
     GAP_EVICTED,
     SEAL_ID,
@@ -42,8 +41,9 @@ from ._encoding import (
 )
 from ._errors import CorruptEntry
 from ._events import DataGap, Event, EventData, EventType, ScanEnd
-from ._store.schema import LogEntry, descriptor, log_entries, warn_skipped
 from ._states import EndReason
+from ._store import keys
+from ._store.schema import LogEntry, descriptor, log_entries, warn_skipped
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Filter = Callable[[Any], bool]

@@ -19,13 +19,13 @@ import redis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
-from ._store import keys
 from ._config import Settings
 from ._encoding import text
 from ._errors import ClosedError, DatabusError, InvalidURL, redact, translate_redis_errors
 from ._runners import GeventRunner, ThreadRunner, make_runner
 from ._server import EmbeddedServer
 from ._sink import BufferPool
+from ._store import keys
 
 if TYPE_CHECKING:
     from ._events import Event

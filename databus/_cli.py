@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._store import keys
 from ._bus import Bus, embedded_server
 from ._config import Settings
 from ._errors import DatabusError, redact, translate_redis_errors
 from ._server import ADMIN_USER, DATABUS_USER, ServerState
+from ._store import keys
 
 
 def _print_status(url: str, settings: Settings, state: ServerState | None) -> None:
@@ -132,7 +132,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatabusError, ValueError, FileNotFoundError) as exc:
         print(f"databus: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,8 +35,8 @@ from typing import Any, Literal
 import msgpack
 import numpy as np
 
-from ._store import keys
 from ._errors import CorruptEntry, DtypeError, MetadataError, ShapeError
+from ._store import keys
 
 ChannelKind = Literal["array", "json", "ref"]
 

@@ -17,11 +17,11 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._store import keys
 from ._encoding import Descriptor, pack_meta, points_through
 from ._errors import CorruptEntry, DatabusError, translate_redis_errors
-from ._store.schema import message, scan_state
 from ._states import ScanState
+from ._store import keys
+from ._store.schema import message, scan_state
 
 if TYPE_CHECKING:
     from ._bus import Bus

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import redis
 
-from ._store import keys
 from ._config import env_var
 from ._encoding import (
     GAP_DROPPED,
@@ -56,6 +55,7 @@ from ._errors import (
 )
 from ._sink import POOL_MIN_BYTES, ChannelBuffer, FlushPolicy, Sink, SinkStatistics
 from ._states import EndReason, ScanState, end_reason_for
+from ._store import keys
 from ._timing import milliseconds
 
 if TYPE_CHECKING:

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ._store import keys
 from ._assembler import START, Assembler, make_filter
 from ._encoding import (
     GAP_DROPPED,
@@ -49,8 +48,9 @@ from ._errors import (
     translate_redis_errors,
 )
 from ._events import Event, EventType, ScanEnd
-from ._store.schema import ScanRecord, descriptors, log_entries, message, warn_skipped
 from ._states import EndReason, ScanState
+from ._store import keys
+from ._store.schema import ScanRecord, descriptors, log_entries, message, warn_skipped
 from ._timing import RECONNECT, milliseconds
 
 if TYPE_CHECKING:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ._store import keys
 from ._encoding import pack_meta, unpack_meta
 from ._errors import ReadTimeout, ServerUnavailable, translate_redis_errors
+from ._store import keys
 from ._timing import RECONNECT, milliseconds
 
 if TYPE_CHECKING:

@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from ._store import keys
 from ._bus import Bus, default_bus
 from ._errors import DatabusError
 from ._publish import Scan as PublishedScan
-from .sim import ElapsedTimeCounter, PointContext, SimDetector, SimMotor
 from ._states import EndReason
+from ._store import keys
 from ._subscribe import read_streams
 from ._timing import milliseconds
+from .sim import ElapsedTimeCounter, PointContext, SimDetector, SimMotor
 
 __all__ = [
     "Scan",

@@ -231,8 +231,8 @@ def read_channel(bus: databus.Bus, scan_key: str, name: str):
     left out)."""
     import numpy as np
 
-    from databus._store import keys
     from databus._encoding import Descriptor, Gap, decode_entries
+    from databus._store import keys
 
     desc = Descriptor.from_meta(bus.redis.hget(scan_key, f"ch:{name}"))
     key = keys.channel(scan_key, name)

@@ -5,10 +5,10 @@ import pytest
 from conftest import stored
 
 from databus import _encoding as enc
-from databus._store import keys
 from databus._assembler import Assembler
 from databus._errors import CorruptEntry
 from databus._events import EventType, ScanEnd
+from databus._store import keys
 
 SLOG = "p:session:s:log"
 SCAN = keys.scan("p", "s", 1)

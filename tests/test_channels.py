@@ -9,8 +9,8 @@ import pytest
 from conftest import eventually, ping
 
 import databus
-from databus.channels import Channel
 from databus._server import server_binary
+from databus.channels import Channel
 
 
 def test_default_value_only_if_never_set_and_value_is_authoritative(make_bus):

@@ -87,7 +87,7 @@ def test_databus_demo(bus):
     started = time.monotonic()
     env = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
     proc = subprocess.run(
-        [sys.executable, "-m", "databus._cli", "demo", "--session", "demo_t"],
+        [sys.executable, "-m", "databus", "demo", "--session", "demo_t"],
         capture_output=True,
         text=True,
         env=env,

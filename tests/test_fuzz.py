@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 import databus
 from databus import _encoding as enc
-from databus._store import keys
 from databus._errors import CorruptEntry, DtypeError, MetadataError, PointError, ShapeError
+from databus._store import keys
 
 NUMERIC = DTYPES
 FAST = settings(deadline=None, suppress_health_check=list(HealthCheck))

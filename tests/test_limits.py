@@ -11,10 +11,10 @@ from test_subscribe import Collector, ended
 
 import databus
 from databus import FileRef
-from databus._store import keys
-from databus.channels import Channel
 from databus._encoding import pack_meta
 from databus._events import EventType
+from databus._store import keys
+from databus.channels import Channel
 
 MIB = 2**20
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import databus
-from databus._store import keys
 from databus._memory import MemoryGuard
 from databus._server import EmbeddedServer
+from databus._store import keys
 
 CAP = 40_000_000
 

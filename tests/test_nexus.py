@@ -7,6 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
+from databus._encoding import Descriptor, pack_meta
+from databus._subscribe import Node, ScanNode
 from databus.clients._nexus import (
     GAP_REASONS,
     create_entry,
@@ -15,8 +17,6 @@ from databus.clients._nexus import (
     plotselect,
     store_info,
 )
-from databus._encoding import Descriptor, pack_meta
-from databus._subscribe import Node, ScanNode
 
 _files = iter(range(10**6))
 

@@ -12,12 +12,12 @@ import pytest
 from conftest import Running, eventually
 
 import databus
-from databus._store import keys
-from databus.clients.monitor import Monitor
 from databus._encoding import Descriptor, pack_meta
 from databus._errors import CorruptEntry
 from databus._events import EventType
 from databus._memory import MemoryGuard
+from databus._store import keys
+from databus.clients.monitor import Monitor
 
 
 def publish(session, n=5, title="good"):

@@ -8,8 +8,8 @@ import pytest
 from conftest import DTYPES, read_channel
 
 import databus
-from databus._store import keys
 from databus._encoding import unpack_meta
+from databus._store import keys
 
 
 def log_events(bus, key):

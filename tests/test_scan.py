@@ -184,7 +184,7 @@ def test_the_cli_stops_a_scan(beamline):
     assert eventually(lambda: s.key is not None and s.npoints_done > 0)
     env = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
     out = subprocess.run(
-        [sys.executable, "-m", "databus._cli", "stop", s.key, "--reason", "cli"],
+        [sys.executable, "-m", "databus", "stop", s.key, "--reason", "cli"],
         capture_output=True,
         text=True,
         env=env,

@@ -14,8 +14,8 @@ import redis
 from conftest import eventually, ping
 
 import databus
-from databus.channels import Channel
 from databus._server import EmbeddedServer, _free_port
+from databus.channels import Channel
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:

@@ -32,7 +32,7 @@ def cli(run_dir, *args, check=True):
     env = {**os.environ, "DATABUS_RUN_DIR": str(run_dir)}
     env.pop("DATABUS_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "databus._cli", *args],
+        [sys.executable, "-m", "databus", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -159,7 +159,7 @@ def test_readers_see_the_file_grow_while_it_is_written(beamline, tmp_path):
 def writer_process(bus, root):
     env = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
     return subprocess.Popen(
-        [sys.executable, "-m", "databus._cli", "writer", "--session", "runner", "--root", str(root)],
+        [sys.executable, "-m", "databus", "writer", "--session", "runner", "--root", str(root)],
         stderr=subprocess.PIPE,
         text=True,
         env=env,

@@ -17,10 +17,10 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import keys
 from .._encoding import Descriptor, field, text, unpack_meta
 from .._errors import CorruptEntry
 from .._states import EndReason, ScanState
+from . import keys
 
 log = logging.getLogger(__name__)
 

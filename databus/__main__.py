@@ -1,0 +1,7 @@
+"""``python -m databus``: the ``databus`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())
