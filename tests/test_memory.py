@@ -117,7 +117,7 @@ def test_the_memory_guard_command(small_server):
         [
             sys.executable,
             "-m",
-            "databus._cli",
+            "databus",
             "memory-guard",
             "--interval",
             "0.2",

@@ -307,7 +307,7 @@ def test_a_root_that_cannot_be_written_is_a_clear_error(bus, tmp_path):
         [
             sys.executable,
             "-m",
-            "databus._cli",
+            "databus",
             "writer",
             "--session",
             "w",
