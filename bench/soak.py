@@ -174,7 +174,7 @@ class Writer:
         self.args = [
             sys.executable,
             "-m",
-            "databus._cli",
+            "databus",
             "writer",
             "--url",
             url,

@@ -43,7 +43,7 @@ class WriterProcess:
             [
                 sys.executable,
                 "-m",
-                "databus._cli",
+                "databus",
                 "writer",
                 "--session",
                 SESSION,

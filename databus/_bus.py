@@ -1,9 +1,9 @@
 """``databus.connect()`` and the ``Bus`` it returns: the connection everything else uses.
 
-The bus owns one Redis client, public as ``bus.redis`` for anyone who needs to go below
-databus. Publishers get their own connections from ``bus.publisher_client()``, packing
-commands with redis-py's Python packer, which writes large buffers without copying them
-(hiredis' packer copies a 2 MiB frame in 3 ms); replies are still parsed by hiredis.
+The bus owns one ``Wire`` (``_store/wire.py``): every command databus sends goes through
+it, or through a wire of its own (``bus.wire_of_own``: a publisher's, packing large buffers
+without copying them). ``bus.redis`` is the underlying redis-py client, for whoever needs
+to go below databus.
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import redis
-from redis._parsers.encoders import Encoder
-from redis.connection import PythonRespSerializer
-
 from ._config import Settings
 from ._encoding import text
-from ._errors import ClosedError, DatabusError, InvalidURL, redact, translate_redis_errors
+from ._errors import ClosedError, DatabusError, InvalidURL, redact
 from ._runners import GeventRunner, ThreadRunner, make_runner
 from ._server import EmbeddedServer
 from ._sink import BufferPool
-from ._store import keys
+from ._store import commands, keys
+from ._store.wire import Wire
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -48,29 +45,11 @@ def _check_url(url: str) -> None:
         )
 
 
-def _client(url: str, settings: Settings, *, python_packer: bool) -> redis.Redis:
-    # Readers take frames in 1 MiB reads instead of redis-py's 64 KiB: about 3x fewer
-    # recv/feed rounds per 2 MiB frame (0.5 -> 1.5-1.8 GB/s here).
-    kwargs: dict[str, Any] = {
-        "socket_connect_timeout": settings.connect_timeout,
-        "socket_read_size": 2**20,
-    }
-    if not url.startswith("unix:"):
-        kwargs["socket_keepalive"] = True
-    if python_packer:
-        encoder = Encoder("utf-8", "strict", False)
-        kwargs["command_packer"] = PythonRespSerializer(6000, encoder.encode)
-    try:
-        return redis.Redis.from_url(url, **kwargs)
-    except ValueError as exc:
-        raise InvalidURL(f"cannot use {redact(url)!r}: {exc}") from None
-
-
 class Bus:
     """A connection to one databus server. Use ``databus.connect()`` to make one.
 
-    ``redis`` is the underlying redis-py client (bytes in, bytes out); ``settings`` the
-    configuration in force; ``url`` the server's URL (with the password, if any: log
+    ``wire`` runs its commands (``redis`` is the redis-py client below it); ``settings``
+    the configuration in force; ``url`` the server's URL (with the password, if any: log
     ``repr(bus)``, which hides it).
     """
 
@@ -83,20 +62,7 @@ class Bus:
         self._next_revive = 0.0
         self.runner: ThreadRunner | GeventRunner = make_runner(settings.concurrency)
         self._closed = False
-        # A first PING with a read timeout, so a server that accepts but never answers
-        # is reported within connect_timeout too; the bus's own client has none (blocking
-        # reads wait as long as they are told to).
-        probe = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=settings.connect_timeout,
-            socket_timeout=settings.connect_timeout,
-        )
-        try:
-            with translate_redis_errors(url):
-                probe.ping()
-        finally:
-            probe.close()
-        self.redis: redis.Redis = _client(url, settings, python_packer=False)
+        self.wire = Wire(url, connect_timeout=settings.connect_timeout)
         #: Frame buffers reused by this bus's scans (see ``sink.BufferPool``).
         self.buffer_pool = BufferPool(settings.buffer_bytes)
         self._channel_hub: Any = None  # the shared channels' listener (channels.py)
@@ -106,10 +72,21 @@ class Bus:
         state = "closed" if self._closed else "open"
         return f"<Bus {redact(self.url)} prefix={self.settings.prefix!r} {state}>"
 
-    def publisher_client(self) -> redis.Redis:
-        """A new client for a publisher's sink: Python command packer, own connection."""
+    @property
+    def redis(self) -> Any:
+        """The redis-py client below databus (bytes in, bytes out)."""
+        return self.wire.client
+
+    def wire_of_own(self) -> Wire:
+        """A new wire with connections of its own, packing large arguments without copying
+        them: a publisher's."""
         self._check_open()
-        return _client(self.url, self.settings, python_packer=True)
+        return Wire(
+            self.url,
+            connect_timeout=self.settings.connect_timeout,
+            python_packer=True,
+            probe=False,
+        )
 
     def revive_server(self) -> None:
         """After losing the server: if it is the embedded one and its process died (not
@@ -144,7 +121,7 @@ class Bus:
             self._closed = True
             if self._channel_hub is not None:
                 self._channel_hub.close()
-            self.redis.close()
+            self.wire.close()
 
     def __enter__(self) -> Bus:
         return self
@@ -171,8 +148,7 @@ class Bus:
     def sessions(self) -> list[str]:
         """Names of the sessions active within the retention time, oldest first."""
         self._check_open()
-        with translate_redis_errors(self.url):
-            names: list[Any] = list(self.redis.zrange(keys.sessions(self.settings.prefix), 0, -1))
+        names = self.wire.call(*commands.sessions(self.settings.prefix))
         return [text(n) for n in names]
 
 

@@ -9,15 +9,16 @@ from typing import Any
 
 from ._bus import Bus, embedded_server
 from ._config import Settings
-from ._errors import DatabusError, redact, translate_redis_errors
+from ._errors import DatabusError, redact
 from ._server import ADMIN_USER, DATABUS_USER, ServerState
 from ._store import keys
+from ._store.wire import translated
 
 
 def _print_status(url: str, settings: Settings, state: ServerState | None) -> None:
     bus = Bus(url, settings)
     try:
-        with translate_redis_errors(url):
+        with translated(url):
             memory = bus.redis.info("memory")
             prefix = settings.prefix
             sessions = bus.redis.zcard(keys.sessions(prefix))

@@ -1,4 +1,4 @@
-"""Every exception databus raises, and the one place Redis errors are translated.
+"""Every exception databus raises (Redis errors become these in ``_store/wire.py``).
 
 The tree::
 
@@ -35,11 +35,7 @@ ConnectionError`` or ``except IndexError`` keeps working.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
-
-import redis.exceptions as rex
 
 
 class DatabusError(Exception):
@@ -186,27 +182,3 @@ def redact(url: str) -> str:
     creds, _, host = rest.rpartition("@")
     user, colon, _ = creds.partition(":")
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
-
-
-def _user(url: str) -> str:
-    """The ACL user named in ``url`` ("default" when none is)."""
-    _, sep, rest = url.partition("://")
-    creds = rest.rpartition("@")[0] if sep and "@" in rest else ""
-    return creds.partition(":")[0] or "default"
-
-
-@contextlib.contextmanager
-def translate_redis_errors(url: str) -> Iterator[None]:
-    """Turn redis-py exceptions raised inside the block into databus ones (``from exc``)."""
-    try:
-        yield
-    except rex.NoPermissionError as exc:
-        user = _user(url)
-        raise PermissionDenied(
-            f"the server at {redact(url)} refuses this to user {user!r}: {exc} "
-            f"(a read-only user can follow and read sessions, not publish or set channels)"
-        ) from exc
-    except (rex.ConnectionError, rex.TimeoutError) as exc:
-        raise ServerUnavailable(f"cannot reach the server at {redact(url)}: {exc}", url) from exc
-    except rex.RedisError as exc:
-        raise ServerError(f"the server at {redact(url)} answered: {exc}") from exc

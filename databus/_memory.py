@@ -18,10 +18,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._encoding import Descriptor, pack_meta, points_through
-from ._errors import CorruptEntry, DatabusError, translate_redis_errors
+from ._errors import CorruptEntry, DatabusError
 from ._states import ScanState
 from ._store import keys
 from ._store.schema import message, scan_state
+from ._store.wire import translated
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         bus = connect(args.url)
-        with translate_redis_errors(bus.url):
+        with translated(bus.url):
             guard = MemoryGuard(bus, high=args.high, low=args.low)
             log.info(
                 "guarding %r: cap %.0f MB, high %.0f%%, low %.0f%%",

@@ -51,11 +51,11 @@ from ._errors import (
     MetadataError,
     ScanStateError,
     ShapeError,
-    translate_redis_errors,
 )
 from ._sink import POOL_MIN_BYTES, ChannelBuffer, FlushPolicy, Sink, SinkStatistics
 from ._states import EndReason, ScanState, end_reason_for
 from ._store import keys
+from ._store.wire import translated
 from ._timing import milliseconds
 
 if TYPE_CHECKING:
@@ -274,7 +274,7 @@ class Scan:
         self.channels: dict[str, ChannelWriter] = {}
         settings = self.bus.settings
         self._sink = Sink(
-            self.bus.publisher_client(),
+            self.bus.wire_of_own().client,
             self.bus.runner,
             policy=FlushPolicy(max_buffer_bytes=settings.buffer_bytes),
             running_ttl=settings.running_ttl,
@@ -301,7 +301,7 @@ class Scan:
         if check_memory is not None:
             check_memory()
         seq = keys.session_seq(bus.settings.prefix, session.name)
-        with translate_redis_errors(bus.url):
+        with translated(bus.url):
             number = int(bus.redis.eval(_COUNTER, 1, seq, _known_number(session), 1))
             _known_number(session, number)
             pipe = bus.redis.pipeline(transaction=True)
@@ -355,7 +355,7 @@ class Scan:
         if name in self.channels:
             raise ChannelExists(f"scan {self.key} already has a channel {name!r}")
         ckey = keys.channel(self.key, name)
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
             pipe.hset(self.key, f"ch:{name}", desc.to_meta())
             pipe.xadd(keys.scan_log(self.key), {"event": "channel", "name": name})
@@ -453,7 +453,7 @@ class Scan:
         info = {**self._info, **(fields or {}), **more}
         packed = pack_meta(info, what="scan info")
         _check_size(packed, self.bus.settings.max_info_bytes, "scan info", "max_info_bytes")
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
             pipe.hset(self.key, "info", packed)
             pipe.xadd(keys.scan_log(self.key), {"event": "info"})
@@ -469,7 +469,7 @@ class Scan:
     def _move(self, new: ScanState) -> None:
         self.state.check_move(new)
         now = time.time()
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
             pipe.hset(self.key, "state", int(new))
             pipe.xadd(keys.scan_log(self.key), {"event": new.name.lower(), "time": now})
@@ -527,7 +527,7 @@ class Scan:
                 fields[f"dropped:{writer.name}"] = writer._dropped
         trailing = [w for w in self.channels.values() if w._sent_end < w._head_index]
         event: dict[Any, Any] = {"event": "ended", "reason": reason.value, "time": now}
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
             for writer in trailing:  # the last points a lossy channel dropped
                 entry_id, gap = gap_entry(writer._sent_end, writer._head_index, GAP_DROPPED)

@@ -32,11 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
-from ._errors import ServerConflict, ServerUnavailable
+from ._errors import DatabusError, ServerConflict, ServerUnavailable
+from ._store.wire import CredentialsRefused, Wire
 
 STATE_FILE = "server.json"
 CONFIG_FILE = "server.conf"
@@ -145,45 +142,42 @@ def _process(pid: int, marker: str) -> str:
     return "ours" if os.fsencode(marker) in b" ".join(cmdline) else "other"
 
 
-def _admin(state: ServerState, timeout: float) -> redis.Redis:
+def _admin(state: ServerState, timeout: float) -> Wire:
     """A client of the server as ``admin`` over its socket (it reaches this server and
     no other process), giving up after ``timeout`` seconds, never retrying."""
-    return redis.Redis.from_url(
-        state.admin_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),  # a dead server is an answer, not something to wait out
+    return Wire(
+        state.admin_url, connect_timeout=timeout, read_timeout=timeout, retry=False, probe=False
     )
 
 
 def _ping(state: ServerState, timeout: float) -> bool:
     """True if the server answers PING over its socket within ``timeout`` seconds.
     ``ServerUnavailable`` if it answers but refuses the recorded credentials."""
-    client = _admin(state, timeout)
+    admin = _admin(state, timeout)
     try:
-        return bool(client.ping())
-    except redis.AuthenticationError as exc:
+        return bool(admin.call("PING"))
+    except CredentialsRefused as exc:
         raise ServerUnavailable(
             f"the embedded server (pid {state.pid}, port {state.port}) refuses the "
             f"credentials recorded in its run directory ({exc}); stop it with "
             f"`databus server stop` and connect again"
         ) from exc
-    except redis.RedisError:
+    except DatabusError:
         return False
     finally:
-        client.close()
+        admin.close()
 
 
 def _shutdown(state: ServerState) -> None:
     """Ask the server to exit (SHUTDOWN NOSAVE, as ``admin``); a server that does not
     answer is signalled."""
-    client = _admin(state, 1.0)
+    admin = _admin(state, 1.0)
     try:
-        client.shutdown(nosave=True)
-    except redis.RedisError:
+        admin.call("SHUTDOWN", "NOSAVE")
+    except DatabusError:
         pass  # it exited (the connection closes), or it cannot answer: signals follow
     finally:
-        client.close()
+        admin.close()
 
 
 def _conf_value(value: str) -> str:

@@ -43,9 +43,10 @@ from ._encoding import (
     ref_entry,
     text,
 )
-from ._errors import BusFull, ClosedError, FlushFailed, ReadTimeout, redact, translate_redis_errors
+from ._errors import BusFull, ClosedError, FlushFailed, ReadTimeout, redact
 from ._runners import GeventRunner, ThreadRunner
-from ._timing import RECONNECT, milliseconds
+from ._store.wire import RECONNECT, translated
+from ._timing import milliseconds
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ class Sink:
         self._reconnect_timeout = reconnect_timeout
         self._oom_since: float | None = None
         self._next_guard = 0.0
-        with translate_redis_errors(url):
+        with translated(url):
             self._conn: Any = client.connection_pool.get_connection()
         self.pool = pool
         self._runner = runner

@@ -45,13 +45,13 @@ from ._errors import (
     ScanStateError,
     ServerUnavailable,
     UnknownScan,
-    translate_redis_errors,
 )
 from ._events import Event, EventType, ScanEnd
 from ._states import EndReason, ScanState
 from ._store import keys
 from ._store.schema import ScanRecord, descriptors, log_entries, message, warn_skipped
-from ._timing import RECONNECT, milliseconds
+from ._store.wire import RECONNECT, translated
+from ._timing import milliseconds
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -135,7 +135,7 @@ class SessionNode(Node):
     def scans(self) -> list[ScanNode]:
         """The session's scans still in Redis, oldest first; corrupt log entries and scan
         records are left out, with a warning."""
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             entries = log_entries(self.log_key, _xrange(self.bus, self.log_key), warn_skipped)
             found = {e.scan: e.id for e in entries if e.event == "created" and e.scan}
             records = _records(self.bus, found)
@@ -319,7 +319,7 @@ class ScanNode(Node):
     def refresh(self) -> ScanNode:
         """Read the scan record again; ``UnknownScan`` if it is gone, ``CorruptEntry``
         if it no longer decodes."""
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             record = self.bus.redis.hgetall(self.key)
         if not record:
             raise UnknownScan(f"scan {self.key} is no longer in Redis (expired or deleted)")
@@ -354,7 +354,7 @@ class ScanNode(Node):
                 f"scan {self.key} has already ended ({self.end_reason}); nothing to stop"
             )
         ctl = keys.scan_control(self.key)
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=True)
             pipe.xadd(ctl, {"event": "stop", "reason": reason, "time": time.time()})
             pipe.pexpire(ctl, milliseconds(self.bus.settings.retention_ttl))
@@ -366,7 +366,7 @@ class ScanNode(Node):
         deadline = None if timeout is None else time.monotonic() + timeout
         log_key = keys.scan_log(self.key)
         cursor = START
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             while True:
                 entries = _xrange(self.bus, log_key, _after(cursor))
                 cursor = text(entries[-1][0]) if entries else cursor
@@ -461,7 +461,7 @@ class ChannelNode(Node):
 
     def _extent(self) -> tuple[int, bool]:
         """(points published, sealed)."""
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             last = _last_entry(self.bus, self.key)
         if last is None:
             return 0, False
@@ -517,7 +517,7 @@ class ChannelNode(Node):
 
     def _read(self, first: int, last: int) -> Any:
         """Points first .. last inclusive, from one round trip."""
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             pipe = self.bus.redis.pipeline(transaction=False)
             pipe.xrevrange(self.key, f"{first}-{_MAX_SEQ}", "-", count=1)
             pipe.xrange(self.key, f"{first}-0", f"{last}-{_MAX_SEQ}")
@@ -613,7 +613,7 @@ class ChannelNode(Node):
 
     def _missing(self, first: int, last: int, stream_has_entries: bool) -> None:
         """Raise the right error for points first..last that the stream does not hold."""
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             exists = self.bus.redis.exists(self.key)
             file, dataset = self.bus.redis.hmget(self.scan.key, "file", f"dataset:{self.name}")
         length, sealed = self._extent() if exists else (0, False)
@@ -713,11 +713,11 @@ def _walk(
                     return
                 if asm.active and (asm.replaying or now - idle_since > LOST_CHECK_S):
                     idle_since = now
-                    with translate_redis_errors(bus.url):
+                    with translated(bus.url):
                         yield from _check_lost(bus, asm)
                 continue
             idle_since = now
-            with translate_redis_errors(bus.url):
+            with translated(bus.url):
                 records = _records(bus, asm.records_needed(reply))
             yield from asm.feed(reply, records)
     finally:
@@ -747,7 +747,7 @@ def _start(
         on_record=ScanNode._update,
         on_end=ScanNode._ended,
     )
-    with translate_redis_errors(bus.url):
+    with translated(bus.url):
         entries = _xrange(bus, session.log_key)
     parsed = list(asm.log_entries(session.log_key, entries))
     created = {e.scan: e.id for e in parsed if e.event == "created" and e.scan}
@@ -760,7 +760,7 @@ def _start(
     first: list[Event] = []
     if not replay and running:
         live = [key for key in created if key not in asm.sequential]
-        with translate_redis_errors(bus.url):
+        with translated(bus.url):
             records = _records(bus, live)
         for key, record in records.items():
             first += asm.add_scan(key, record, created[key])
@@ -776,7 +776,7 @@ class _Link:
     def __init__(self, bus: Bus, session: str) -> None:
         self.bus, self.session = bus, session
         self.pool = bus.redis.connection_pool
-        with translate_redis_errors(bus.url):
+        with translated(bus.url):
             self.conn = self.pool.get_connection()
         self.reading = False  # a reply is pending: the connection is out of step
         self.lost_since: float | None = None
@@ -788,7 +788,7 @@ class _Link:
         """XREAD of ``streams`` (see ``read_streams``); ``block_ms`` None does not wait,
         and then a lost server raises ``ServerUnavailable``."""
         try:
-            with translate_redis_errors(self.bus.url):
+            with translated(self.bus.url):
                 self.reading = True
                 reply = read_streams(self.conn, streams, count, block_ms)
                 self.reading = False
@@ -866,7 +866,7 @@ def get_scan(bus: Bus, key: str) -> ScanNode:
         keys.parse_scan(key)
     except ValueError as exc:
         raise UnknownScan(str(exc)) from None
-    with translate_redis_errors(bus.url):
+    with translated(bus.url):
         record = bus.redis.hgetall(key)
     if not record:
         raise UnknownScan(f"no scan {key} on {bus!r} (it may have expired)")

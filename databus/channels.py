@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from ._encoding import pack_meta, unpack_meta
-from ._errors import ReadTimeout, ServerUnavailable, translate_redis_errors
+from ._errors import ReadTimeout, ServerUnavailable
 from ._store import keys
-from ._timing import RECONNECT, milliseconds
+from ._store.wire import RECONNECT, translated
+from ._timing import milliseconds
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -125,7 +126,7 @@ class Channel:
     def _write(self, packed: bytes, *, only_if_absent: bool) -> None:
         hub = _hub(self.bus)
         ttl_ms = milliseconds(self.bus.settings.retention_ttl)
-        with translate_redis_errors(self.bus.url):
+        with translated(self.bus.url):
             version, stored = hub.write(
                 keys=[self.key], args=[packed, "1" if only_if_absent else "0", ttl_ms]
             )
@@ -180,7 +181,7 @@ class _Hub:
                 ready = self._ready[channel.key] = self.bus.runner.event()
                 self._pending.add(channel.key)
         if ready is None:  # subscribed already: read the value for this holder
-            with translate_redis_errors(self.bus.url):
+            with translated(self.bus.url):
                 self._read([channel.key])
         elif not ready.wait(timeout):
             raise ReadTimeout(f"shared channel {channel.name!r}: not subscribed within {timeout} s")

@@ -1,6 +1,8 @@
-"""Scan records and log entries as readers see them, decoded in this one place.
+"""Scan records and log entries: what they hold, written and read in this one place.
 
-What Redis holds may be corrupt (a bug, a hand-edited key, a hostile client). Parsing turns
+Writing: the record's fields (``new_record``, ``end_record``, ``channel_field``...) and
+the log entries (``created_entry``, ``ended_entry``...) as the mappings commands store.
+Reading: what Redis holds may be corrupt (a bug, a hand-edited key, a hostile client). Parsing turns
 undecodable data into one ``CorruptEntry`` naming the key, the entry or field, and why, so
 a walk skips it with one log line and goes on, and a direct read (``bus.scan(key)``) says
 what is wrong. Names and numbers (``event``, ``scan``, ``name``, ``number``, ``state``,
@@ -12,6 +14,7 @@ scan's end is never lost to its message.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +28,182 @@ from . import keys
 log = logging.getLogger(__name__)
 
 _FIX = "rewrite the field or delete the scan's keys"
+
+
+class LogEvent(str, enum.Enum):
+    """The ``event`` of a session-log, scan-log or control-stream entry."""
+
+    CREATED = "created"  # session and scan log: the scan exists
+    CHANNEL = "channel"  # scan log: a channel was declared (``name``)
+    INFO = "info"  # scan log: the scan info changed
+    PREPARED = "prepared"  # session and scan log: state changes
+    STARTED = "started"
+    ENDED = "ended"  # session and scan log: ``reason``, maybe ``error``
+    GAP = "gap"  # scan log: points of ``channel`` lost by a server restarted empty
+    EVICTED = "evicted"  # session log: the memory guard deleted the ended scan
+    STOP = "stop"  # control stream: a reader asks the running scan to stop
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# ---------------------------------------------------------------- the scan record
+
+#: Record fields set by the file writer: the file it writes the scan to, and when it is done.
+FILE = "file"
+WRITTEN = "written"
+
+
+def channel_field(name: str) -> str:
+    """The record field holding channel ``name``'s descriptor."""
+    return f"ch:{name}"
+
+
+def dropped_field(name: str) -> str:
+    """The record field counting the points lossy channel ``name`` dropped."""
+    return f"dropped:{name}"
+
+
+def lost_field(name: str) -> str:
+    """The record field listing the [first, stop) ranges of channel ``name`` that a server
+    restarted empty lost."""
+    return f"lost:{name}"
+
+
+def dataset_field(name: str) -> str:
+    """The record field naming the dataset the file writer stores channel ``name`` in."""
+    return f"dataset:{name}"
+
+
+def new_record(session: str, number: int, packed_info: bytes, created: float) -> dict[str, Any]:
+    """The record of a scan just created."""
+    return {
+        "session": session,
+        "number": number,
+        "info": packed_info,
+        "state": int(ScanState.CREATED),
+        "created": created,
+    }
+
+
+def state_record(state: ScanState, *, restored: float | None = None) -> dict[str, Any]:
+    """The fields of a state change (``restored``: the time the record was written again)."""
+    fields: dict[str, Any] = {"state": int(state)}
+    if restored is not None:
+        fields["restored"] = restored
+    return fields
+
+
+def info_record(packed_info: bytes) -> dict[str, Any]:
+    """The fields of new scan info."""
+    return {"info": packed_info}
+
+
+def end_record(
+    reason: EndReason, ended: float, error: str | None, dropped: dict[str, int]
+) -> dict[str, Any]:
+    """The fields of a scan's end: reason, time, error text, and what lossy channels dropped."""
+    fields: dict[str, Any] = {
+        "state": int(ScanState.ENDED),
+        "end_reason": reason.value,
+        "ended": ended,
+    }
+    if error:
+        fields["error"] = error
+    for name, count in dropped.items():
+        fields[dropped_field(name)] = count
+    return fields
+
+
+def file_record(path: str, datasets: dict[str, str]) -> dict[str, Any]:
+    """The file writer's note: the file it writes, and the dataset of each channel."""
+    return {FILE: path, **{dataset_field(name): where for name, where in datasets.items()}}
+
+
+# ------------------------------------------------------------------- log entries
+
+
+def _scan_fields(scan: str | None, number: int | None) -> dict[str, Any]:
+    """What a session-log entry adds to a scan-log one: which scan it is about."""
+    return {} if scan is None else {"scan": scan, "number": number}
+
+
+def created_entry(
+    created: float, scan: str | None = None, number: int | None = None
+) -> dict[str, Any]:
+    """A scan's first log entry (with ``scan``/``number``: its session-log entry)."""
+    return {"event": LogEvent.CREATED.value, **_scan_fields(scan, number), "time": created}
+
+
+def channel_entry(name: str) -> dict[str, Any]:
+    """Channel ``name`` was declared."""
+    return {"event": LogEvent.CHANNEL.value, "name": name}
+
+
+def info_entry() -> dict[str, Any]:
+    """The scan info changed."""
+    return {"event": LogEvent.INFO.value}
+
+
+def state_entry(
+    state: ScanState, when: float, scan: str | None = None, number: int | None = None
+) -> dict[str, Any]:
+    """The scan moved to ``state`` (PREPARED or STARTED)."""
+    event = LogEvent(state.name.lower())
+    return {"event": event.value, **_scan_fields(scan, number), "time": when}
+
+
+def ended_entry(
+    reason: EndReason,
+    when: float,
+    error: str | None = None,
+    scan: str | None = None,
+    number: int | None = None,
+) -> dict[str, Any]:
+    """The scan ended (the scan-log entry carries the ``error`` text)."""
+    fields: dict[str, Any] = {"event": LogEvent.ENDED.value, "reason": reason.value, "time": when}
+    if error:
+        fields["error"] = error
+    return {**fields, **_scan_fields(scan, number)}
+
+
+def lost_entry(channel: str, first: int, stop: int) -> dict[str, Any]:
+    """Points [first, stop) of ``channel`` were lost by a server restarted empty."""
+    return {"event": LogEvent.GAP.value, "channel": channel, "first": first, "stop": stop}
+
+
+def evicted_entry(
+    scan: str,
+    number: int,
+    when: float,
+    reason: str | None,
+    error: bytes | None,
+    packed_channels: bytes,
+) -> dict[str, Any]:
+    """The memory guard deleted ended scan ``scan``: how it ended, and each channel's total
+    and descriptor (``packed_channels``), so walks can report what they will not read."""
+    fields: dict[str, Any] = {
+        "event": LogEvent.EVICTED.value,
+        **_scan_fields(scan, number),
+        "time": when,
+        "reason": reason,
+        "channels": packed_channels,
+    }
+    if error is not None:
+        fields["error"] = error
+    return fields
+
+
+def stop_entry(reason: str, when: float) -> dict[str, Any]:
+    """A request, on the scan's control stream, that the running scan stop."""
+    return {"event": LogEvent.STOP.value, "reason": reason, "time": when}
+
+
+def stop_reason(fields: dict) -> str | None:
+    """The reason of a control-stream entry if it asks the scan to stop, else None."""
+    if message(field(fields, "event")) != LogEvent.STOP:
+        return None
+    return message(field(fields, "reason")) or "requested"
 
 
 def _name(key: str, entry_id: str, name: str, raw: Any) -> str | None:

@@ -1,0 +1,248 @@
+"""Command builders: what databus asks of Redis, as argument tuples, executed nowhere here.
+
+Pure functions, as redis-py's command mixins are: each returns the commands (``Command``
+tuples) of one action, from key names (``keys``) and field mappings (``schema``), and
+``wire`` runs them. So a test can look at what an action writes without a server, and
+the one place that executes (and, later, routes commands to cluster nodes) sees them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .._encoding import GAP_SERVER_LOST, SEAL_ID, gap_entry, seal_fields
+from .._states import EndReason, ScanState
+from .._timing import milliseconds
+from . import keys, schema
+
+#: A command as its arguments: ("XADD", key, id, field, value, ...).
+Command = tuple[Any, ...]
+
+#: Raises a session's scan counter to at least ARGV[1], adds ARGV[2], returns it: a
+#: server restarted without its data restarts counters at 0, and a process must not hand
+#: out a number it has already used.
+_COUNTER = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if n < floor then n = floor end
+n = n + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], n)
+return n
+"""
+
+
+def _flat(mapping: dict[str, Any]) -> list[Any]:
+    return [item for pair in mapping.items() for item in pair]
+
+
+def hset(key: str, mapping: dict[str, Any]) -> Command:
+    return ("HSET", key, *_flat(mapping))
+
+
+def xadd(key: str, fields: dict[Any, Any], entry_id: Any = "*") -> Command:
+    return ("XADD", key, entry_id, *_flat(fields))
+
+
+def pexpire(key: str, seconds: float) -> Command:
+    return ("PEXPIRE", key, milliseconds(seconds))
+
+
+def refresh(scan_keys: Iterable[str], seconds: float) -> list[Command]:
+    """Give each of ``scan_keys`` ``seconds`` to live (again)."""
+    return [pexpire(key, seconds) for key in scan_keys]
+
+
+# ------------------------------------------------------------------ indexes
+
+
+def sessions(prefix: str) -> Command:
+    """Names of the sessions active within the retention time, oldest first."""
+    return ("ZRANGE", keys.sessions(prefix), 0, -1)
+
+
+# ------------------------------------------------------------------ publishing
+
+
+def next_number(prefix: str, session: str, floor: int, add: int = 1) -> Command:
+    """The session's scan counter raised to ``floor`` plus ``add``; replies the number."""
+    return ("EVAL", _COUNTER, 1, keys.session_seq(prefix, session), floor, add)
+
+
+def create_scan(
+    prefix: str,
+    session: str,
+    number: int,
+    packed_info: bytes,
+    created: float,
+    now: float,
+    *,
+    running_ttl: float,
+    retention_ttl: float,
+) -> list[Command]:
+    """Creating scan ``number`` (at ``created``; ``now`` differs when it is written again):
+    its record, its log's first entry, the session log's entry, the indexes (trimmed to
+    ``retention_ttl`` before ``now``), and their TTLs (running for the scan's keys)."""
+    oldest = now - retention_ttl
+    key = keys.scan(prefix, session, number)
+    slog = keys.session_log(prefix, session)
+    commands = [
+        hset(key, schema.new_record(session, number, packed_info, created)),
+        pexpire(key, running_ttl),
+        xadd(keys.scan_log(key), schema.created_entry(created)),
+        pexpire(keys.scan_log(key), running_ttl),
+        (
+            "XADD",
+            slog,
+            "MINID",
+            "~",
+            int(oldest * 1000),
+            "*",
+            *_flat(schema.created_entry(created, key, number)),
+        ),
+        pexpire(slog, retention_ttl),
+        pexpire(keys.session_seq(prefix, session), retention_ttl),
+    ]
+    for index, member in ((keys.sessions(prefix), session), (keys.scans(prefix), key)):
+        commands += [
+            ("ZADD", index, created, member),
+            ("ZREMRANGEBYSCORE", index, "-inf", oldest),
+            pexpire(index, retention_ttl),
+        ]
+    return commands
+
+
+def declare_channel(scan_key: str, name: str, packed_desc: bytes) -> list[Command]:
+    """Channel ``name`` of the scan, with its descriptor."""
+    return [
+        hset(scan_key, {schema.channel_field(name): packed_desc}),
+        xadd(keys.scan_log(scan_key), schema.channel_entry(name)),
+    ]
+
+
+def update_info(scan_key: str, packed_info: bytes) -> list[Command]:
+    return [
+        hset(scan_key, schema.info_record(packed_info)),
+        xadd(keys.scan_log(scan_key), schema.info_entry()),
+    ]
+
+
+def move_state(
+    prefix: str, session: str, scan_key: str, number: int, state: ScanState, when: float
+) -> list[Command]:
+    """The scan moved to ``state`` (PREPARED, STARTED): record, scan log, session log."""
+    return [
+        hset(scan_key, schema.state_record(state)),
+        xadd(keys.scan_log(scan_key), schema.state_entry(state, when)),
+        xadd(keys.session_log(prefix, session), schema.state_entry(state, when, scan_key, number)),
+    ]
+
+
+def end_scan(
+    prefix: str,
+    session: str,
+    scan_key: str,
+    number: int,
+    reason: EndReason,
+    when: float,
+    error: str | None,
+    dropped: dict[str, int],
+    scan_keys: Iterable[str],
+    retention_ttl: float,
+) -> list[Command]:
+    """The scan's end in its record and both logs; every key of the scan (``scan_keys``)
+    gets the retention TTL."""
+    return [
+        hset(scan_key, schema.end_record(reason, when, error, dropped)),
+        xadd(keys.scan_log(scan_key), schema.ended_entry(reason, when, error)),
+        xadd(
+            keys.session_log(prefix, session),
+            schema.ended_entry(reason, when, None, scan_key, number),
+        ),
+        *refresh(scan_keys, retention_ttl),
+    ]
+
+
+def restore_probe(scan_key: str, streams: Iterable[str]) -> list[Command]:
+    """What a publisher reads after a reconnection: whether the record is still there, and
+    the last entry of each of its channels' ``streams``."""
+    return [
+        ("HEXISTS", scan_key, "number"),
+        *(("XREVRANGE", stream, "+", "-", "COUNT", 1) for stream in streams),
+    ]
+
+
+def restore_scan(
+    prefix: str,
+    session: str,
+    scan_key: str,
+    number: int,
+    packed_info: bytes,
+    created: float,
+    channels: dict[str, bytes],
+    state: ScanState,
+    when: float,
+    *,
+    running_ttl: float,
+    retention_ttl: float,
+) -> list[Command]:
+    """Writing a scan's record and log entries again, on a server that lost them: its
+    creation, its ``channels`` (name -> packed descriptor), and its ``state``."""
+    commands = [
+        next_number(prefix, session, number, 0),
+        *create_scan(
+            prefix,
+            session,
+            number,
+            packed_info,
+            created,
+            when,
+            running_ttl=running_ttl,
+            retention_ttl=retention_ttl,
+        ),
+    ]
+    for name, packed in channels.items():
+        commands += declare_channel(scan_key, name, packed)
+    commands.append(hset(scan_key, schema.state_record(state, restored=when)))
+    slog = keys.session_log(prefix, session)
+    for reached in (ScanState.PREPARED, ScanState.STARTED):
+        if state >= reached:
+            commands += [
+                xadd(keys.scan_log(scan_key), schema.state_entry(reached, when)),
+                xadd(slog, schema.state_entry(reached, when, scan_key, number)),
+            ]
+    return commands
+
+
+def lost_points(
+    scan_key: str,
+    channel: str,
+    stream: str,
+    first: int,
+    stop: int,
+    packed_ranges: bytes,
+    running_ttl: float,
+) -> list[Command]:
+    """Points [first, stop) of ``channel`` that a server restarted empty lost: a gap marker
+    in its ``stream``, every range lost so far (``packed_ranges``) in the record, an entry
+    in the scan log."""
+    return [
+        gap(stream, first, stop, GAP_SERVER_LOST),
+        pexpire(stream, running_ttl),
+        hset(scan_key, {schema.lost_field(channel): packed_ranges}),
+        xadd(keys.scan_log(scan_key), schema.lost_entry(channel, first, stop)),
+    ]
+
+
+# ------------------------------------------------------------------ channel streams
+
+
+def gap(stream: str, first: int, stop: int, reason: str) -> Command:
+    """A gap marker: points [first, stop) of the channel will never be in ``stream``."""
+    entry_id, fields = gap_entry(first, stop, reason)
+    return xadd(stream, fields, entry_id)
+
+
+def seal(stream: str, total: int) -> Command:
+    """The seal of a channel's ``stream``: the channel has ``total`` points, no more."""
+    return xadd(stream, dict(seal_fields(total)), SEAL_ID)
