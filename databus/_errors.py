@@ -182,3 +182,10 @@ def redact(url: str) -> str:
     creds, _, host = rest.rpartition("@")
     user, colon, _ = creds.partition(":")
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
+# Tracebacks and reprs name the errors where users import them from: databus.DataExpired.
+for _error in list(globals().values()):
+    if isinstance(_error, type) and issubclass(_error, DatabusError):
+        _error.__module__ = "databus"
+del _error

@@ -185,7 +185,7 @@ def test_a_stopped_server_is_waited_for_and_never_replaced(run_dir):
         os.kill(state.pid, signal.SIGCONT)
     assert proc.returncode != 0 and waited < 30
     message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith("databus._errors.ServerUnavailable: the embedded server")
+    assert message.startswith("databus.ServerUnavailable: the embedded server")
     assert f"pid {state.pid}, port {state.port}" in message
     assert f"kill -CONT {state.pid}" in message and "never replaces a live server" in message
     assert EmbeddedServer(run_dir).status().pid == state.pid
