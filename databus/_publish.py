@@ -374,7 +374,7 @@ class Scan:
         if has_record and not lost:
             return
         settings = self.bus.settings
-        repair: list[Command] = [] if has_record else self._rebuild()
+        repair: list[Command] = [] if has_record else _rebuild(self)
         for w, (first, stop) in lost.items():
             ranges = pack_meta([*w.lost, (first, stop)])
             repair += commands.lost_points(
@@ -391,27 +391,6 @@ class Scan:
                 first,
                 stop - 1,
             )
-
-    def _rebuild(self) -> list[Command]:
-        """The commands that write this scan's record and log entries again."""
-        log.error(
-            "scan %s: the server lost its record (restarted empty?); writing it again", self.key
-        )
-        _known_number(self.session, self.number)
-        settings = self.bus.settings
-        return commands.restore_scan(
-            settings.prefix,
-            self.session.name,
-            self.key,
-            self.number,
-            pack_meta(self._info),
-            self.created,
-            {name: w.desc.to_meta() for name, w in self.channels.items()},
-            self.state,
-            time.time(),
-            running_ttl=settings.running_ttl,
-            retention_ttl=settings.retention_ttl,
-        )
 
     def _keys(self) -> list[str]:
         """Every key of this scan."""
@@ -469,7 +448,7 @@ class Scan:
         self._check_not_ended("end it again")
         failure: FlushFailed | None = None
         try:
-            self._sink.close(ending=self._ending(end_reason, error))
+            self._sink.close(ending=_ending(self, end_reason, error))
         except FlushFailed as exc:
             failure = exc
         _live_scans.discard(self)
@@ -478,35 +457,6 @@ class Scan:
             self.end_reason = EndReason.FAILED if failure is not None else end_reason
         if failure is not None:
             raise failure
-
-    def _ending(self, reason: EndReason, error: str | None) -> Ending:
-        """What the sink sends last, once every accepted point is acknowledged: the
-        trailing points lossy channels dropped, each channel's seal, and the scan's end
-        (as failed, with the failure's text, if the sink failed)."""
-
-        def ending(failure: FlushFailed | None) -> list[Command]:
-            why, text = (EndReason.FAILED, str(failure)) if failure is not None else (reason, error)
-            settings = self.bus.settings
-            end: list[Command] = []
-            for w in self.channels.values():
-                trailing = w.queue.unsent_drop
-                if trailing is not None:
-                    end.append(commands.gap(w.key, *trailing, GAP_DROPPED))
-            end += [commands.seal(w.key, w.queue.head) for w in self.channels.values()]
-            return end + commands.end_scan(
-                settings.prefix,
-                self.session.name,
-                self.key,
-                self.number,
-                why,
-                time.time(),
-                text,
-                {w.name: w.queue.dropped for w in self.channels.values() if w.queue.dropped},
-                self._keys(),
-                settings.retention_ttl,
-            )
-
-        return ending
 
     def __enter__(self) -> Scan:
         return self
@@ -520,6 +470,56 @@ class Scan:
     def statistics(self) -> SinkStatistics:
         """Counters of the scan's sink (buffered bytes, flushes, dropped points...)."""
         return self._sink.statistics()
+
+
+def _rebuild(scan: Scan) -> list[Command]:
+    """The commands that write ``scan``'s record and log entries again."""
+    log.error("scan %s: the server lost its record (restarted empty?); writing it again", scan.key)
+    _known_number(scan.session, scan.number)
+    settings = scan.bus.settings
+    return commands.restore_scan(
+        settings.prefix,
+        scan.session.name,
+        scan.key,
+        scan.number,
+        pack_meta(scan.info),
+        scan.created,
+        {name: w.desc.to_meta() for name, w in scan.channels.items()},
+        scan.state,
+        time.time(),
+        running_ttl=settings.running_ttl,
+        retention_ttl=settings.retention_ttl,
+    )
+
+
+def _ending(scan: Scan, reason: EndReason, error: str | None) -> Ending:
+    """What the sink sends last, once every accepted point is acknowledged: the
+    trailing points lossy channels dropped, each channel's seal, and ``scan``'s end
+    (as failed, with the failure's text, if the sink failed)."""
+
+    def ending(failure: FlushFailed | None) -> list[Command]:
+        why, text = (EndReason.FAILED, str(failure)) if failure is not None else (reason, error)
+        settings = scan.bus.settings
+        end: list[Command] = []
+        for w in scan.channels.values():
+            trailing = w.queue.unsent_drop
+            if trailing is not None:
+                end.append(commands.gap(w.key, *trailing, GAP_DROPPED))
+        end += [commands.seal(w.key, w.queue.head) for w in scan.channels.values()]
+        return end + commands.end_scan(
+            settings.prefix,
+            scan.session.name,
+            scan.key,
+            scan.number,
+            why,
+            time.time(),
+            text,
+            {w.name: w.queue.dropped for w in scan.channels.values() if w.queue.dropped},
+            scan._keys(),
+            settings.retention_ttl,
+        )
+
+    return ending
 
 
 def _points_stored(desc: Descriptor, last: list[Any]) -> int:

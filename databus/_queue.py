@@ -129,6 +129,17 @@ class ChannelQueue:
         is flushed, the channel's trailing dropped points."""
         return (self._sent_end, self._head) if self._sent_end < self._head else None
 
+    def unacknowledged(self) -> str | None:
+        """The accepted points the server has not acknowledged, in words (None: none)."""
+        accepted = self.accepted
+        missing = accepted - self._dropped - self._acked
+        if not missing:
+            return None
+        return (
+            f"{self.desc.name!r}: {missing} of {accepted} points "
+            f"(from index {self._acked + self._dropped})"
+        )
+
     def queued_points(self) -> int:
         """Points waiting in the queue."""
         return points_in(list(self.items))

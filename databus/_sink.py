@@ -326,15 +326,7 @@ class Sink:
     # ------------------------------------------------------------------ closing
 
     def _failure(self) -> FlushFailed | BusFull:
-        lost = []
-        for queue in self._queues:
-            accepted = queue.accepted
-            missing = accepted - queue.dropped - queue.acked
-            if missing:
-                lost.append(
-                    f"{queue.desc.name!r}: {missing} of {accepted} points "
-                    f"(from index {queue.acked + queue.dropped})"
-                )
+        lost = [m for m in (queue.unacknowledged() for queue in self._queues) if m]
         detail = "; ".join(lost) if lost else "all accepted points were acknowledged"
         error = self._error
         kind = BusFull if isinstance(error, BusFull) else FlushFailed
