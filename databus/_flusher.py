@@ -77,7 +77,7 @@ class Flusher:
         if job is Job.REFRESH:
             self.send(self._refresh_commands())
         elif job is Job.HEARTBEAT:
-            self.send([("PING",)])  # a lost connection shows now, not at the next point
+            self.send([commands.ping()])  # a lost connection shows now, not at the next point
 
     def send(self, sent: list[Command]) -> list[Any]:
         """Send ``sent`` as one MULTI/EXEC (through lost connections); EXEC's replies."""
@@ -92,7 +92,7 @@ class Flusher:
         """How many clients wait on the server for new entries (``blocked_clients``), to
         pace the flushes (``FlushPolicy.pace``)."""
         try:
-            (info,) = self.send([("INFO", "clients")])
+            (info,) = self.send([commands.client_counts()])
         except (ServerError, PermissionDenied) as exc:  # an ACL user without INFO
             log.info("cannot count the readers (%s): flushes are not paced", exc)
             self.timers.readers_counted(None)

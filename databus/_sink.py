@@ -42,6 +42,7 @@ from ._flusher import Flusher
 from ._queue import ChannelQueue
 from ._runners import GeventRunner, ThreadRunner
 from ._sender import Restore, Sender
+from ._store import commands
 from ._store.commands import Command
 from ._store.wire import Wire
 
@@ -318,7 +319,7 @@ class Sink:
         """Everything accepted is acknowledged: send the scan's end (or, with none, make
         sure of the server: one restarted empty gets the scan's record back first)."""
         if self._ending is None:
-            self._flusher.send([("PING",)])
+            self._flusher.send([commands.ping()])
             return
         self._flusher.send(self._ending(None))
         self.ended = True
