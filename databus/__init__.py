@@ -39,8 +39,9 @@ from ._errors import (
     UnknownScan,
 )
 from ._events import DataGap, Event, EventData, EventType, ScanEnd
+from ._flush_policy import FlushPolicy
 from ._publish import ChannelWriter, Scan
-from ._sink import FlushPolicy, SinkStatistics
+from ._sink import SinkStatistics
 from ._states import EndReason, ScanState
 from ._subscribe import ChannelNode, ScanNode, SessionNode, StopHandler
 

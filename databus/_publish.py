@@ -23,24 +23,19 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import redis
 
 from ._config import env_var
 from ._encoding import (
     GAP_DROPPED,
-    GAP_SERVER_LOST,
     MAX_REF_FRAMES,
     MAX_REF_INDEX,
-    SEAL_ID,
     ChannelKind,
     Descriptor,
     FileRef,
     coerce,
-    gap_entry,
     pack_meta,
     pack_record,
     points_through,
-    seal_fields,
 )
 from ._errors import (
     ChannelExists,
@@ -52,11 +47,13 @@ from ._errors import (
     ScanStateError,
     ShapeError,
 )
-from ._sink import POOL_MIN_BYTES, ChannelBuffer, FlushPolicy, Sink, SinkStatistics
+from ._flush_policy import FlushPolicy
+from ._queue import ChannelQueue
+from ._sender import Transact
+from ._sink import POOL_MIN_BYTES, Ending, Sink, SinkStatistics
 from ._states import EndReason, ScanState, end_reason_for
-from ._store import keys
-from ._store.wire import translated
-from ._timing import milliseconds
+from ._store import commands, keys
+from ._store.commands import Command
 
 if TYPE_CHECKING:
     from ._bus import Session
@@ -65,17 +62,6 @@ log = logging.getLogger(__name__)
 
 _live_scans: weakref.WeakSet[Scan] = weakref.WeakSet()
 
-#: Raises a session's scan counter to at least ARGV[1], adds ARGV[2], returns it: a
-#: server restarted without its data restarts counters at 0, and this process must not
-#: hand out a number it has already used.
-_COUNTER = """
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-local floor = tonumber(ARGV[1])
-if n < floor then n = floor end
-n = n + tonumber(ARGV[2])
-redis.call('SET', KEYS[1], n)
-return n
-"""
 #: The highest scan number this process has created or restored, per (url, prefix, session).
 _numbers: dict[tuple[str, str, str], int] = {}
 _numbers_lock = threading.Lock()
@@ -140,17 +126,21 @@ def _guard(bus: Any) -> Any:
     def check(force: bool = False) -> None:
         try:
             guard.check(force)
-        except redis.RedisError as exc:
+        except DatabusError as exc:
             log.warning("memory guard unavailable (%s); the server's own cap still applies", exc)
 
     return check
 
 
-class ChannelWriter(ChannelBuffer):
+class ChannelWriter:
     """One channel of a publishing scan. ``send()`` takes a point or a block of points."""
 
     def __init__(self, scan: Scan, desc: Descriptor, key: str, fast_limit: int, copy: bool):
-        super().__init__(desc, key, fast_limit)
+        self.desc = desc
+        self.key = key
+        #: The channel's queue, which the scan's sink flushes.
+        self.queue = ChannelQueue(desc, key, fast_limit)
+        self._items = self.queue.items
         self.scan = scan
         self._sink = scan._sink
         self._copy = copy
@@ -186,9 +176,9 @@ class ChannelWriter(ChannelBuffer):
         if an earlier flush failed.
         """
         if type(value) is self._fast_type:
-            queue = self._queue
-            if len(queue) < self._fast_limit:
-                queue.append(value)
+            items = self._items
+            if len(items) < self.queue.fast_limit:
+                items.append(value)
                 if self._sink.idle:
                     self._sink.wake()
                 return
@@ -220,7 +210,7 @@ class ChannelWriter(ChannelBuffer):
             _check_size(
                 packed, self._max_record, f"a record of channel {desc.name!r}", "max_record_bytes"
             )
-            sink.put(self, packed, len(packed))
+            sink.put(self.queue, packed, len(packed))
             return
         if desc.kind == "ref":
             if not isinstance(value, FileRef):
@@ -235,7 +225,7 @@ class ChannelWriter(ChannelBuffer):
                     f"FileRef('/absolute/file.h5', 'dataset', start, stop) with "
                     f"0 <= start < stop <= {MAX_REF_INDEX} and at most {MAX_REF_FRAMES} frames"
                 )
-            sink.put(self, value, 0)
+            sink.put(self.queue, value, 0)
             return
         block = coerce(desc, value)
         if not len(block):
@@ -244,17 +234,17 @@ class ChannelWriter(ChannelBuffer):
             big = len(block) == 1 and desc.point_nbytes >= POOL_MIN_BYTES
             block = self._sink.pool.copy(block) if big else block.copy()
         if desc.shape == () and len(block) == 1 and not desc.lossy:
-            if len(self._queue) >= self._fast_limit:
-                sink.wait_room(self)
-            self._queue.append(block[0].item())
+            if len(self._items) >= self.queue.fast_limit:
+                sink.wait_room(self.queue)
+            self._items.append(block[0].item())
             if sink.idle:
                 sink.wake()
             return
-        sink.put(self, block, block.nbytes)
+        sink.put(self.queue, block, block.nbytes)
 
     def __len__(self) -> int:
         """Points accepted so far (acknowledged, queued or dropped)."""
-        return self.accepted
+        return self.queue.accepted
 
 
 class Scan:
@@ -274,12 +264,11 @@ class Scan:
         self.channels: dict[str, ChannelWriter] = {}
         settings = self.bus.settings
         self._sink = Sink(
-            self.bus.wire_of_own().client,
+            self.bus.wire_of_own(),
             self.bus.runner,
             policy=FlushPolicy(max_buffer_bytes=settings.buffer_bytes),
             running_ttl=settings.running_ttl,
             refresh_keys=self._keys,
-            url=self.bus.url,
             pool=self.bus.buffer_pool,
             guard=_guard(self.bus),
             restore=self._restore,
@@ -300,13 +289,21 @@ class Scan:
         check_memory = _guard(bus)
         if check_memory is not None:
             check_memory()
-        seq = keys.session_seq(bus.settings.prefix, session.name)
-        with translated(bus.url):
-            number = int(bus.redis.eval(_COUNTER, 1, seq, _known_number(session), 1))
-            _known_number(session, number)
-            pipe = bus.redis.pipeline(transaction=True)
-            _write_creation(pipe, session, number, packed_info, now)
-            pipe.execute()
+        settings = bus.settings
+        counter = commands.next_number(settings.prefix, session.name, _known_number(session))
+        number = int(bus.wire.call(*counter))
+        _known_number(session, number)
+        creation = commands.create_scan(
+            settings.prefix,
+            session.name,
+            number,
+            packed_info,
+            now,
+            time.time(),
+            running_ttl=settings.running_ttl,
+            retention_ttl=settings.retention_ttl,
+        )
+        bus.wire.run(creation, atomic=True)
         return cls(session, number, info, now)
 
     def __repr__(self) -> str:
@@ -355,50 +352,35 @@ class Scan:
         if name in self.channels:
             raise ChannelExists(f"scan {self.key} already has a channel {name!r}")
         ckey = keys.channel(self.key, name)
-        with translated(self.bus.url):
-            pipe = self.bus.redis.pipeline(transaction=True)
-            pipe.hset(self.key, f"ch:{name}", desc.to_meta())
-            pipe.xadd(keys.scan_log(self.key), {"event": "channel", "name": name})
-            pipe.execute()
+        self.bus.wire.run(commands.declare_channel(self.key, name, desc.to_meta()), atomic=True)
         writer = ChannelWriter(self, desc, ckey, self.bus.settings.scalar_queue, copy)
-        self._sink.add(writer)
+        self._sink.add(writer.queue)
         self.channels[name] = writer
         return writer
 
-    def _restore(self) -> None:
-        """After a reconnection: if the server lost this scan's record (it restarted without
-        its data), write it and the log entries again; for each channel whose stream holds
-        fewer points than the server had acknowledged, write a gap marker over the lost
-        ones and note them in the record and the scan log, so no reader misses them
-        silently. Runs in the flusher; raises redis-py's errors."""
-        r = self.bus.redis
+    def _restore(self, transact: Transact) -> None:
+        """After a reconnection, on the sink's link (``transact``): if the server lost this
+        scan's record (it restarted without its data), write it and the log entries again;
+        for each channel whose stream holds fewer points than the server had acknowledged,
+        write a gap marker over the lost ones and note them in the record and the scan log,
+        so no reader misses them silently."""
         writers = list(self.channels.values())
-        pipe = r.pipeline(transaction=False)
-        pipe.hexists(self.key, "number")
-        for w in writers:
-            pipe.xrevrange(w.key, count=1)
-        has_record, *lasts = pipe.execute()
+        has_record, *lasts = transact(commands.restore_probe(self.key, [w.key for w in writers]))
         lost = {}
         for w, last in zip(writers, lasts, strict=True):
-            stored = points_through(w.desc, *last[0]) if last else 0
-            if stored < w.acked_end:
-                lost[w] = (stored, w.acked_end)
+            stored = _points_stored(w.desc, last)
+            if stored < w.queue.acked_end:
+                lost[w] = (stored, w.queue.acked_end)
         if has_record and not lost:
             return
-        running_ms = milliseconds(self.bus.settings.running_ttl)
-        pipe = r.pipeline(transaction=True)
-        if not has_record:
-            self._rebuild(pipe)
+        settings = self.bus.settings
+        repair: list[Command] = [] if has_record else _rebuild(self)
         for w, (first, stop) in lost.items():
-            entry_id, fields = gap_entry(first, stop, GAP_SERVER_LOST)
-            pipe.xadd(w.key, fields, id=entry_id)
-            pipe.pexpire(w.key, running_ms)
-            pipe.hset(self.key, f"lost:{w.name}", pack_meta([*w.lost, (first, stop)]))
-            pipe.xadd(
-                keys.scan_log(self.key),
-                {"event": "gap", "channel": w.name, "first": first, "stop": stop},
+            ranges = pack_meta([*w.lost, (first, stop)])
+            repair += commands.lost_points(
+                self.key, w.name, w.key, first, stop, ranges, settings.running_ttl
             )
-        pipe.execute()
+        transact(repair)
         for w, (first, stop) in lost.items():
             w.lost.append((first, stop))  # once written: a retry after a failure adds it once
             log.error(
@@ -409,27 +391,6 @@ class Scan:
                 first,
                 stop - 1,
             )
-
-    def _rebuild(self, pipe: Any) -> None:
-        """Queue the commands that write this scan's record and log entries again."""
-        log.error(
-            "scan %s: the server lost its record (restarted empty?); writing it again", self.key
-        )
-        _known_number(self.session, self.number)
-        seq = keys.session_seq(self.bus.settings.prefix, self.session.name)
-        pipe.eval(_COUNTER, 1, seq, self.number, 0)
-        _write_creation(pipe, self.session, self.number, pack_meta(self._info), self.created)
-        slog = keys.session_log(self.bus.settings.prefix, self.session.name)
-        for name, w in self.channels.items():
-            pipe.hset(self.key, f"ch:{name}", w.desc.to_meta())
-            pipe.xadd(keys.scan_log(self.key), {"event": "channel", "name": name})
-        now = time.time()
-        pipe.hset(self.key, mapping={"state": int(self.state), "restored": now})
-        for state in (ScanState.PREPARED, ScanState.STARTED):
-            if self.state >= state:
-                event = {"event": state.name.lower(), "time": now}
-                pipe.xadd(keys.scan_log(self.key), event)
-                pipe.xadd(slog, {**event, "scan": self.key, "number": self.number})
 
     def _keys(self) -> list[str]:
         """Every key of this scan."""
@@ -453,11 +414,7 @@ class Scan:
         info = {**self._info, **(fields or {}), **more}
         packed = pack_meta(info, what="scan info")
         _check_size(packed, self.bus.settings.max_info_bytes, "scan info", "max_info_bytes")
-        with translated(self.bus.url):
-            pipe = self.bus.redis.pipeline(transaction=True)
-            pipe.hset(self.key, "info", packed)
-            pipe.xadd(keys.scan_log(self.key), {"event": "info"})
-            pipe.execute()
+        self.bus.wire.run(commands.update_info(self.key, packed), atomic=True)
         self._info = info
 
     # -------------------------------------------------------------- lifecycle
@@ -468,16 +425,10 @@ class Scan:
 
     def _move(self, new: ScanState) -> None:
         self.state.check_move(new)
-        now = time.time()
-        with translated(self.bus.url):
-            pipe = self.bus.redis.pipeline(transaction=True)
-            pipe.hset(self.key, "state", int(new))
-            pipe.xadd(keys.scan_log(self.key), {"event": new.name.lower(), "time": now})
-            pipe.xadd(
-                keys.session_log(self.bus.settings.prefix, self.session.name),
-                {"event": new.name.lower(), "scan": self.key, "number": self.number, "time": now},
-            )
-            pipe.execute()
+        moved = commands.move_state(
+            self.bus.settings.prefix, self.session.name, self.key, self.number, new, time.time()
+        )
+        self.bus.wire.run(moved, atomic=True)
         self.state = new
 
     def prepare(self) -> None:
@@ -497,54 +448,15 @@ class Scan:
         self._check_not_ended("end it again")
         failure: FlushFailed | None = None
         try:
-            self._sink.close()
+            self._sink.close(ending=_ending(self, end_reason, error))
         except FlushFailed as exc:
             failure = exc
-            end_reason, error = EndReason.FAILED, str(exc)
         _live_scans.discard(self)
-        if failure is None:
-            self._write_end(end_reason, error)
-            return
-        try:
-            self._write_end(end_reason, error)
-        except DatabusError as exc:
-            log.error("scan %s: could not record its end: %s", self.key, exc)
-        raise failure
-
-    def _write_end(self, reason: EndReason, error: str | None) -> None:
-        settings = self.bus.settings
-        retention_ms = milliseconds(settings.retention_ttl)
-        now = time.time()
-        fields: dict[Any, Any] = {
-            "state": int(ScanState.ENDED),
-            "end_reason": reason.value,
-            "ended": now,
-        }
-        if error:
-            fields["error"] = error
-        for writer in self.channels.values():
-            if writer._dropped:
-                fields[f"dropped:{writer.name}"] = writer._dropped
-        trailing = [w for w in self.channels.values() if w._sent_end < w._head_index]
-        event: dict[Any, Any] = {"event": "ended", "reason": reason.value, "time": now}
-        with translated(self.bus.url):
-            pipe = self.bus.redis.pipeline(transaction=True)
-            for writer in trailing:  # the last points a lossy channel dropped
-                entry_id, gap = gap_entry(writer._sent_end, writer._head_index, GAP_DROPPED)
-                pipe.xadd(writer.key, gap, id=entry_id)
-            for writer in self.channels.values():
-                pipe.xadd(writer.key, dict(seal_fields(writer._head_index)), id=SEAL_ID)
-            pipe.hset(self.key, mapping=fields)
-            pipe.xadd(keys.scan_log(self.key), {**event, **({"error": error} if error else {})})
-            pipe.xadd(
-                keys.session_log(settings.prefix, self.session.name),
-                {**event, "scan": self.key, "number": self.number},
-            )
-            for key in self._keys():
-                pipe.pexpire(key, retention_ms)
-            pipe.execute()
-        self.state = ScanState.ENDED
-        self.end_reason = reason
+        if self._sink.ended:
+            self.state = ScanState.ENDED
+            self.end_reason = EndReason.FAILED if failure is not None else end_reason
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> Scan:
         return self
@@ -560,38 +472,60 @@ class Scan:
         return self._sink.statistics()
 
 
-def _write_creation(
-    pipe: Any, session: Session, number: int, packed_info: bytes, created: float
-) -> None:
-    """Queue what creating scan ``number`` writes: its record, its log's first entry, the
-    session log's entry, the indexes, and their TTLs (running for the scan's keys)."""
-    settings = session.bus.settings
-    prefix = settings.prefix
-    running_ms = milliseconds(settings.running_ttl)
-    retention_ms = milliseconds(settings.retention_ttl)
-    oldest = time.time() - settings.retention_ttl
-    key = keys.scan(prefix, session.name, number)
-    record = {
-        "session": session.name,
-        "number": number,
-        "info": packed_info,
-        "state": int(ScanState.CREATED),
-        "created": created,
-    }
-    pipe.hset(key, mapping=record)
-    pipe.pexpire(key, running_ms)
-    pipe.xadd(keys.scan_log(key), {"event": "created", "time": created})
-    pipe.pexpire(keys.scan_log(key), running_ms)
-    slog = keys.session_log(prefix, session.name)
-    pipe.xadd(
-        slog,
-        {"event": "created", "scan": key, "number": number, "time": created},
-        minid=int(oldest * 1000),
-        approximate=True,
+def _rebuild(scan: Scan) -> list[Command]:
+    """The commands that write ``scan``'s record and log entries again."""
+    log.error("scan %s: the server lost its record (restarted empty?); writing it again", scan.key)
+    _known_number(scan.session, scan.number)
+    settings = scan.bus.settings
+    return commands.restore_scan(
+        settings.prefix,
+        scan.session.name,
+        scan.key,
+        scan.number,
+        pack_meta(scan.info),
+        scan.created,
+        {name: w.desc.to_meta() for name, w in scan.channels.items()},
+        scan.state,
+        time.time(),
+        running_ttl=settings.running_ttl,
+        retention_ttl=settings.retention_ttl,
     )
-    for k in (slog, keys.session_seq(prefix, session.name)):
-        pipe.pexpire(k, retention_ms)
-    for index, member in ((keys.sessions(prefix), session.name), (keys.scans(prefix), key)):
-        pipe.zadd(index, {member: created})
-        pipe.zremrangebyscore(index, "-inf", oldest)
-        pipe.pexpire(index, retention_ms)
+
+
+def _ending(scan: Scan, reason: EndReason, error: str | None) -> Ending:
+    """What the sink sends last, once every accepted point is acknowledged: the
+    trailing points lossy channels dropped, each channel's seal, and ``scan``'s end
+    (as failed, with the failure's text, if the sink failed)."""
+
+    def ending(failure: FlushFailed | None) -> list[Command]:
+        why, text = (EndReason.FAILED, str(failure)) if failure is not None else (reason, error)
+        settings = scan.bus.settings
+        end: list[Command] = []
+        for w in scan.channels.values():
+            trailing = w.queue.unsent_drop
+            if trailing is not None:
+                end.append(commands.gap(w.key, *trailing, GAP_DROPPED))
+        end += [commands.seal(w.key, w.queue.head) for w in scan.channels.values()]
+        return end + commands.end_scan(
+            settings.prefix,
+            scan.session.name,
+            scan.key,
+            scan.number,
+            why,
+            time.time(),
+            text,
+            {w.name: w.queue.dropped for w in scan.channels.values() if w.queue.dropped},
+            scan._keys(),
+            settings.retention_ttl,
+        )
+
+    return ending
+
+
+def _points_stored(desc: Descriptor, last: list[Any]) -> int:
+    """How many points a stream vouches for, from XREVRANGE's raw reply for its last entry
+    ([[id, [field, value, ...]]], or [] for an empty stream)."""
+    if not last:
+        return 0
+    entry_id, flat = last[0]
+    return points_through(desc, entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))

@@ -210,7 +210,7 @@ def test_a_server_restarted_empty_while_a_scan_is_idle_gets_the_scan_back(restar
     scan.prepare()
     scan.start()
     x.send(np.arange(50))
-    assert eventually(lambda: x.acked_end == 50)
+    assert eventually(lambda: x.queue.acked_end == 50)
     kill()
     start(appendonly=False)
     admin = redis.Redis.from_url(url)

@@ -64,6 +64,16 @@ def sessions(prefix: str) -> Command:
 # ------------------------------------------------------------------ publishing
 
 
+def ping() -> Command:
+    """A publisher's check that its connection (and the server) is still there."""
+    return ("PING",)
+
+
+def client_counts() -> Command:
+    """The server's client counts; ``blocked_clients`` is how many readers wait for entries."""
+    return ("INFO", "clients")
+
+
 def next_number(prefix: str, session: str, floor: int, add: int = 1) -> Command:
     """The session's scan counter raised to ``floor`` plus ``add``; replies the number."""
     return ("EVAL", _COUNTER, 1, keys.session_seq(prefix, session), floor, add)
