@@ -246,3 +246,50 @@ def gap(stream: str, first: int, stop: int, reason: str) -> Command:
 def seal(stream: str, total: int) -> Command:
     """The seal of a channel's ``stream``: the channel has ``total`` points, no more."""
     return xadd(stream, dict(seal_fields(total)), SEAL_ID)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def record(scan_key: str) -> Command:
+    """A scan's record, whole (HGETALL: a dict of bytes)."""
+    return ("HGETALL", scan_key)
+
+
+def entries(stream: str, start: str = "-", end: str = "+", count: int | None = None) -> Command:
+    """Entries of ``stream`` from ``start`` to ``end`` (inclusive, or exclusive after
+    ``(``), oldest first, at most ``count``."""
+    return ("XRANGE", stream, start, end, *(() if count is None else ("COUNT", count)))
+
+
+def entries_back(stream: str, end: str = "+", start: str = "-", count: int = 1) -> Command:
+    """Entries of ``stream`` from ``end`` back to ``start``, newest first: by default its
+    last entry."""
+    return ("XREVRANGE", stream, end, start, "COUNT", count)
+
+
+def exists(*names: str) -> Command:
+    """How many of ``names`` exist."""
+    return ("EXISTS", *names)
+
+
+def points(stream: str, first: int, last: int, max_seq: str) -> list[Command]:
+    """What a reader of points ``first`` .. ``last`` of a channel needs: the entry before
+    them (a block may start earlier), theirs, and the next one (a gap marker?). Entry IDs
+    are ``<point index>-<sequence>``, ``max_seq`` the largest sequence."""
+    return [
+        entries_back(stream, f"{first}-{max_seq}"),
+        entries(stream, f"{first}-0", f"{last}-{max_seq}"),
+        entries(stream, f"({last}-{max_seq}", "+", 1),
+    ]
+
+
+def saved_where(scan_key: str, channel: str) -> Command:
+    """Where the file writer saved channel ``channel`` of the scan: its file, dataset."""
+    return ("HMGET", scan_key, schema.FILE, schema.dataset_field(channel))
+
+
+def request_stop(scan_key: str, reason: str, when: float, retention_ttl: float) -> list[Command]:
+    """A reader's request, on the scan's control stream, that the running scan stop."""
+    control = keys.scan_control(scan_key)
+    return [xadd(control, schema.stop_entry(reason, when)), pexpire(control, retention_ttl)]
