@@ -293,3 +293,42 @@ def request_stop(scan_key: str, reason: str, when: float, retention_ttl: float) 
     """A reader's request, on the scan's control stream, that the running scan stop."""
     control = keys.scan_control(scan_key)
     return [xadd(control, schema.stop_entry(reason, when)), pexpire(control, retention_ttl)]
+
+
+# ------------------------------------------------------------------ memory guard
+
+
+def memory() -> Command:
+    """The server's memory figures (INFO memory: ``used_memory``, ``maxmemory``...)."""
+    return ("INFO", "memory")
+
+
+def scans(prefix: str) -> Command:
+    """Keys of the scans created within the retention time, oldest first."""
+    return ("ZRANGE", keys.scans(prefix), 0, -1)
+
+
+def writer_marks(scan_key: str) -> Command:
+    """A scan's state and the file writer's marks: its file, when it was written."""
+    return ("HMGET", scan_key, "state", schema.FILE, schema.WRITTEN)
+
+
+def evict(scan_key: str, channels: Iterable[str], entry: dict[str, Any]) -> list[Command]:
+    """Deleting the ended scan ``scan_key``, every key of it (its ``channels``' streams
+    too; freed by the server's background thread, so a big scan never stalls it), and
+    noting it in its session log (``entry``: ``schema.evicted_entry``)."""
+    prefix, session, _ = keys.parse_scan(scan_key)
+    streams = [keys.channel(scan_key, name) for name in channels]
+    return [
+        ("UNLINK", scan_key, keys.scan_log(scan_key), keys.scan_control(scan_key), *streams),
+        ("ZREM", keys.scans(prefix), scan_key),
+        xadd(keys.session_log(prefix, session), entry),
+    ]
+
+
+# ------------------------------------------------------------------ status
+
+
+def count_sessions(prefix: str) -> Command:
+    """How many sessions were active within the retention time."""
+    return ("ZCARD", keys.sessions(prefix))

@@ -197,6 +197,13 @@ def evicted_entry(
     return fields
 
 
+def recorded_end(record: dict) -> tuple[str | None, bytes | None]:
+    """How scan record ``record`` (an HGETALL) says the scan ended: its end reason
+    ("finished" if none is recorded) and its error as stored (None if none)."""
+    reason = field(record, "end_reason")
+    return message(b"finished" if reason is None else reason), field(record, "error")
+
+
 def stop_entry(reason: str, when: float) -> dict[str, Any]:
     """A request, on the scan's control stream, that the running scan stop."""
     return {"event": LogEvent.STOP.value, "reason": reason, "time": when}
