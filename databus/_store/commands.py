@@ -332,3 +332,32 @@ def evict(scan_key: str, channels: Iterable[str], entry: dict[str, Any]) -> list
 def count_sessions(prefix: str) -> Command:
     """How many sessions were active within the retention time."""
     return ("ZCARD", keys.sessions(prefix))
+
+
+# ------------------------------------------------------------------ shared channels
+
+#: Writes a shared channel's value (ARGV[1]) unless ARGV[2] is '1' and it has one: bumps
+#: its version, sets its TTL (ARGV[3] ms) and publishes "<version> <value>" on its key.
+#: Returns {version, value} as stored. The server's order decides which write is last.
+_WRITE_SHARED = """
+if ARGV[2] == '1' and redis.call('HEXISTS', KEYS[1], 'v') == 1 then
+  return {tonumber(redis.call('HGET', KEYS[1], 'n')), redis.call('HGET', KEYS[1], 'v')}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', KEYS[1], n .. ' ' .. ARGV[1])
+return {n, ARGV[1]}
+"""
+
+
+def write_shared(key: str, packed: bytes, ttl: float, *, only_if_absent: bool) -> Command:
+    """Setting shared channel ``key`` to ``packed`` for everybody (``only_if_absent``: its
+    default, kept if it has a value); replies [version, value stored]."""
+    flag = "1" if only_if_absent else "0"
+    return ("EVAL", _WRITE_SHARED, 1, key, packed, flag, milliseconds(ttl))
+
+
+def read_shared(key: str) -> Command:
+    """Shared channel ``key``'s [version, packed value] (None, None if it has none)."""
+    return ("HMGET", key, "n", "v")
