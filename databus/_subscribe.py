@@ -54,9 +54,11 @@ from ._store.schema import (
     ScanRecord,
     descriptors,
     ended_as_read,
+    file_record,
     log_entries,
     message,
     warn_skipped,
+    written_record,
 )
 from ._store.wire import Entries, Link, Outage
 from ._timing import milliseconds
@@ -353,6 +355,16 @@ class ScanNode(Node):
             )
         ttl = self.bus.settings.retention_ttl
         self.bus.wire.run(commands.request_stop(self.key, reason, time.time(), ttl), atomic=True)
+
+    def record_file(self, path: str, datasets: dict[str, str]) -> None:
+        """Note in the scan's record the file it is written to and each channel's dataset
+        there (by channel name): ``DataExpired`` names them, and the memory guard deletes
+        the scan last until ``record_written()``. A record gone is left gone."""
+        self.bus.wire.call(*commands.note(self.key, file_record(path, datasets)))
+
+    def record_written(self) -> None:
+        """Note in the scan's record that its file is complete."""
+        self.bus.wire.call(*commands.note(self.key, written_record(time.time())))
 
     def wait_end(self, timeout: float | None = None) -> ScanEnd:
         """Block until the scan has ended; its ``ScanEnd``. ``timeout`` None waits
@@ -787,6 +799,11 @@ def _check_lost(bus: Bus, asm: Assembler) -> Iterator[Event]:
             yield from asm.lost(
                 key, "the scan's keys expired before it ended: its publisher stopped"
             )
+
+
+def scan_exists(bus: Bus, key: str) -> bool:
+    """Whether scan ``key`` still has its record in Redis."""
+    return bool(bus.wire.call(*commands.exists(key)))
 
 
 def follow(session: SessionNode, *, replay: bool = False, **kwargs: Any) -> Iterator[Event]:

@@ -361,3 +361,17 @@ def write_shared(key: str, packed: bytes, ttl: float, *, only_if_absent: bool) -
 def read_shared(key: str) -> Command:
     """Shared channel ``key``'s [version, packed value] (None, None if it has none)."""
     return ("HMGET", key, "n", "v")
+
+
+# ------------------------------------------------------------------ file writer
+
+#: HSET into a hash only if it exists: a note never leaves a stray, TTL-less record.
+_HSET_IF_EXISTS = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end"
+)
+
+
+def note(scan_key: str, fields: dict[str, Any]) -> Command:
+    """The file writer's ``fields`` (``schema.file_record``, ``schema.written_record``)
+    into the scan's record, if it is still there."""
+    return ("EVAL", _HSET_IF_EXISTS, 1, scan_key, *_flat(fields))

@@ -123,6 +123,11 @@ def file_record(path: str, datasets: dict[str, str]) -> dict[str, Any]:
     return {FILE: path, **{dataset_field(name): where for name, where in datasets.items()}}
 
 
+def written_record(when: float) -> dict[str, Any]:
+    """The file writer's note that the scan's file is complete, at ``when``."""
+    return {WRITTEN: when}
+
+
 # ------------------------------------------------------------------- log entries
 
 
