@@ -99,7 +99,7 @@ def run(
             file=out,
         )
         print(f"      channels: {sizes}", file=out)
-    ttl = bus.redis.ttl(align.key)
+    ttl = bus.settings.retention_ttl
     print(
         f"\nThe data is in Redis at {databus._errors.redact(bus.url)} for {ttl / 3600:.0f} h"
         f" (retention TTL). Read it back with:",

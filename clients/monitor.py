@@ -79,7 +79,7 @@ class Monitor:
         kind = event.type
         if kind is databus.EventType.NEW_NODE and node.type in ("scan", "scan_group"):
             self.lines[node.db_name] = _line(node)
-            self._announce(self.lines[node.db_name], "started")
+            self._announce(self.lines[node.db_name], ended=False)
         elif kind is databus.EventType.NEW_DATA:
             line = self.lines.get(node.parent.db_name)
             if line is not None:
@@ -90,14 +90,14 @@ class Monitor:
         elif kind is databus.EventType.END_SCAN and node.db_name in self.lines:
             line = self.lines[node.db_name]
             line.reason, line.error = str(event.data.reason), event.data.error
-            self._announce(line, "ended")
+            self._announce(line, ended=True)
 
-    def _announce(self, line: ScanLine, what: str) -> None:
+    def _announce(self, line: ScanLine, *, ended: bool) -> None:
         if self.tty:
             self._redraw()
         else:
             print(
-                line.render() if what == "ended" else f"{line.title}: started",
+                line.render() if ended else f"{line.title}: started",
                 file=self.out,
                 flush=True,
             )

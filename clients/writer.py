@@ -46,7 +46,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ import numpy as np
 
 import databus
 from databus._encoding import FileRef, text
-from databus._subscribe import referenced_frames
+from databus._subscribe import referenced_frames, scan_exists
 
 from ._h5clear import clear_status_flags
 from ._nexus import (
@@ -73,9 +73,6 @@ from ._nexus import (
 
 log = logging.getLogger("databus.writer")
 
-_HSET_IF_EXISTS = (
-    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end"
-)
 #: Pending bytes of a scan that are stored without waiting for ``flush_s``.
 STORE_BYTES = 16 * 2**20
 #: Free bytes a file's device keeps beyond what is pending before the writer stores more.
@@ -720,8 +717,8 @@ class NexusWriter:
         entry = _Entry(scan, file, name, channels)
         entry.gaps = {(int(c), int(a), int(b), int(r)) for c, a, b, r in group["writer/gaps"][()]}
         self._entries[key] = entry
-        where = {f"dataset:{c.name}": f"/{name}/{c.path}" for c in channels.values() if c.path}
-        self._note(key, {"file": str(path), **where})
+        where = {c.name: f"/{name}/{c.path}" for c in channels.values() if c.path}
+        self._note(key, lambda: scan.record_file(str(path), where))
         file.live()
         what = "resuming" if resumed else "writing"
         log.info(
@@ -869,13 +866,13 @@ class NexusWriter:
         ch.written = ch.stored = stop
         entry.dataset("writer/progress")[ch.index] = stop
 
-    def _note(self, key: str, fields: dict[str, Any]) -> None:
+    def _note(self, key: str, note: Callable[[], None]) -> None:
         """Tell readers (DataExpired names the file) and the memory guard (it deletes
-        scans still being written last) where a scan goes and when it is written."""
-        args = [str(v) for item in fields.items() for v in item]
-        try:  # only into a record that exists: never leave a stray, TTL-less hash
-            self.bus.redis.eval(_HSET_IF_EXISTS, 1, key, *args)
-        except Exception as exc:  # a read-only user: the files are right all the same
+        scans still being written last) where a scan goes and when it is written
+        (``note``: a ``ScanNode.record_*`` call)."""
+        try:
+            note()
+        except databus.DatabusError as exc:  # a read-only user: the files are right all the same
             log.warning("%s: cannot note the file in the scan record (%s)", key, exc)
 
     def _flush_due(self) -> None:
@@ -939,7 +936,7 @@ class NexusWriter:
             log.warning("%s: no default plot (%s)", key, exc)
         entry.file.flush()
         del self._entries[key]
-        self._note(key, {"written": time.time()})
+        self._note(key, entry.scan.record_written)
         try:
             ended = entry.scan.refresh().ended or time.time()
         except databus.UnknownScan:
@@ -1085,7 +1082,7 @@ class NexusWriter:
             if "writer" not in entry or "end_reason" in entry:
                 continue
             key = original_name(text(entry["scan_key"][()]))
-            if self.bus.redis.exists(key):
+            if scan_exists(self.bus, key):
                 continue  # still in Redis: the walk will resume it
             progress = entry["writer/progress"][()]
             channels = [original_name(text(c)) for c in entry["writer/channels"][()]]

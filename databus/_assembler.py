@@ -34,16 +34,22 @@ from ._encoding import (
     Descriptor,
     Gap,
     decode_entries,
-    field,
     parse_id,
     text,
-    unpack_meta,
 )
 from ._errors import CorruptEntry
 from ._events import DataGap, Event, EventData, EventType, ScanEnd
 from ._states import EndReason
 from ._store import keys
-from ._store.schema import LogEntry, descriptor, log_entries, warn_skipped
+from ._store.schema import (
+    LogEntry,
+    LogEvent,
+    descriptor,
+    evicted_channels,
+    log_entries,
+    raw_descriptor,
+    warn_skipped,
+)
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Filter = Callable[[Any], bool]
@@ -184,7 +190,7 @@ class Assembler:
                         if entry.scan in self.sequential:
                             break  # ``feed`` may stop there, to replay that scan whole
             elif key in self._by_log and any(
-                e.event in ("channel", "info") for e in self.log_entries(key, entries)
+                e.event in (LogEvent.CHANNEL, LogEvent.INFO) for e in self.log_entries(key, entries)
             ):
                 needed.add(self._by_log[key])
         return needed
@@ -193,7 +199,7 @@ class Assembler:
         """``entry`` (of the session log) starts following a scan whose record is not in
         ``records``: only the records up to the first scan to replay are read at a time."""
         return (
-            entry.event == "created"
+            entry.event == LogEvent.CREATED
             and entry.scan is not None
             and entry.scan not in self._scans
             and entry.scan not in records
@@ -266,16 +272,14 @@ class Assembler:
         if scan is None:
             return []
         try:
-            packed = unpack_meta(field(entry.fields, "channels"))
-            channels = {str(name): (int(v[0]), v[1]) for name, v in packed.items()}
+            channels = evicted_channels(entry)
         except Exception as exc:
             self._skip(self.session_log, entry.id, f"bad 'evicted' entry of {scan_key}: {exc}")
             return self.lost(scan_key, "the memory guard deleted it (its totals are unreadable)")
         events: list[Event] = []
         for name, (_, raw) in channels.items():  # channels declared after the walk's last read
             if name not in scan.channels:
-                record = {f"ch:{name}".encode(): raw}
-                events += self._new_channel(scan, name, record, (self.session_log, entry.id))
+                events += self._new_channel(scan, name, raw, (self.session_log, entry.id))
         if any(total for total, _ in channels.values()):
             events += self._prepared(scan)
         events += self._start_reading(scan)
@@ -300,11 +304,11 @@ class Assembler:
             self.cursors[self.session_log] = text(entry_id)
             if entry is None or entry.scan is None:
                 continue
-            if entry.event == "created":
+            if entry.event == LogEvent.CREATED:
                 events += self.add_scan(entry.scan, records[entry.scan], entry.id)
                 if entry.scan in self.sequential:
                     self._held = entry.scan
-            elif entry.event == "evicted":
+            elif entry.event == LogEvent.EVICTED:
                 events += self.evicted(entry)
         return events
 
@@ -321,17 +325,22 @@ class Assembler:
                 continue
             what = entry.event
             record = records.get(scan_key)
-            if what in ("channel", "info") and record:
+            if what in (LogEvent.CHANNEL, LogEvent.INFO) and record:
                 self._update_node(scan, record, entry)
-            if what == "channel":
-                events += self._new_channel(scan, entry.name or "", record, (log_key, entry.id))
-            elif what in ("prepared", "started"):
+            if what == LogEvent.CHANNEL:
+                name = entry.name or ""
+                raw = raw_descriptor(record or {}, name)
+                events += self._new_channel(scan, name, raw, (log_key, entry.id))
+            elif what in (LogEvent.PREPARED, LogEvent.STARTED):
                 events += self._prepared(scan)
-            elif what == "ended":
+            elif what == LogEvent.ENDED:
                 events += self._start_reading(scan)
                 self._end(scan, _logged_end(entry))
                 events += self._maybe_end(scan_key, scan)
-            elif what not in ("created", "gap"):  # gaps come as markers in the streams
+            elif what not in (
+                LogEvent.CREATED,
+                LogEvent.GAP,
+            ):  # gaps come as markers in the streams
                 self._skip(log_key, entry_id, f"unknown log event {what!r}")
         return events
 
@@ -352,15 +361,15 @@ class Assembler:
             self._skip(keys.scan_log(scan.node.db_name), entry.id, f"record not re-read: {exc}")
 
     def _new_channel(
-        self, scan: _Scan, name: str, record: dict | None, source: tuple[str, str]
+        self, scan: _Scan, name: str, raw: bytes | None, source: tuple[str, str]
     ) -> list[Event]:
         """Follow channel ``name`` of ``scan``, declared by the log entry ``source`` (log
-        key, entry id), with its descriptor from ``record``; skipped if that does not
+        key, entry id), with its packed descriptor ``raw``; skipped if that does not
         decode."""
         if not scan.descend or name in scan.channels:
             return []
         try:
-            desc = descriptor(scan.node.db_name, name, field(record or {}, f"ch:{name}"))
+            desc = descriptor(scan.node.db_name, name, raw)
         except CorruptEntry as exc:
             self._skip(*source, str(exc))
             return []

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 from ._config import Settings
@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 _SCHEMES = ("redis", "rediss", "unix")
 #: Least time between two looks at a lost embedded server (seconds).
 REVIVE_S = 1.0
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)
 
 
 def _check_url(url: str) -> None:
@@ -65,8 +72,8 @@ class Bus:
         self.wire = Wire(url, connect_timeout=settings.connect_timeout)
         #: Frame buffers reused by this bus's scans (see ``sink.BufferPool``).
         self.buffer_pool = BufferPool(settings.buffer_bytes)
-        self._channel_hub: Any = None  # the shared channels' listener (channels.py)
-        self._hub_lock = threading.Lock()
+        self._attachments: dict[str, _Closable] = {}
+        self._attachments_lock = threading.Lock()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -87,6 +94,14 @@ class Bus:
             python_packer=True,
             probe=False,
         )
+
+    def attachment(self, name: str, make: Callable[[], C]) -> C:
+        """The helper called ``name`` that lives as long as the bus (the shared channels'
+        listener): made by ``make()`` on first use, closed when the bus closes."""
+        with self._attachments_lock:
+            if name not in self._attachments:
+                self._attachments[name] = make()
+            return cast(C, self._attachments[name])
 
     def revive_server(self) -> None:
         """After losing the server: if it is the embedded one and its process died (not
@@ -119,8 +134,8 @@ class Bus:
         """Close the bus's connections. Scans still running keep their own connection."""
         if not self._closed:
             self._closed = True
-            if self._channel_hub is not None:
-                self._channel_hub.close()
+            for helper in self._attachments.values():
+                helper.close()
             self.wire.close()
 
     def __enter__(self) -> Bus:

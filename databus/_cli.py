@@ -5,28 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from ._bus import Bus, embedded_server
 from ._config import Settings
 from ._errors import DatabusError, redact
 from ._server import ADMIN_USER, DATABUS_USER, ServerState
-from ._store import keys
-from ._store.wire import translated
+from ._store import commands
 
 
 def _print_status(url: str, settings: Settings, state: ServerState | None) -> None:
     bus = Bus(url, settings)
     try:
-        with translated(url):
-            memory = bus.redis.info("memory")
-            prefix = settings.prefix
-            sessions = bus.redis.zcard(keys.sessions(prefix))
-            scan_keys: list[Any] = list(bus.redis.zrange(keys.scans(prefix), 0, -1))
-            pipe = bus.redis.pipeline(transaction=False)
-            for key in scan_keys:
-                pipe.exists(key)
-            live = sum(pipe.execute()) if scan_keys else 0
+        prefix = settings.prefix
+        memory, sessions, scan_keys = bus.wire.run(
+            [commands.memory(), commands.count_sessions(prefix), commands.scans(prefix)]
+        )
+        live = sum(bus.wire.run([commands.exists(key) for key in scan_keys]))
     finally:
         bus.close()
     cap = memory.get("maxmemory") or 0

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 from ._encoding import Descriptor, pack_meta, points_through
 from ._errors import CorruptEntry, DatabusError
 from ._states import ScanState
-from ._store import keys
-from ._store.schema import message, scan_state
-from ._store.wire import translated
+from ._store import commands, keys
+from ._store.schema import evicted_entry, message, raw_descriptors, recorded_end, scan_state
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -58,7 +57,8 @@ class MemoryGuard:
     def cap(self) -> int:
         """The memory cap in bytes (the server's ``maxmemory`` unless given)."""
         if self._cap is None:
-            self._cap = int(self.bus.redis.info("memory").get("maxmemory", 0) or 0)
+            info = self.bus.wire.call(*commands.memory())
+            self._cap = int(info.get("maxmemory", 0) or 0)
         return self._cap
 
     def used(self) -> int:
@@ -68,7 +68,7 @@ class MemoryGuard:
     def _memory(self) -> tuple[int, int]:
         """(used_memory, lazyfree_pending_objects): keys deleted and not yet freed by the
         server's background thread still count as used."""
-        info = self.bus.redis.info("memory")
+        info = self.bus.wire.call(*commands.memory())
         return int(info["used_memory"]), int(info.get("lazyfree_pending_objects", 0))
 
     def _settled(self) -> tuple[int, int]:
@@ -124,12 +124,9 @@ class MemoryGuard:
         lags loses a scan only when nothing else is left to delete. A scan whose state
         cannot be read is kept, with a warning: it may be running."""
         prefix = self.bus.settings.prefix
-        scan_keys: list[Any] = list(self.bus.redis.zrange(keys.scans(prefix), 0, -1))
+        scan_keys: list[Any] = self.bus.wire.call(*commands.scans(prefix))
         names = [message(k) or "" for k in scan_keys]
-        pipe = self.bus.redis.pipeline(transaction=False)
-        for key in names:
-            pipe.hmget(key, "state", "file", "written")
-        records = pipe.execute(raise_on_error=False) if names else []
+        records = self.bus.wire.run_each([commands.writer_marks(key) for key in names])
         ended = [
             (key, record[1] is not None and record[2] is None)
             for key, record in zip(names, records, strict=True)
@@ -141,38 +138,17 @@ class MemoryGuard:
         """Delete every key of the ended scan ``key`` and note it in its session log, with
         how it ended and each channel's total and descriptor, so a walk still reading it
         can report what it will never read (``GAP`` events, reason ``evicted``)."""
-        prefix, session, number = keys.parse_scan(key)
-        stored = self.bus.redis.hgetall(key).items()
-        record: dict[str, Any] = {message(k) or "": v for k, v in stored}
-        descs = {k[3:]: v for k, v in record.items() if k.startswith("ch:")}
-        pipe = self.bus.redis.pipeline(transaction=False)
-        for name in descs:
-            pipe.xrevrange(keys.channel(key, name), count=1)
-        lasts = pipe.execute() if descs else []
+        number = keys.parse_scan(key)[2]
+        record = self.bus.wire.call(*commands.record(key))
+        descs = raw_descriptors(record)
+        last = [commands.entries_back(keys.channel(key, name)) for name in descs]
         channels = {
-            name: [_total(raw, last), raw]
-            for (name, raw), last in zip(descs.items(), lasts, strict=True)
+            name: [_total(raw, entries), raw]
+            for (name, raw), entries in zip(descs.items(), self.bus.wire.run(last), strict=True)
         }
-        event: dict[Any, Any] = {
-            "event": "evicted",
-            "scan": key,
-            "number": number,
-            "time": time.time(),
-            "reason": message(record.get("end_reason", b"finished")),
-            "channels": pack_meta(channels),
-        }
-        if "error" in record:
-            event["error"] = record["error"]
-        pipe = self.bus.redis.pipeline(transaction=True)
-        pipe.unlink(  # freed by the server's background thread: a big scan never stalls it
-            key,
-            keys.scan_log(key),
-            keys.scan_control(key),
-            *[keys.channel(key, name) for name in descs],
-        )
-        pipe.zrem(keys.scans(prefix), key)
-        pipe.xadd(keys.session_log(prefix, session), event)
-        pipe.execute()
+        reason, error = recorded_end(record)
+        entry = evicted_entry(key, number, time.time(), reason, error, pack_meta(channels))
+        self.bus.wire.run(commands.evict(key, descs, entry), atomic=True)
 
 
 def _ended(key: str, record: Any) -> bool:
@@ -221,18 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         bus = connect(args.url)
-        with translated(bus.url):
-            guard = MemoryGuard(bus, high=args.high, low=args.low)
-            log.info(
-                "guarding %r: cap %.0f MB, high %.0f%%, low %.0f%%",
-                bus,
-                guard.cap() / 1e6,
-                100 * args.high,
-                100 * args.low,
-            )
-            while True:
-                guard.check()
-                time.sleep(args.interval)
+        guard = MemoryGuard(bus, high=args.high, low=args.low)
+        log.info(
+            "guarding %r: cap %.0f MB, high %.0f%%, low %.0f%%",
+            bus,
+            guard.cap() / 1e6,
+            100 * args.high,
+            100 * args.low,
+        )
+        while True:
+            guard.check()
+            time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0
     except DatabusError as exc:

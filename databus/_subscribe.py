@@ -17,7 +17,7 @@ import stat
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,9 +48,19 @@ from ._errors import (
 )
 from ._events import Event, EventType, ScanEnd
 from ._states import EndReason, ScanState
-from ._store import keys
-from ._store.schema import ScanRecord, descriptors, log_entries, message, warn_skipped
-from ._store.wire import RECONNECT, translated
+from ._store import commands, keys
+from ._store.schema import (
+    LogEvent,
+    ScanRecord,
+    descriptors,
+    ended_as_read,
+    file_record,
+    log_entries,
+    message,
+    warn_skipped,
+    written_record,
+)
+from ._store.wire import Entries, Link, Outage
 from ._timing import milliseconds
 
 if TYPE_CHECKING:
@@ -65,17 +75,15 @@ LOST_CHECK_S = 5.0
 _MAX_SEQ = "18446744073709551615"
 
 
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
-
-
-def _xrange(bus: Bus, key: str, start: str = "-", end: str = "+") -> Entries:
-    """Entries of stream ``key`` from ``start`` to ``end``, typed as the server sends them."""
-    return cast(Entries, bus.redis.xrange(key, start, end))
+def _xrange(bus: Bus, key: str, start: str = "-") -> Entries:
+    """Entries of stream ``key`` from ``start`` on, as the server sends them."""
+    entries: Entries = bus.wire.call(*commands.entries(key, start))
+    return entries
 
 
 def _last_entry(bus: Bus, key: str) -> tuple[bytes, dict[bytes, bytes]] | None:
     """The last entry of stream ``key`` (None if empty or absent)."""
-    last = cast(Entries, bus.redis.xrevrange(key, count=1))
+    last: Entries = bus.wire.call(*commands.entries_back(key))
     return last[0] if last else None
 
 
@@ -135,10 +143,9 @@ class SessionNode(Node):
     def scans(self) -> list[ScanNode]:
         """The session's scans still in Redis, oldest first; corrupt log entries and scan
         records are left out, with a warning."""
-        with translated(self.bus.url):
-            entries = log_entries(self.log_key, _xrange(self.bus, self.log_key), warn_skipped)
-            found = {e.scan: e.id for e in entries if e.event == "created" and e.scan}
-            records = _records(self.bus, found)
+        entries = log_entries(self.log_key, _xrange(self.bus, self.log_key), warn_skipped)
+        found = {e.scan: e.id for e in entries if e.event == LogEvent.CREATED and e.scan}
+        records = _records(self.bus, found)
         scans = []
         for key, record in records.items():
             if not record:
@@ -276,13 +283,7 @@ class ScanNode(Node):
         self._channels: dict[str, ChannelNode] | None = None
 
     def _ended(self, end: ScanEnd) -> None:
-        self._update(
-            {
-                **self._record,
-                b"state": b"%d" % ScanState.ENDED,
-                b"end_reason": str(end.reason).encode(),
-            }
-        )
+        self._update(ended_as_read(self._record, end.reason))
 
     @property
     def type(self) -> str:  # type: ignore[override]
@@ -319,8 +320,7 @@ class ScanNode(Node):
     def refresh(self) -> ScanNode:
         """Read the scan record again; ``UnknownScan`` if it is gone, ``CorruptEntry``
         if it no longer decodes."""
-        with translated(self.bus.url):
-            record = self.bus.redis.hgetall(self.key)
+        record = self.bus.wire.call(*commands.record(self.key))
         if not record:
             raise UnknownScan(f"scan {self.key} is no longer in Redis (expired or deleted)")
         self._update(record)
@@ -353,12 +353,18 @@ class ScanNode(Node):
             raise ScanStateError(
                 f"scan {self.key} has already ended ({self.end_reason}); nothing to stop"
             )
-        ctl = keys.scan_control(self.key)
-        with translated(self.bus.url):
-            pipe = self.bus.redis.pipeline(transaction=True)
-            pipe.xadd(ctl, {"event": "stop", "reason": reason, "time": time.time()})
-            pipe.pexpire(ctl, milliseconds(self.bus.settings.retention_ttl))
-            pipe.execute()
+        ttl = self.bus.settings.retention_ttl
+        self.bus.wire.run(commands.request_stop(self.key, reason, time.time(), ttl), atomic=True)
+
+    def record_file(self, path: str, datasets: dict[str, str]) -> None:
+        """Note in the scan's record the file it is written to and each channel's dataset
+        there (by channel name): ``DataExpired`` names them, and the memory guard deletes
+        the scan last until ``record_written()``. A record gone is left gone."""
+        self.bus.wire.call(*commands.note(self.key, file_record(path, datasets)))
+
+    def record_written(self) -> None:
+        """Note in the scan's record that its file is complete."""
+        self.bus.wire.call(*commands.note(self.key, written_record(time.time())))
 
     def wait_end(self, timeout: float | None = None) -> ScanEnd:
         """Block until the scan has ended; its ``ScanEnd``. ``timeout`` None waits
@@ -366,21 +372,26 @@ class ScanNode(Node):
         deadline = None if timeout is None else time.monotonic() + timeout
         log_key = keys.scan_log(self.key)
         cursor = START
-        with translated(self.bus.url):
+        link: Link | None = None  # its own connection, for the blocking read
+        try:
             while True:
                 entries = _xrange(self.bus, log_key, _after(cursor))
                 cursor = text(entries[-1][0]) if entries else cursor
                 for entry in log_entries(log_key, entries, warn_skipped):
-                    if entry.event == "ended":
+                    if entry.event == LogEvent.ENDED:
                         self.refresh()
                         return ScanEnd(self.end_reason or entry.reason or "", entry.error)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise ReadTimeout(f"scan {self.key} did not end within {timeout} s")
-                if not self.bus.redis.exists(self.key):
+                if not self.bus.wire.call(*commands.exists(self.key)):
                     raise UnknownScan(f"scan {self.key} is no longer in Redis")
                 wait = BLOCK_S * 10 if remaining is None else min(BLOCK_S * 10, remaining)
-                self.bus.redis.xread({log_key: cursor}, block=milliseconds(wait))
+                link = link or self.bus.wire.link()
+                link.read({log_key: cursor}, 1, milliseconds(wait))
+        finally:
+            if link is not None:
+                link.close()
 
 
 @contextlib.contextmanager
@@ -461,8 +472,7 @@ class ChannelNode(Node):
 
     def _extent(self) -> tuple[int, bool]:
         """(points published, sealed)."""
-        with translated(self.bus.url):
-            last = _last_entry(self.bus, self.key)
+        last = _last_entry(self.bus, self.key)
         if last is None:
             return 0, False
         entry_id, fields = last
@@ -517,12 +527,7 @@ class ChannelNode(Node):
 
     def _read(self, first: int, last: int) -> Any:
         """Points first .. last inclusive, from one round trip."""
-        with translated(self.bus.url):
-            pipe = self.bus.redis.pipeline(transaction=False)
-            pipe.xrevrange(self.key, f"{first}-{_MAX_SEQ}", "-", count=1)
-            pipe.xrange(self.key, f"{first}-0", f"{last}-{_MAX_SEQ}")
-            pipe.xrange(self.key, f"({last}-{_MAX_SEQ}", "+", count=1)  # a gap marker?
-            before, within, after = pipe.execute()
+        before, within, after = self.bus.wire.run(commands.points(self.key, first, last, _MAX_SEQ))
         # The entry before ``first`` holds it only if it starts earlier and is a whole
         # block (the parts of a split point all carry the point's own index).
         split = self.desc.kind == "array" and self.desc.parts > 1
@@ -613,9 +618,9 @@ class ChannelNode(Node):
 
     def _missing(self, first: int, last: int, stream_has_entries: bool) -> None:
         """Raise the right error for points first..last that the stream does not hold."""
-        with translated(self.bus.url):
-            exists = self.bus.redis.exists(self.key)
-            file, dataset = self.bus.redis.hmget(self.scan.key, "file", f"dataset:{self.name}")
+        exists, (file, dataset) = self.bus.wire.run(
+            [commands.exists(self.key), commands.saved_where(self.scan.key, self.name)]
+        )
         length, sealed = self._extent() if exists else (0, False)
         if exists and first >= length:
             raise self._beyond(first, last, length, sealed)
@@ -640,39 +645,15 @@ class ChannelNode(Node):
 # --------------------------------------------------------------------- walks
 
 
-def read_streams(
-    conn: Any, streams: dict[str, str], count: int, block_ms: int | None
-) -> list[tuple[str, Entries]]:
-    """One XREAD on ``conn`` (a connection of its caller's own: a blocking read holds it),
-    parsed here: redis-py's reply callback (a dict per entry, through generic helpers)
-    costs ~50 µs a call, a quarter of the round trip on this machine. Returns
-    [(stream key, [(entry id, fields)])]; blocks up to ``block_ms`` (None: not at all)."""
-    args: list[Any] = ["XREAD", "COUNT", count]
-    if block_ms is not None:
-        args += ["BLOCK", block_ms]
-    args += ["STREAMS", *streams.keys(), *streams.values()]
-    conn.send_command(*args, check_health=False)
-    reply = conn.read_response()
-    if not reply:
-        return []
-    pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 array
-    return [
-        (text(key), [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries])
-        for key, entries in pairs
-    ]
-
-
 def _records(bus: Bus, scan_keys: Iterable[str]) -> dict[str, dict]:
     """The HGETALL of each scan key; empty, with a warning, for a key that holds
     something other than a hash."""
     scan_keys = list(scan_keys)
     if not scan_keys:
         return {}
-    pipe = bus.redis.pipeline(transaction=False)
-    for key in scan_keys:
-        pipe.hgetall(key)
+    replies = bus.wire.run_each([commands.record(key) for key in scan_keys])
     records = {}
-    for key, reply in zip(scan_keys, pipe.execute(raise_on_error=False), strict=True):
+    for key, reply in zip(scan_keys, replies, strict=True):
         if isinstance(reply, Exception):
             warn_skipped(key, "-", f"not a scan record ({reply})")
         records[key] = {} if isinstance(reply, Exception) else reply
@@ -713,12 +694,10 @@ def _walk(
                     return
                 if asm.active and (asm.replaying or now - idle_since > LOST_CHECK_S):
                     idle_since = now
-                    with translated(bus.url):
-                        yield from _check_lost(bus, asm)
+                    yield from _check_lost(bus, asm)
                 continue
             idle_since = now
-            with translated(bus.url):
-                records = _records(bus, asm.records_needed(reply))
+            records = _records(bus, asm.records_needed(reply))
             yield from asm.feed(reply, records)
     finally:
         link.close()
@@ -747,11 +726,10 @@ def _start(
         on_record=ScanNode._update,
         on_end=ScanNode._ended,
     )
-    with translated(bus.url):
-        entries = _xrange(bus, session.log_key)
+    entries = _xrange(bus, session.log_key)
     parsed = list(asm.log_entries(session.log_key, entries))
-    created = {e.scan: e.id for e in parsed if e.event == "created" and e.scan}
-    asm.sequential = {e.scan for e in parsed if e.event == "ended" and e.scan}
+    created = {e.scan: e.id for e in parsed if e.event == LogEvent.CREATED and e.scan}
+    asm.sequential = {e.scan for e in parsed if e.event == LogEvent.ENDED and e.scan}
     if from_last:
         last = list(created.values())[-1] if created else None
         asm.cursors[session.log_key] = _before(last) if last else START
@@ -760,68 +738,40 @@ def _start(
     first: list[Event] = []
     if not replay and running:
         live = [key for key in created if key not in asm.sequential]
-        with translated(bus.url):
-            records = _records(bus, live)
+        records = _records(bus, live)
         for key, record in records.items():
             first += asm.add_scan(key, record, created[key])
     return asm, first
 
 
 class _Link:
-    """A walk's own connection, for its blocking reads. ``read`` returns XREAD's reply;
-    after losing the server (while the walk waits) it disconnects, asks for the embedded
-    server back, sleeps the reconnect backoff and returns None: call it again.
-    ``reconnected`` is True for the first reply after that."""
+    """A walk's own connection (``wire.Link``) for its blocking reads, waiting out a lost
+    server (``wire.Outage``): ``read`` returns None after a failed attempt (call it again);
+    ``reconnected`` is True for the first reply after one."""
 
     def __init__(self, bus: Bus, session: str) -> None:
-        self.bus, self.session = bus, session
-        self.pool = bus.redis.connection_pool
-        with translated(bus.url):
-            self.conn = self.pool.get_connection()
-        self.reading = False  # a reply is pending: the connection is out of step
-        self.lost_since: float | None = None
+        self.link = bus.wire.link()
+        self.outage = Outage(f"walk of {session}", revive=bus.revive_server)
         self.reconnected = False
 
     def read(
         self, streams: dict[str, str], count: int, block_ms: int | None
     ) -> list[tuple[str, Entries]] | None:
-        """XREAD of ``streams`` (see ``read_streams``); ``block_ms`` None does not wait,
+        """XREAD of ``streams`` (see ``wire.Link.read``); ``block_ms`` None does not wait,
         and then a lost server raises ``ServerUnavailable``."""
         try:
-            with translated(self.bus.url):
-                self.reading = True
-                reply = read_streams(self.conn, streams, count, block_ms)
-                self.reading = False
+            reply = self.link.read(streams, count, block_ms)
         except ServerUnavailable as exc:
             if block_ms is None:
                 raise  # a walk that does not wait has nothing to wait for
-            self._lost(exc)
+            self.link.reset()  # keep the walk's cursors; connect again on the next read
+            self.outage.wait(exc)
             return None
-        self.reconnected = self.lost_since is not None
-        if self.reconnected:
-            log.warning(
-                "walk of %s: reconnected after %.1f s",
-                self.session,
-                time.monotonic() - (self.lost_since or 0.0),
-            )
-            self.lost_since = None
+        self.reconnected = self.outage.over() is not None
         return reply
 
-    def _lost(self, exc: ServerUnavailable) -> None:
-        """Keep the walk's cursors; drop the connection and wait before trying again."""
-        self.reading = False
-        now = time.monotonic()
-        if self.lost_since is None:
-            self.lost_since = now
-            log.warning("walk of %s: %s; reconnecting", self.session, exc)
-        self.conn.disconnect()
-        self.bus.revive_server()
-        time.sleep(RECONNECT.compute(now - self.lost_since))
-
     def close(self) -> None:
-        if self.reading:  # interrupted with a reply pending
-            self.conn.disconnect()
-        self.pool.release(self.conn)
+        self.link.close()
 
 
 def _before(entry_id: str) -> str:
@@ -833,16 +783,14 @@ def _check_lost(bus: Bus, asm: Assembler) -> Iterator[Event]:
     """End the followed scans whose keys are gone: evicted ones (the session log says so)
     with GAP events for what was not read, the others as lost."""
     scans = asm.unfinished()
-    pipe = bus.redis.pipeline(transaction=False)
-    for key in scans:
-        pipe.exists(key)
-    gone = [key for key, exists in zip(scans, pipe.execute(), strict=True) if not exists]
+    exist = bus.wire.run([commands.exists(key) for key in scans])
+    gone = [key for key, exists in zip(scans, exist, strict=True) if not exists]
     if not gone:
         return
     evicted = {
         e.scan: e
         for e in asm.log_entries(asm.session_log, _xrange(bus, asm.session_log))
-        if e.event == "evicted" and e.scan
+        if e.event == LogEvent.EVICTED and e.scan
     }
     for key in gone:
         if key in evicted:
@@ -851,6 +799,11 @@ def _check_lost(bus: Bus, asm: Assembler) -> Iterator[Event]:
             yield from asm.lost(
                 key, "the scan's keys expired before it ended: its publisher stopped"
             )
+
+
+def scan_exists(bus: Bus, key: str) -> bool:
+    """Whether scan ``key`` still has its record in Redis."""
+    return bool(bus.wire.call(*commands.exists(key)))
 
 
 def follow(session: SessionNode, *, replay: bool = False, **kwargs: Any) -> Iterator[Event]:
@@ -866,8 +819,7 @@ def get_scan(bus: Bus, key: str) -> ScanNode:
         keys.parse_scan(key)
     except ValueError as exc:
         raise UnknownScan(str(exc)) from None
-    with translated(bus.url):
-        record = bus.redis.hgetall(key)
+    record = bus.wire.call(*commands.record(key))
     if not record:
         raise UnknownScan(f"no scan {key} on {bus!r} (it may have expired)")
     return ScanNode(bus, key, record)

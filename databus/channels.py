@@ -16,33 +16,19 @@ while it was not listening is missed, across a server restart too.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from ._encoding import pack_meta, unpack_meta
 from ._errors import ReadTimeout, ServerUnavailable
-from ._store import keys
-from ._store.wire import RECONNECT, translated
-from ._timing import milliseconds
+from ._store import commands, keys
+from ._store.wire import Outage
 
 if TYPE_CHECKING:
     from ._bus import Bus
 
 log = logging.getLogger(__name__)
 
-_WRITE = """
-if ARGV[2] == '1' and redis.call('HEXISTS', KEYS[1], 'v') == 1 then
-  return {tonumber(redis.call('HGET', KEYS[1], 'n')), redis.call('HGET', KEYS[1], 'v')}
-end
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('HSET', KEYS[1], 'v', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', KEYS[1], n .. ' ' .. ARGV[1])
-return {n, ARGV[1]}
-"""
 #: How often the listener looks at new subscriptions while no message comes (seconds).
 _POLL_S = 0.05
 _NOTHING = object()
@@ -124,12 +110,9 @@ class Channel:
         _hub(self.bus).detach(self)
 
     def _write(self, packed: bytes, *, only_if_absent: bool) -> None:
-        hub = _hub(self.bus)
-        ttl_ms = milliseconds(self.bus.settings.retention_ttl)
-        with translated(self.bus.url):
-            version, stored = hub.write(
-                keys=[self.key], args=[packed, "1" if only_if_absent else "0", ttl_ms]
-            )
+        ttl = self.bus.settings.retention_ttl
+        write = commands.write_shared(self.key, packed, ttl, only_if_absent=only_if_absent)
+        version, stored = self.bus.wire.call(*write)
         self._apply(int(version), stored, notify=True)
 
     def _apply(self, version: int, packed: bytes, *, notify: bool) -> None:
@@ -156,12 +139,12 @@ class _Hub:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self.write = bus.redis.register_script(_WRITE)
         self._holders: dict[str, list[Channel]] = {}
         self._pending: set[str] = set()
         self._ready: dict[str, Any] = {}
         self._lock = bus.runner.lock()
-        self._pubsub = bus.redis.pubsub(ignore_subscribe_messages=False)
+        self._subscriber = bus.wire.subscriber()
+        self._outage = Outage("shared channels", revive=bus.revive_server, sleep=bus.runner.sleep)
         self._closed = False
         self._task = bus.runner.spawn(self._run, "databus-channels")
 
@@ -169,7 +152,7 @@ class _Hub:
         """Stop listening (the bus is closing)."""
         self._closed = True
         self._task.join(1.0)
-        self._pubsub.close()
+        self._subscriber.close()
 
     def attach(self, channel: Channel, timeout: float) -> None:
         """Follow ``channel``'s topic; return once subscribed and its value read."""
@@ -181,8 +164,7 @@ class _Hub:
                 ready = self._ready[channel.key] = self.bus.runner.event()
                 self._pending.add(channel.key)
         if ready is None:  # subscribed already: read the value for this holder
-            with translated(self.bus.url):
-                self._read([channel.key])
+            self._read([channel.key])
         elif not ready.wait(timeout):
             raise ReadTimeout(f"shared channel {channel.name!r}: not subscribed within {timeout} s")
 
@@ -196,10 +178,8 @@ class _Hub:
         """Read the stored values of ``topics`` and hand them to their holders.
         ``restarted``: the server may be a new one whose versions start again at 1, so
         its values replace the local copies whatever their versions."""
-        pipe = self.bus.redis.pipeline(transaction=False)
-        for topic in topics:
-            pipe.hmget(topic, "n", "v")
-        for topic, (version, packed) in zip(topics, pipe.execute(), strict=True):
+        stored = self.bus.wire.run([commands.read_shared(topic) for topic in topics])
+        for topic, (version, packed) in zip(topics, stored, strict=True):
             if version is not None and packed is not None:
                 self._deliver(topic, int(version), packed, restarted=restarted)
             elif restarted:  # the server lost the value: its next write is version 1 again
@@ -220,58 +200,47 @@ class _Hub:
             topics = sorted(self._pending)
             self._pending.clear()
         if topics:
-            self._pubsub.subscribe(*topics)
+            self._subscriber.subscribe(*topics)
 
     def _run(self) -> None:
-        lost_since: float | None = None
         while not self._closed:
             try:
                 self._subscribe_pending()
-                message = self._pubsub.get_message(timeout=_POLL_S)
-                if lost_since is not None:
+                message = self._subscriber.message(_POLL_S)
+                if self._outage.since is not None:
                     with self._lock:
                         topics = list(self._holders)
                     self._read(topics, restarted=True)
-                    lost_since = None
-            except (redis.ConnectionError, redis.TimeoutError, ServerUnavailable) as exc:
-                now = time.monotonic()
-                lost_since = now if lost_since is None else lost_since
-                delay = RECONNECT.compute(now - lost_since)
-                log.warning("shared channels: lost the server (%s); retrying in %.2f s", exc, delay)
-                self.bus.revive_server()
-                self.bus.runner.sleep(delay)
+                    self._outage.over()
+            except ServerUnavailable as exc:
+                self._outage.wait(exc)
                 continue
             except Exception:
                 log.exception("shared channels: listener error")
                 self.bus.runner.sleep(0.1)
                 continue
-            if message is None:
-                continue
-            topic = (
-                message["channel"].decode()
-                if isinstance(message["channel"], bytes)
-                else message["channel"]
-            )
-            if message["type"] == "subscribe":
-                self._read([topic])
-                with self._lock:
-                    ready = self._ready.pop(topic, None)
-                if ready is not None:
-                    ready.set()
-            elif message["type"] == "message":
-                data = message["data"]
-                version, _, packed = data.partition(b" ")
-                try:
-                    self._deliver(topic, int(version), packed)
-                except ValueError:
-                    log.error(
-                        "shared channels: ignored a malformed message on %s: %r", topic, data[:80]
-                    )
+            if message is not None:
+                self._handle(*message)
+
+    def _handle(self, kind: str, topic: str, data: Any) -> None:
+        """One pub/sub message: a subscription done (read the value, wake the holder
+        waiting for it) or a value published."""
+        if kind == "subscribe":
+            self._read([topic])
+            with self._lock:
+                ready = self._ready.pop(topic, None)
+            if ready is not None:
+                ready.set()
+        elif kind == "message":
+            version, _, packed = data.partition(b" ")
+            try:
+                self._deliver(topic, int(version), packed)
+            except ValueError:
+                log.error(
+                    "shared channels: ignored a malformed message on %s: %r", topic, data[:80]
+                )
 
 
 def _hub(bus: Bus) -> _Hub:
-    """The bus's channel listener, started on first use."""
-    with bus._hub_lock:
-        if bus._channel_hub is None:
-            bus._channel_hub = _Hub(bus)
-        return bus._channel_hub
+    """The bus's channel listener, started on first use, closed with the bus."""
+    return bus.attachment("shared channels", lambda: _Hub(bus))

@@ -31,7 +31,8 @@ from ._errors import DatabusError
 from ._publish import Scan as PublishedScan
 from ._states import EndReason
 from ._store import keys
-from ._subscribe import read_streams
+from ._store.schema import stop_reason
+from ._store.wire import Link
 from ._timing import milliseconds
 from .sim import ElapsedTimeCounter, PointContext, SimDetector, SimMotor
 
@@ -308,30 +309,29 @@ class StepScan:
         ``on_timeout`` whenever no point came for ``watchdog_timeout`` seconds."""
         ctl = keys.scan_control(str(self.key))
         cursor: Any = "0-0"
-        conn = bus.redis.connection_pool.get_connection()  # its own: the read blocks
+        link = bus.wire.link()  # its own connection: the read blocks
         try:
             while self._running:
-                cursor = self._watch_once(conn, ctl, cursor)
+                cursor = self._watch_once(link, ctl, cursor)
         finally:
-            bus.redis.connection_pool.release(conn)
+            link.close()
 
-    def _watch_once(self, conn: Any, ctl: str, cursor: Any) -> Any:
+    def _watch_once(self, link: Link, ctl: str, cursor: Any) -> Any:
         """One round of ``_monitor``: read stop requests (blocking up to 0.1 s), then
         call ``on_timeout`` if it is due. Returns the control stream's new cursor."""
         timeout = self._watchdog.watchdog_timeout if self._watchdog else 1.0
         block = milliseconds(min(0.1, timeout))
         try:
-            replies = read_streams(conn, {ctl: cursor}, 16, block)
-        except Exception as exc:  # the server went away: keep the watchdog going
+            replies = link.read({ctl: cursor}, 16, block)
+        except DatabusError as exc:  # the server went away: keep the watchdog going
             log.warning("scan %s: cannot read stop requests (%s)", self.key, exc)
-            conn.disconnect()
+            link.reset()
             replies = []
             time.sleep(0.1)
         for _, entries in replies:
             for entry_id, fields in entries:
                 cursor = entry_id
-                if fields.get(b"event") == b"stop":
-                    self._stop_reason = fields.get(b"reason", b"requested").decode(errors="replace")
+                self._stop_reason = stop_reason(fields) or self._stop_reason
         if self._watchdog is not None and time.monotonic() - self._last_point > timeout:
             self._last_point = time.monotonic()  # call again after another timeout
             try:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import databus
-from databus._encoding import Descriptor, decode_entries
+from databus._encoding import decode_entries
 
 
 def frame(rng: np.random.Generator, position: float, size: int = 512) -> np.ndarray:
@@ -61,8 +61,9 @@ def main() -> None:
     elapsed = time.perf_counter() - started
 
     print(f"published {scan.key} ({scan.end_reason.value}) in {elapsed:.2f} s on {bus!r}")
+    stored = bus.scan(scan.key).channels
     for name, writer in scan.channels.items():
-        desc = Descriptor.from_meta(bus.redis.hget(scan.key, f"ch:{name}"))
+        desc = stored[name].desc
         entries = bus.redis.xrange(writer.key)
         blocks = [b for b in decode_entries(desc, writer.key, entries) if not isinstance(b, int)]
         last = blocks[-1].data[-1]

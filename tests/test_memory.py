@@ -25,6 +25,17 @@ def small_server(tmp_path):
     server.stop()
 
 
+def test_the_guard_reports_a_stopped_server_as_a_databus_error(tmp_path):
+    server = EmbeddedServer(tmp_path, maxmemory=CAP)
+    bus = databus.connect(server.start().url, prefix="gone", memory_guard=False)
+    server.stop()
+    try:
+        with pytest.raises(databus.ServerUnavailable):
+            MemoryGuard(bus).check()
+    finally:
+        bus.close()
+
+
 def frames_scan(bus, session, count, title="frames"):
     with bus.session(session).create_scan(title=title) as scan:
         img = scan.channel("img", "uint8", (1024, 1024))

@@ -133,6 +133,16 @@ def test_cli_start_status_stop(run_dir):
     assert "no server was running" in cli(run_dir, "server", "stop").stdout
 
 
+def test_status_of_a_stopped_server_is_a_databus_error(run_dir):
+    server = EmbeddedServer(run_dir)
+    url = server.start().url
+    server.stop()
+    proc = cli(run_dir, "--url", url, "status", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("databus: cannot reach the server at ")
+    assert "Traceback" not in proc.stderr
+
+
 def test_the_default_server_has_users_and_secrets_that_are_never_printed(run_dir):
     out = cli(run_dir, "server", "start", "--password").stdout  # the default, asked for
     state = EmbeddedServer(run_dir).status()

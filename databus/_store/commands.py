@@ -256,3 +256,132 @@ def gap(stream: str, first: int, stop: int, reason: str) -> Command:
 def seal(stream: str, total: int) -> Command:
     """The seal of a channel's ``stream``: the channel has ``total`` points, no more."""
     return xadd(stream, dict(seal_fields(total)), SEAL_ID)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def record(scan_key: str) -> Command:
+    """A scan's record, whole (HGETALL: a dict of bytes)."""
+    return ("HGETALL", scan_key)
+
+
+def entries(stream: str, start: str = "-", end: str = "+", count: int | None = None) -> Command:
+    """Entries of ``stream`` from ``start`` to ``end`` (inclusive, or exclusive after
+    ``(``), oldest first, at most ``count``."""
+    return ("XRANGE", stream, start, end, *(() if count is None else ("COUNT", count)))
+
+
+def entries_back(stream: str, end: str = "+", start: str = "-", count: int = 1) -> Command:
+    """Entries of ``stream`` from ``end`` back to ``start``, newest first: by default its
+    last entry."""
+    return ("XREVRANGE", stream, end, start, "COUNT", count)
+
+
+def exists(*names: str) -> Command:
+    """How many of ``names`` exist."""
+    return ("EXISTS", *names)
+
+
+def points(stream: str, first: int, last: int, max_seq: str) -> list[Command]:
+    """What a reader of points ``first`` .. ``last`` of a channel needs: the entry before
+    them (a block may start earlier), theirs, and the next one (a gap marker?). Entry IDs
+    are ``<point index>-<sequence>``, ``max_seq`` the largest sequence."""
+    return [
+        entries_back(stream, f"{first}-{max_seq}"),
+        entries(stream, f"{first}-0", f"{last}-{max_seq}"),
+        entries(stream, f"({last}-{max_seq}", "+", 1),
+    ]
+
+
+def saved_where(scan_key: str, channel: str) -> Command:
+    """Where the file writer saved channel ``channel`` of the scan: its file, dataset."""
+    return ("HMGET", scan_key, schema.FILE, schema.dataset_field(channel))
+
+
+def request_stop(scan_key: str, reason: str, when: float, retention_ttl: float) -> list[Command]:
+    """A reader's request, on the scan's control stream, that the running scan stop."""
+    control = keys.scan_control(scan_key)
+    return [xadd(control, schema.stop_entry(reason, when)), pexpire(control, retention_ttl)]
+
+
+# ------------------------------------------------------------------ memory guard
+
+
+def memory() -> Command:
+    """The server's memory figures (INFO memory: ``used_memory``, ``maxmemory``...)."""
+    return ("INFO", "memory")
+
+
+def scans(prefix: str) -> Command:
+    """Keys of the scans created within the retention time, oldest first."""
+    return ("ZRANGE", keys.scans(prefix), 0, -1)
+
+
+def writer_marks(scan_key: str) -> Command:
+    """A scan's state and the file writer's marks: its file, when it was written."""
+    return ("HMGET", scan_key, "state", schema.FILE, schema.WRITTEN)
+
+
+def evict(scan_key: str, channels: Iterable[str], entry: dict[str, Any]) -> list[Command]:
+    """Deleting the ended scan ``scan_key``, every key of it (its ``channels``' streams
+    too; freed by the server's background thread, so a big scan never stalls it), and
+    noting it in its session log (``entry``: ``schema.evicted_entry``)."""
+    prefix, session, _ = keys.parse_scan(scan_key)
+    streams = [keys.channel(scan_key, name) for name in channels]
+    return [
+        ("UNLINK", scan_key, keys.scan_log(scan_key), keys.scan_control(scan_key), *streams),
+        ("ZREM", keys.scans(prefix), scan_key),
+        xadd(keys.session_log(prefix, session), entry),
+    ]
+
+
+# ------------------------------------------------------------------ status
+
+
+def count_sessions(prefix: str) -> Command:
+    """How many sessions were active within the retention time."""
+    return ("ZCARD", keys.sessions(prefix))
+
+
+# ------------------------------------------------------------------ shared channels
+
+#: Writes a shared channel's value (ARGV[1]) unless ARGV[2] is '1' and it has one: bumps
+#: its version, sets its TTL (ARGV[3] ms) and publishes "<version> <value>" on its key.
+#: Returns {version, value} as stored. The server's order decides which write is last.
+_WRITE_SHARED = """
+if ARGV[2] == '1' and redis.call('HEXISTS', KEYS[1], 'v') == 1 then
+  return {tonumber(redis.call('HGET', KEYS[1], 'n')), redis.call('HGET', KEYS[1], 'v')}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', KEYS[1], n .. ' ' .. ARGV[1])
+return {n, ARGV[1]}
+"""
+
+
+def write_shared(key: str, packed: bytes, ttl: float, *, only_if_absent: bool) -> Command:
+    """Setting shared channel ``key`` to ``packed`` for everybody (``only_if_absent``: its
+    default, kept if it has a value); replies [version, value stored]."""
+    flag = "1" if only_if_absent else "0"
+    return ("EVAL", _WRITE_SHARED, 1, key, packed, flag, milliseconds(ttl))
+
+
+def read_shared(key: str) -> Command:
+    """Shared channel ``key``'s [version, packed value] (None, None if it has none)."""
+    return ("HMGET", key, "n", "v")
+
+
+# ------------------------------------------------------------------ file writer
+
+#: HSET into a hash only if it exists: a note never leaves a stray, TTL-less record.
+_HSET_IF_EXISTS = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end"
+)
+
+
+def note(scan_key: str, fields: dict[str, Any]) -> Command:
+    """The file writer's ``fields`` (``schema.file_record``, ``schema.written_record``)
+    into the scan's record, if it is still there."""
+    return ("EVAL", _HSET_IF_EXISTS, 1, scan_key, *_flat(fields))

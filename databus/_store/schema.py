@@ -54,9 +54,12 @@ FILE = "file"
 WRITTEN = "written"
 
 
+_CHANNEL = "ch:"
+
+
 def channel_field(name: str) -> str:
     """The record field holding channel ``name``'s descriptor."""
-    return f"ch:{name}"
+    return f"{_CHANNEL}{name}"
 
 
 def dropped_field(name: str) -> str:
@@ -118,6 +121,11 @@ def end_record(
 def file_record(path: str, datasets: dict[str, str]) -> dict[str, Any]:
     """The file writer's note: the file it writes, and the dataset of each channel."""
     return {FILE: path, **{dataset_field(name): where for name, where in datasets.items()}}
+
+
+def written_record(when: float) -> dict[str, Any]:
+    """The file writer's note that the scan's file is complete, at ``when``."""
+    return {WRITTEN: when}
 
 
 # ------------------------------------------------------------------- log entries
@@ -194,9 +202,23 @@ def evicted_entry(
     return fields
 
 
+def recorded_end(record: dict) -> tuple[str | None, bytes | None]:
+    """How scan record ``record`` (an HGETALL) says the scan ended: its end reason
+    ("finished" if none is recorded) and its error as stored (None if none)."""
+    reason = field(record, "end_reason")
+    return message(b"finished" if reason is None else reason), field(record, "error")
+
+
 def stop_entry(reason: str, when: float) -> dict[str, Any]:
     """A request, on the scan's control stream, that the running scan stop."""
     return {"event": LogEvent.STOP.value, "reason": reason, "time": when}
+
+
+def evicted_channels(entry: LogEntry) -> dict[str, tuple[int, bytes]]:
+    """What an ``evicted`` entry says of each channel: its total and packed descriptor.
+    Raises (ValueError, TypeError...) if the entry does not hold that."""
+    packed = unpack_meta(field(entry.fields, "channels"))
+    return {str(name): (int(v[0]), v[1]) for name, v in packed.items()}
 
 
 def stop_reason(fields: dict) -> str | None:
@@ -359,6 +381,12 @@ class ScanRecord:
         )
 
 
+def ended_as_read(record: dict, reason: EndReason | str) -> dict:
+    """``record`` (an HGETALL) as it reads once the scan has ended with ``reason``: what a
+    walk learns from the scan log before it reads the record again."""
+    return {**record, b"state": b"%d" % ScanState.ENDED, b"end_reason": str(reason).encode()}
+
+
 def _descriptor(name: str, raw: bytes) -> Descriptor:
     desc = Descriptor.from_meta(raw)
     if desc.name != name:
@@ -372,19 +400,32 @@ def descriptor(key: str, name: str, raw: bytes | None) -> Descriptor:
         raise CorruptEntry(
             f"scan record {key}: no descriptor for channel {name!r}", key=key, entry_id=name
         )
-    return _decoded(key, f"ch:{name}", raw, lambda raw: _descriptor(name, raw))
+    return _decoded(key, channel_field(name), raw, lambda raw: _descriptor(name, raw))
+
+
+def raw_descriptor(record: dict, name: str) -> bytes | None:
+    """Channel ``name``'s packed descriptor in ``record`` (an HGETALL); None if absent."""
+    return field(record, channel_field(name))
+
+
+def raw_descriptors(record: dict) -> dict[str, bytes]:
+    """Every packed channel descriptor in ``record`` (an HGETALL) by channel name, as
+    stored (names whose bytes are not UTF-8 escaped)."""
+    found = {}
+    for raw_field, raw in record.items():
+        name = message(raw_field) or ""
+        if name.startswith(_CHANNEL):
+            found[name[len(_CHANNEL) :]] = raw
+    return found
 
 
 def descriptors(key: str, record: dict) -> dict[str, Descriptor]:
     """Every channel descriptor of scan record ``key`` that decodes, by channel name; one
     warning for each that does not."""
     found = {}
-    for raw_field, raw in record.items():
-        name = message(raw_field) or ""
-        if not name.startswith("ch:"):
-            continue
+    for name, raw in raw_descriptors(record).items():
         try:
-            found[name[3:]] = descriptor(key, name[3:], raw)
+            found[name] = descriptor(key, name, raw)
         except CorruptEntry as exc:
-            warn_skipped(key, name, str(exc))
+            warn_skipped(key, channel_field(name), str(exc))
     return found
