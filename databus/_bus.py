@@ -18,15 +18,16 @@ from urllib.parse import urlsplit
 from ._config import Settings
 from ._encoding import text
 from ._errors import ClosedError, DatabusError, InvalidURL, redact
+from ._publish import Scan
 from ._runners import GeventRunner, ThreadRunner, make_runner
 from ._server import EmbeddedServer
 from ._sink import BufferPool
 from ._store import commands, keys
 from ._store.wire import Wire
+from ._subscribe import ScanNode, SessionNode, follow, get_scan
 
 if TYPE_CHECKING:
     from ._events import Event
-    from ._subscribe import ScanNode, SessionNode
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,6 @@ class Bus:
         """The scan stored under ``key`` (``scan.key`` of a publisher, ``node.db_name``);
         ``UnknownScan`` if it is not (or no longer) in Redis."""
         self._check_open()
-        from ._subscribe import get_scan
-
         return get_scan(self, key)
 
     def sessions(self) -> list[str]:
@@ -178,22 +177,18 @@ class Session:
     def __repr__(self) -> str:
         return f"<Session {self.name!r} on {redact(self.bus.url)}>"
 
-    def create_scan(self, info: dict[str, Any] | None = None, **fields: Any) -> Any:
+    def create_scan(self, info: dict[str, Any] | None = None, **fields: Any) -> Scan:
         """Create and number a new scan in this session; see ``databus._publish.Scan``.
 
         ``info`` (and keyword ``fields``, merged into it) is the scan info: title, type,
         npoints, count_time, motors, counters and any user fields; it stays updatable
         until the scan ends.
         """
-        from ._publish import Scan
-
         return Scan.create(self, {**(info or {}), **fields})
 
     @property
     def node(self) -> SessionNode:
         """The session's reader-side node (walks, as in BLISS)."""
-        from ._subscribe import SessionNode
-
         return SessionNode(self.bus, self.name)
 
     def scans(self) -> list[ScanNode]:
@@ -208,8 +203,6 @@ class Session:
         classic walks: ``include_filter``, ``exclude_children``, ``wait``,
         ``stop_handler``, ``started_event``.
         """
-        from ._subscribe import follow
-
         return follow(self.node, replay=replay, **kwargs)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._bus import Bus, default_bus
+from ._encoding import ChannelKind
 from ._errors import DatabusError
 from ._publish import Scan as PublishedScan
 from ._states import EndReason
@@ -173,15 +174,15 @@ class StepScan:
         info.update(self._extra_info)
         return info
 
-    def _channel_specs(self) -> list[tuple[str, str, tuple[int, ...], str | None, str]]:
+    def _channel_specs(self) -> list[tuple[str, str, tuple[int, ...], str | None, ChannelKind]]:
         """(name, dtype, shape, unit, kind) of every channel the scan publishes."""
-        specs: list[tuple[str, str, tuple[int, ...], str | None, str]] = [
+        specs: list[tuple[str, str, tuple[int, ...], str | None, ChannelKind]] = [
             (f"axis:{m.name}", "float64", (), m.unit, "array") for m in self.motors
         ]
         specs.append(("timer:elapsed_time", "float64", (), "s", "array"))
         for c in self.counters:
             if isinstance(c, SimDetector):
-                kind = "ref" if c.mode == "file" else "array"
+                kind: ChannelKind = "ref" if c.mode == "file" else "array"
                 specs.append((c.channel_name, c.dtype.str, c.shape, None, kind))
             else:
                 specs.append((c.channel_name, c.dtype, (), c.unit, "array"))
