@@ -33,7 +33,7 @@ from ._publish import Scan as PublishedScan
 from ._states import EndReason
 from ._store import keys
 from ._store.schema import stop_reason
-from ._store.wire import Link
+from ._store.wire import Link, Outage
 from ._timing import milliseconds
 from .sim import ElapsedTimeCounter, PointContext, SimDetector, SimMotor
 
@@ -311,24 +311,25 @@ class StepScan:
         ctl = keys.scan_control(str(self.key))
         cursor: Any = "0-0"
         link = bus.wire.link()  # its own connection: the read blocks
+        outage = Outage(f"scan {self.key}: stop requests", revive=bus.revive_server)
         try:
             while self._running:
-                cursor = self._watch_once(link, ctl, cursor)
+                cursor = self._watch_once(link, outage, ctl, cursor)
         finally:
             link.close()
 
-    def _watch_once(self, link: Link, ctl: str, cursor: Any) -> Any:
+    def _watch_once(self, link: Link, outage: Outage, ctl: str, cursor: Any) -> Any:
         """One round of ``_monitor``: read stop requests (blocking up to 0.1 s), then
         call ``on_timeout`` if it is due. Returns the control stream's new cursor."""
         timeout = self._watchdog.watchdog_timeout if self._watchdog else 1.0
         block = milliseconds(min(0.1, timeout))
         try:
             replies = link.read({ctl: cursor}, 16, block)
+            outage.over()
         except DatabusError as exc:  # the server went away: keep the watchdog going
-            log.warning("scan %s: cannot read stop requests (%s)", self.key, exc)
             link.reset()
+            outage.wait(exc)
             replies = []
-            time.sleep(0.1)
         for _, entries in replies:
             for entry_id, fields in entries:
                 cursor = entry_id

@@ -32,7 +32,14 @@ from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 
 from .._encoding import text
-from .._errors import InvalidURL, PermissionDenied, ServerError, ServerUnavailable, redact
+from .._errors import (
+    DatabusError,
+    InvalidURL,
+    PermissionDenied,
+    ServerError,
+    ServerUnavailable,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +139,7 @@ class Outage:
         #: When the server was lost (monotonic seconds), None while it is there.
         self.since: float | None = None
 
-    def wait(self, exc: ServerUnavailable) -> None:
+    def wait(self, exc: DatabusError) -> None:
         now = time.monotonic()
         if self.since is None:
             self.since = now
