@@ -35,6 +35,8 @@ FAST = settings(deadline=None, suppress_health_check=list(HealthCheck))
 
 #: ``DATABUS_FUZZ_SCALE=10`` multiplies every property's examples (random exploration).
 SCALE = int(os.environ.get("DATABUS_FUZZ_SCALE", "1"))
+#: The suite's per-test timeout (pyproject), scaled with the number of examples.
+pytestmark = pytest.mark.timeout(120 * SCALE)
 
 
 def fuzz(examples):
