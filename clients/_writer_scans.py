@@ -1,6 +1,6 @@
 """The scans the writer has in hand: the entry each one is written to, the files those
-live in, and the scans held while their file waits (a full disk, another writer), with
-when to store, flush and try a waiting file again.
+live in, and the scans held while their file waits (a full disk, another writer); each
+event of a written scan goes to its entry here.
 """
 
 from __future__ import annotations
@@ -17,11 +17,19 @@ import databus
 
 from ._nexus import file_name
 from ._writer_entries import Entry
-from ._writer_files import MAX_BACKOFF_S, OutputFile, no_space
+from ._writer_files import OutputFile, no_space
 from ._writer_frames import TrustedRoots
-from ._writer_lifecycle import end_entry, note, open_entry
+from ._writer_lifecycle import end_entry, entry_name, note, open_entry
 
 log = logging.getLogger("databus.writer")
+
+#: The events the writer acts on (a scan's entry is made at the first of them).
+_WRITTEN = (
+    databus.EventType.PREPARED_SCAN,
+    databus.EventType.NEW_DATA,
+    databus.EventType.GAP,
+    databus.EventType.END_SCAN,
+)
 
 
 @dataclasses.dataclass
@@ -78,6 +86,49 @@ class ScanFiles:
             day = datetime.datetime.fromtimestamp(created).strftime("%Y%m%d")
             path = self.root / session / f"{session}_{day}.h5"
         return path, f"{scan.number}.1"
+
+    def complete(self, scan: Any) -> bool:
+        """True if the scan's entry is finished in its file, or the file cannot be read (it
+        is not touched); False while the file waits (opening the entry holds the scan)."""
+        path, name = self.location(scan)
+        if not path.exists():
+            return False
+        try:
+            f = self.file(path)
+            h5 = f.h5 if f.h5 is not None else f.structural()
+            name = entry_name(h5, scan, name)
+            return name in h5 and "end_reason" in h5[name]
+        except Exception as exc:
+            if isinstance(exc, BlockingIOError) or no_space(exc):
+                return False
+            self.error(f"{path}: cannot read ({exc})")
+            return True
+
+    def take(self, event: databus.Event, scan: Any) -> None:
+        """Write ``event`` of ``scan`` to its entry, or keep its end while the scan is held."""
+        key = scan.db_name
+        kind = event.type
+        if key in self.refused or kind not in _WRITTEN:
+            return
+        entry = self.entries.get(key)
+        if entry is not None and entry.file.blocked is not None:
+            self.hold(scan, entry.file)  # the file waits: this event's data stays in Redis
+            entry = None
+        elif entry is None:
+            entry = self.open(scan)
+        if entry is None:  # held until its file can be written
+            if kind is databus.EventType.END_SCAN and key in self.held:
+                self.held[key].end = event.data
+            return
+        if kind is databus.EventType.NEW_DATA:
+            if entry.failed is None:
+                entry.write(event.node.name, event.data)
+        elif kind is databus.EventType.GAP:
+            if entry.failed is None:
+                gap = event.data
+                entry.gap(event.node.name, gap.first_index, gap.block_size, gap.reason)
+        elif kind is databus.EventType.END_SCAN:
+            self.finish(entry, event.data)
 
     def open(self, scan: Any) -> Entry | None:
         """The scan's entry, created or taken up unfinished where the file says. None
@@ -171,7 +222,7 @@ class ScanFiles:
             entry.failed = f"{type(exc).__name__}: {exc}"
 
     def hold(self, scan: Any, file: OutputFile) -> None:
-        """Keep ``scan`` until ``file`` can be written again (see ``tick``)."""
+        """Keep ``scan`` until ``file`` can be written again (see ``_writer_upkeep.tick``)."""
         if scan.db_name not in self.held:
             self.held[scan.db_name] = Held(scan, file)
 
@@ -183,100 +234,6 @@ class ScanFiles:
         for entry in self.entries.values():
             if entry.file is file:
                 entry.rewind(failed)
-
-    def flush_due(self) -> None:
-        """Store pending points and flush every file not flushed for ``flush_s``; a file
-        whose disk lacks the room is blocked before HDF5 fails."""
-        now = time.monotonic()
-        due = [
-            f
-            for f in self.files.values()
-            if f.h5 is not None and f.blocked is None and now - f.last_flush >= self.flush_s
-        ]
-        for f in due:
-            entries = [e for e in self.entries.values() if e.file is f and e.failed is None]
-            try:
-                f.check_room(sum(e.pending_bytes for e in entries))
-            except OSError as exc:
-                self.block(f, exc)
-                continue
-            try:
-                for entry in entries:
-                    entry.store()
-                f.flush()
-            except Exception as exc:
-                if not no_space(exc):
-                    raise
-                self.block(f, exc, failed=True)
-                continue
-            for entry in entries:
-                entry.flushed()
-
-    def tick(self) -> None:
-        """Store and flush what is due, then try the files scans wait for."""
-        self.flush_due()
-        now = time.monotonic()
-        for f in {h.file for h in self.held.values()} | {
-            e.file for e in self.entries.values() if e.file.blocked
-        }:
-            if f.retry_at <= now:
-                try:
-                    self._retry(f)
-                except Exception as exc:
-                    f.retry_at = now + MAX_BACKOFF_S
-                    self.error(f"{f.path}: cannot write it again ({type(exc).__name__}: {exc})")
-
-    def _retry(self, file: OutputFile) -> None:
-        """Try ``file`` again: if it can be written, cut its open entries back to what is
-        safely stored, then open and finish the scans that waited for it."""
-        try:
-            file.check_room()
-        except OSError as exc:
-            self.block(file, exc)
-            return
-        try:
-            if file.h5 is not None:
-                file.flush_after_failure()
-            file.structural()
-            for entry in self.entries.values():
-                if entry.file is file:
-                    entry.cut()
-        except Exception as exc:
-            if no_space(exc) or isinstance(exc, BlockingIOError):
-                self.block(file, exc, failed=no_space(exc))
-                return
-            if not file.failed_write:
-                raise
-            self._set_aside(file, exc)
-        file.unblock()
-        for key, held in list(self.held.items()):
-            if held.file is not file:
-                continue
-            del self.held[key]
-            try:
-                opened = self.open(held.scan)
-                if opened is not None:
-                    opened.behind = True
-                    if held.end is not None:
-                        self.finish(opened, held.end)
-            except Exception as exc:
-                self.trouble(held.scan, exc)
-        if file.h5 is not None and file.blocked is None:
-            file.live()
-
-    def _set_aside(self, file: OutputFile, exc: Exception) -> None:
-        """HDF5 left ``file`` unreadable after failing on a full disk: set it aside and
-        write its open scans again, from Redis, into a new file (scans it had finished
-        stay in the damaged one)."""
-        aside = file.set_aside()
-        self.error(
-            f"{file.path}: HDF5 failed on the full disk and left it unreadable ({exc}); "
-            f"moved to {aside}, its unfinished scans are written again from Redis"
-        )
-        for key, entry in list(self.entries.items()):
-            if entry.file is file:
-                del self.entries[key]
-                self.hold(entry.scan, file)
 
     def close(self) -> None:
         """Store what every writable entry has pending, then close every file (a full

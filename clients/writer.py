@@ -47,23 +47,15 @@ from typing import Any
 import databus
 from databus._subscribe import scan_exists
 
-from ._nexus import file_name, h5py_module, hdf5_name, original_name
-from ._writer_files import no_space
+from ._nexus import file_name, h5py_module, original_name
 from ._writer_frames import TrustedRoots
-from ._writer_lifecycle import compression_options, entry_name, mark_expired_entries
+from ._writer_lifecycle import compression_options, mark_expired_entries
 from ._writer_scans import ScanFiles
+from ._writer_upkeep import flush_due, tick
 
-__all__ = ["NexusWriter", "hdf5_name", "main", "original_name", "serve"]
+__all__ = ["NexusWriter", "main", "original_name", "serve"]
 
 log = logging.getLogger("databus.writer")
-
-#: The events the writer acts on (a scan's entry is made at the first of them).
-_WRITTEN = (
-    databus.EventType.PREPARED_SCAN,
-    databus.EventType.NEW_DATA,
-    databus.EventType.GAP,
-    databus.EventType.END_SCAN,
-)
 
 
 class NexusWriter:
@@ -119,27 +111,11 @@ class NexusWriter:
         if node.type in ("scan", "scan_group"):
             key = node.db_name
             if key not in self._decisions:
-                self._decisions[key] = bool(node.info.get("save", True)) and not self._complete(
-                    node
-                )
+                with self._lock:
+                    save = bool(node.info.get("save", True))
+                    self._decisions[key] = save and not self._scans.complete(node)
             return self._decisions[key]
         return self._decisions.get(node.parent.db_name, False)
-
-    def _complete(self, scan: Any) -> bool:
-        path, name = self._scans.location(scan)
-        if not path.exists():
-            return False
-        with self._lock:
-            try:
-                f = self._scans.file(path)
-                h5 = f.h5 if f.h5 is not None else f.structural()
-                name = entry_name(h5, scan, name)
-                return name in h5 and "end_reason" in h5[name]
-            except Exception as exc:
-                if isinstance(exc, BlockingIOError) or no_space(exc):
-                    return False  # not known yet: opening the entry holds the scan until it is
-                self._error(f"{path}: cannot read ({exc})")
-                return True  # do not touch a file we cannot read
 
     def run(self, started: threading.Event | None = None) -> None:
         """Follow every session until ``stop_handler.stop()`` (or SIGTERM in ``main``).
@@ -164,7 +140,7 @@ class NexusWriter:
         while alive := [t for t in threads if t.is_alive()]:
             alive[0].join(self.flush_s)
             with self._lock:
-                self._scans.tick()
+                tick(self._scans)
         with self._lock:
             self._scans.close()
         if self._died:
@@ -182,7 +158,7 @@ class NexusWriter:
             started.set()
 
     def _follow_session(self, session: str, started: threading.Event) -> None:
-        """Follow ``session`` and hand each event of a written scan to ``_on``."""
+        """Follow ``session`` and hand each event of a saved scan to its entry."""
         try:
             node = self.bus.session(session)
         except ValueError as exc:  # a name the bus refuses: the other sessions go on
@@ -201,37 +177,10 @@ class NexusWriter:
                 node = event.node
                 scan = node if node.type in ("scan", "scan_group") else node.parent
                 try:
-                    self._on(event, scan)
+                    self._scans.take(event, scan)
                 except Exception as exc:  # one scan's trouble never stops the others
                     self._scans.trouble(scan, exc)
-                self._scans.flush_due()
-
-    def _on(self, event: databus.Event, scan: Any) -> None:
-        """Route ``event`` to its scan's entry, or keep its end while the scan is held."""
-        scans = self._scans
-        key = scan.db_name
-        kind = event.type
-        if key in scans.refused or kind not in _WRITTEN:
-            return
-        entry = scans.entries.get(key)
-        if entry is not None and entry.file.blocked is not None:
-            scans.hold(scan, entry.file)  # the file waits: this event's data stays in Redis
-            entry = None
-        elif entry is None:
-            entry = scans.open(scan)
-        if entry is None:  # held until its file can be written
-            if kind is databus.EventType.END_SCAN and key in scans.held:
-                scans.held[key].end = event.data
-            return
-        if kind is databus.EventType.NEW_DATA:
-            if entry.failed is None:
-                entry.write(event.node.name, event.data)
-        elif kind is databus.EventType.GAP:
-            if entry.failed is None:
-                gap = event.data
-                entry.gap(event.node.name, gap.first_index, gap.block_size, gap.reason)
-        elif kind is databus.EventType.END_SCAN:
-            scans.finish(entry, event.data)
+                flush_due(self._scans)
 
     def _error(self, message: str) -> None:
         self.errors.append(message)
