@@ -183,6 +183,7 @@ class NexusWriter:
                 flush_due(self._scans)
 
     def _error(self, message: str) -> None:
+        """Keep ``message`` in ``errors`` and log it."""
         self.errors.append(message)
         log.error("%s", message)
 
