@@ -172,7 +172,7 @@ def test_a_second_writer_takes_over_from_one_killed(beamline, tmp_path, caplog):
     runner.start()
     wait_for_log(first, "writing ")
     second = Running(b["bus"], tmp_path, flush_s=0.1)
-    assert eventually(lambda: s.key in second.writer._held, timeout=10)
+    assert eventually(lambda: s.key in second.writer._scans.held, timeout=10)
     assert "being written by another writer" in caplog.text
     first.send_signal(signal.SIGKILL)
     first.wait()
@@ -227,7 +227,7 @@ def test_a_full_disk_holds_the_scans_and_they_are_written_when_space_returns(
     runner = threading.Thread(target=s.run)
     runner.start()
     assert eventually(lambda: "no space left" in caplog.text, timeout=10)
-    assert eventually(lambda: s.key in w.writer._held, timeout=10)
+    assert eventually(lambda: s.key in w.writer._scans.held, timeout=10)
     b["bus"].scan(s.key).request_stop("enough")
     runner.join(10)
     after = scan.loopscan(50, 0, b["mon"])
@@ -249,10 +249,12 @@ def test_a_scan_that_expired_while_the_disk_was_full_is_marked(beamline, small_d
     s = scan.timescan(0.002, b["diode"], run=False)
     runner = threading.Thread(target=s.run)
     runner.start()
-    assert eventually(lambda: s.key in w.writer._entries, timeout=10)
-    assert eventually(lambda: w.writer._entries[s.key].channels["simulation:diode"].durable > 0)
+    assert eventually(lambda: s.key in w.writer._scans.entries, timeout=10)
+    assert eventually(
+        lambda: w.writer._scans.entries[s.key].channels["simulation:diode"].durable > 0
+    )
     filler = fill(small_disk)
-    assert eventually(lambda: s.key in w.writer._held, timeout=10)
+    assert eventually(lambda: s.key in w.writer._scans.held, timeout=10)
     b["bus"].scan(s.key).request_stop()
     runner.join(10)
     expire(b["bus"], s.key)
@@ -345,7 +347,7 @@ def test_a_dead_session_thread_stops_the_writer_with_a_message(bus, tmp_path, ca
 
 
 def test_hdf5_failing_on_a_full_disk_is_recovered(beamline, small_disk, monkeypatch, caplog):
-    from databus.clients import writer as writer_module
+    from databus.clients import _writer_files as writer_module
 
     room = writer_module.ROOM_BYTES
     monkeypatch.setattr(writer_module, "ROOM_BYTES", 0)  # let HDF5 itself hit ENOSPC
@@ -355,7 +357,7 @@ def test_hdf5_failing_on_a_full_disk_is_recovered(beamline, small_disk, monkeypa
     w.wait_for(1)
     filler = fill(small_disk)
     s = scan.loopscan(20, 0, b["diode"], b["mon"])
-    assert eventually(lambda: s.key in w.writer._held, timeout=10)
+    assert eventually(lambda: s.key in w.writer._scans.held, timeout=10)
     monkeypatch.setattr(writer_module, "ROOM_BYTES", room)  # tried again once there is room
     filler.unlink()
     w.wait_for(2, timeout=20)
