@@ -429,7 +429,7 @@ def _after(cursor: str) -> str:
 class ChannelNode(Node):
     """A channel's points, read from Redis (and from the detector's files for ``lima``
     channels): ``len()``, ``get(i)``, ``get(a, b)`` (inclusive), ``ch[a:b]``,
-    ``get_as_array()``, ``np.asarray(ch)``. ``shape`` and ``dtype`` are those of one point.
+    ``get_as_array(a, -1)``, ``np.asarray(ch)``. ``shape`` and ``dtype`` are those of one point.
     """
 
     def __init__(self, bus: Bus, scan: ScanNode, desc: Descriptor) -> None:
@@ -445,6 +445,12 @@ class ChannelNode(Node):
     @property
     def short_name(self) -> str:
         return self.name.rsplit(":", 1)[-1]
+
+    @property
+    def fullname(self) -> str:
+        """The channel's full name (``axis:robz``), as BLISS's channel nodes have it:
+        clients such as BLISS's ScansWatcher route NEW_DATA by it."""
+        return self.name
 
     @property
     def dtype(self) -> np.dtype | None:
@@ -510,10 +516,20 @@ class ChannelNode(Node):
             return data[::step] if step != 1 else data
         return self.get(index)
 
-    def get_as_array(self) -> Any:
-        """Every point published so far."""
+    def get_as_array(self, from_index: int = 0, to_index: int | None = -1) -> Any:
+        """Points ``from_index`` .. ``to_index`` inclusive, as BLISS's ``get_as_array``:
+        ``-1`` (the default) reads to the last point published, an index past it reads
+        what exists, so ``get_as_array(len(ch), -1)`` is empty (a polling loop's "nothing
+        new"); ``None`` reads point ``from_index`` alone. Raises as ``get`` for points that
+        are gone from Redis."""
+        if to_index is None:
+            return np.asarray(self.get(from_index))
         length = len(self)
-        return self._read(0, length - 1) if length else self._empty()
+        first = from_index + length if from_index < 0 else from_index
+        last = to_index + length if to_index < 0 else min(to_index, length - 1)
+        if first < 0:
+            raise IndexError(f"channel {self.name!r} has {length} points; index out of range")
+        return self._read(first, last) if first <= last else self._empty()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         """All points (reads them all, on every call)."""

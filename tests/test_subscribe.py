@@ -273,6 +273,24 @@ class TestChannelAccess:
         with pytest.raises(databus.EndOfData, match="ended with 10 points"):
             ch.get(10)
 
+    def test_get_as_array_reads_ranges_as_bliss_clients_call_it(self, bus):
+        scan = publish(bus.session("gaa"), n=10, end=False)
+        time.sleep(0.2)
+        ch = bus.scan(scan.key).channels["axis:robz"]
+        values = [i / 10 for i in range(10)]
+        assert ch.get_as_array(0, -1).tolist() == values
+        assert ch.get_as_array(7, -1).tolist() == values[7:]
+        assert ch.get_as_array(2, 4).tolist() == values[2:5]  # inclusive
+        assert ch.get_as_array(8, 99).tolist() == values[8:]  # what exists so far
+        assert ch.get_as_array(-2, -1).tolist() == values[-2:]
+        assert ch.get_as_array(3, None).tolist() == values[3]
+        nothing_new = ch.get_as_array(10, -1)  # a polling loop that is up to date
+        assert nothing_new.shape == (0,) and nothing_new.dtype == np.float64
+        assert ch.fullname == "axis:robz" and ch.short_name == "robz"
+        with pytest.raises(IndexError, match="index out of range"):
+            ch.get_as_array(-11, -1)
+        scan.end()
+
     def test_not_yet_published_is_its_own_error(self, bus):
         scan = publish(bus.session("nyp"), n=3, end=False)
         time.sleep(0.2)
