@@ -16,7 +16,7 @@ import os
 import stat
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -87,6 +87,21 @@ def _last_entry(bus: Bus, key: str) -> tuple[bytes, dict[bytes, bytes]] | None:
     return last[0] if last else None
 
 
+class NodeInfo(dict):
+    """A node's info as BLISS scripts read it: a dict of what was last read, whose
+    ``get_all()`` reads it again (BLISS's info is a live mapping of the node's record)."""
+
+    def __init__(
+        self, data: dict[str, Any], reread: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(data)
+        self._reread = reread
+
+    def get_all(self) -> dict[str, Any]:
+        """The whole info, read again from Redis (for a scan: ``UnknownScan`` if gone)."""
+        return dict(self._reread() if self._reread is not None else self)
+
+
 class StopHandler:
     """Ends a walk gracefully from another thread or greenlet: ``stop()``, and the walk
     returns after its current read (within ``BLOCK_S`` seconds)."""
@@ -114,8 +129,8 @@ class Node:
         self.parent = parent
 
     @property
-    def info(self) -> dict[str, Any]:
-        return {}
+    def info(self) -> NodeInfo:
+        return NodeInfo({})
 
     def children(self) -> list[Node]:
         return []
@@ -291,8 +306,9 @@ class ScanNode(Node):
         return "scan_group" if group else "scan"
 
     @property
-    def info(self) -> dict[str, Any]:
-        return self._parsed.info
+    def info(self) -> NodeInfo:
+        """The scan info as last read; ``info.get_all()`` reads it again."""
+        return NodeInfo(self._parsed.info, lambda: self.refresh()._parsed.info)
 
     @property
     def state(self) -> ScanState:
@@ -465,8 +481,8 @@ class ChannelNode(Node):
         return self.desc.unit
 
     @property
-    def info(self) -> dict[str, Any]:
-        return self.desc.as_dict()
+    def info(self) -> NodeInfo:
+        return NodeInfo(self.desc.as_dict())
 
     def __repr__(self) -> str:
         what = "json" if self.desc.kind == "json" else f"{self.dtype}{list(self.shape)}"

@@ -291,6 +291,19 @@ class TestChannelAccess:
             ch.get_as_array(-11, -1)
         scan.end()
 
+    def test_info_get_all_reads_the_info_again_as_bliss_does(self, bus):
+        scan = bus.session("info").create_scan(title="first")
+        scan.channel("x", "float64", unit="mm")
+        node_ = bus.scan(scan.key)
+        info = node_.info
+        scan.update_info(title="second", fastfit={"peak": 1.5})
+        assert isinstance(info, dict) and info["title"] == "first"  # as read
+        assert info.get_all()["title"] == "second" and info.get_all()["fastfit"] == {"peak": 1.5}
+        assert node_.info["title"] == "second"  # get_all() read the record again
+        channel_info = node_.channels["x"].info
+        assert channel_info.get_all()["unit"] == "mm" and channel_info.get_all() == channel_info
+        scan.end()
+
     def test_not_yet_published_is_its_own_error(self, bus):
         scan = publish(bus.session("nyp"), n=3, end=False)
         time.sleep(0.2)
