@@ -33,15 +33,18 @@ def _analysis(
     ready: threading.Event,
     stop: databus.StopHandler,
 ) -> None:
-    """Stop the alignment scan once its gauss signal falls below half its maximum."""
+    """Stop the alignment scan once its gauss counts fall under half their maximum (the
+    rule of BLISS's data-flow documentation; the counter's background keeps it from
+    firing before the peak)."""
     best, done = 0.0, False
     for event in session.follow(stop_handler=stop, started_event=ready):
         if event.type is databus.EventType.NEW_NODE and event.node.type == "scan":
             best, done = 0.0, event.node.info.get("type") != "ascan"
         elif event.type is databus.EventType.NEW_DATA and "gauss" in event.node.name and not done:
             value = float(event.data.data[-1])
-            best = max(best, value)
-            if best > 100 and value < best / 2:
+            if value > best:
+                best = value
+            elif value < best / 2:
                 flag.value = True
                 done = True
 

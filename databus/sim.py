@@ -1,9 +1,11 @@
 """A simulated beamline for demos and tests: motors, counters and a 2D detector.
 
 Counters read from a ``PointContext`` (the scanned motors' positions, the elapsed time and
-the count time), so a scan of ``robz`` through ``sim_ct_gauss_noise`` draws a noisy peak at
-robz = 0. ``sim_det`` makes diffraction-like frames and either hands them to the scan
-inline or writes them to its own HDF5 file and hands back ``FileRef``s (a lima channel).
+the count time), so a scan of ``robz`` through ``sim_ct_gauss_noise`` draws a peak of counts
+over a background at robz = 0. Counters give what a detector could: counts are whole and
+never negative (Poisson noise), and so are the detector's pixels. ``sim_det`` makes
+diffraction-like frames and either hands them to the scan inline or writes them to its own
+HDF5 file and hands back ``FileRef``s (a lima channel).
 """
 
 from __future__ import annotations
@@ -87,7 +89,21 @@ class SimCounter:
 
 
 class GaussNoiseCounter(SimCounter):
-    """A gaussian of the scanned motors' positions (centre, fwhm) plus gaussian noise."""
+    """Counts of a gaussian peak over a flat background, as a detector gives them: the
+    expected counts at the scanned motors' positions are ``background`` plus ``height``
+    times a gaussian (``center``, ``fwhm``, in motor units), and the counter returns a
+    Poisson draw of them, so every reading is a whole number of counts >= 0 (published as
+    float64, like BLISS's simulation counter). Counts are per point, whatever the count time.
+
+    background: counts per point far from the peak (default 200). The online analysis of
+        BLISS's data-flow documentation stops a scan once the signal falls under half the
+        maximum seen; that only waits for the peak if the background stays above half its
+        own highest fluctuation, which a background of about 150 counts or more ensures.
+    noise: an extra gaussian jitter (standard deviation, counts) of the expected counts
+        before they are counted, e.g. beam intensity fluctuations; 0 (the default) leaves
+        only the counting (Poisson) noise. The jittered expectation is cut at 0.
+    seed: the random generator's seed; the same seed gives the same counts.
+    """
 
     def __init__(
         self,
@@ -96,25 +112,38 @@ class GaussNoiseCounter(SimCounter):
         center: float = 0.0,
         fwhm: float = 2.0,
         height: float = 1000.0,
-        noise: float = 5.0,
+        background: float = 200.0,
+        noise: float = 0.0,
         seed: int | None = None,
     ) -> None:
+        if background < 0 or height < 0 or noise < 0:
+            raise ValueError(
+                f"counter {name}: background, height and noise are counts >= 0, "
+                f"not {background=}, {height=}, {noise=}"
+            )
         super().__init__(name, seed=seed)
-        self.center, self.sigma, self.height, self.noise = center, fwhm / 2.3548, height, noise
+        self.center, self.sigma, self.height = center, fwhm / 2.3548, height
+        self.background, self.noise = background, noise
+
+    def expected(self, positions: dict[str, float]) -> float:
+        """The mean counts at ``positions`` (motor name -> position): background + peak."""
+        r2 = sum((x - self.center) ** 2 for x in positions.values())
+        return self.background + self.height * math.exp(-r2 / (2 * self.sigma**2))
 
     def read(self, ctx: PointContext) -> float:
-        r2 = sum((x - self.center) ** 2 for x in ctx.positions.values())
-        return float(
-            self.height * math.exp(-r2 / (2 * self.sigma**2)) + self.rng.normal(0, self.noise)
-        )
+        lam = self.expected(ctx.positions)
+        if self.noise:
+            lam = max(lam + self.rng.normal(0, self.noise), 0.0)
+        return float(self.rng.poisson(lam))
 
 
 class DiodeCounter(SimCounter):
-    """A slowly varying signal with noise."""
+    """A photodiode's reading: a slowly varying signal (80 to 120) with gaussian noise of 1,
+    never negative."""
 
     def read(self, ctx: PointContext) -> float:
         x = next(iter(ctx.positions.values()), ctx.elapsed)
-        return float(100 + 20 * math.sin(x) + self.rng.normal(0, 1))
+        return max(float(100 + 20 * math.sin(x) + self.rng.normal(0, 1)), 0.0)
 
 
 class MonitorCounter(SimCounter):

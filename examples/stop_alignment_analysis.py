@@ -1,6 +1,12 @@
-"""The analysis half of the online-analysis loop: follow the session, track the maximum of
-the gauss counter, and once the signal falls below half of it (the peak is behind us) set
-the shared channel ``stop_alignment``, which stops the scan (stop_alignment_scan.py).
+"""The analysis half of the online-analysis loop, as BLISS's data-flow documentation writes
+it with only the imports changed: follow the session, keep the maximum of the gauss counter,
+and once its last value falls under half that maximum (the peak is behind us) set the shared
+channel ``stop_alignment``, which stops the scan (stop_alignment_scan.py).
+
+It waits for the peak because the counter counts like a detector: a background (200 counts)
+with Poisson noise never falls under half its own highest fluctuation. Added to the
+documentation's code: the ``following`` line once subscribed, ``flush=True``, and the end
+of each scan, after ``--scans`` of which it exits.
 
     python examples/stop_alignment_analysis.py [--scans N]
 """
@@ -14,25 +20,33 @@ parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--scans", type=int, default=1, help="exit after this many scans (0: never)")
 args = parser.parse_args()
 
+max_value = 0.0
+# communication channel for bliss session
 stop_alignment = channels.Channel("stop_alignment", default_value=False)
 session_node = node.get_session_node(current_session())
 print(f"following {session_node.name}", flush=True)
 ended = 0
 for event, *values in session_node.walk_on_new_events():
     if event == event.NEW_NODE:
-        if values[0].type == "scan":
-            max_value, stopped = 0.0, False
+        node = values[0]
+        if node.type == "scan":
+            # reset max_value to 0
+            # when a new scan starts.
+            max_value = 0.0
     elif event == event.NEW_DATA_IN_CHANNEL:
         channel = values[0]
-        if channel.name.find("gauss") < 0 or stopped:
+        if not channel.name.find("gauss") > -1:
             continue
-        data_value = float(values[1].data[-1])  # the newest point of this read
-        max_value = max(max_value, data_value)
-        if max_value > 100 and data_value < max_value / 2:  # well above the noise, then past it
+        data_value = channel.get(-1)  # last value
+        if data_value > max_value:
+            max_value = data_value
+        elif data_value < (max_value / 2.0):
+            print(
+                f"Stop Alignment scan max_value:{max_value} current_value:{data_value}",
+                flush=True,
+            )
+            # stop the scan
             stop_alignment.value = True
-            stopped = True
-            last = values[1].first_index + values[1].block_size - 1
-            print(f"peak {max_value:.1f} passed at point {last}: stop", flush=True)
     elif event == event.END_SCAN:
         ended += 1
         print(f"{values[0].db_name} ended: {values[1].reason}", flush=True)
