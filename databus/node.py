@@ -20,6 +20,8 @@ __all__ = [
     "SessionNode",
     "StopHandler",
     "get_node",
+    "get_nodes",
+    "get_or_create_node",
     "get_session_node",
     "sessions_list",
 ]
@@ -47,6 +49,28 @@ def get_node(db_name: str, bus: Bus | None = None) -> Node | None:
     if not channel:
         return scan
     return scan.channels.get(channel)
+
+
+def get_nodes(*db_names: str, bus: Bus | None = None) -> list[Node | None]:
+    """The nodes called ``db_names`` (see ``get_node``), None for each there is none of."""
+    return [get_node(db_name, bus) for db_name in db_names]
+
+
+def get_or_create_node(
+    name: str, node_type: str | None = None, *, bus: Bus | None = None
+) -> Node | None:
+    """BLISS's way to reach a session that may not exist yet (``node_type="session"``,
+    as its ScansWatcher calls it: sessions need no creating here, so nothing is written);
+    without ``node_type``, ``get_node(name)``. Scans and channels come into being by being
+    published (``Session.create_scan``): asking a reader to create one is a ValueError."""
+    if node_type == "session":
+        return get_session_node(name, bus)
+    if node_type is None:
+        return get_node(name, bus)
+    raise ValueError(
+        f"get_or_create_node({name!r}, node_type={node_type!r}): a reader only creates "
+        f"session nodes; publish scans with bus.session(name).create_scan()"
+    )
 
 
 def sessions_list(bus: Bus | None = None) -> list[SessionNode]:

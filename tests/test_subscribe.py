@@ -416,6 +416,13 @@ class TestNodesAndScans:
             assert node.get_node(bus.key("classic", 99)) is None
             assert "classic" in [s.name for s in node.sessions_list()]
             assert node.get_node("classic").name == "classic"
+            found = node.get_nodes(scan.key, "absent", f"{scan.key}:simulation:gauss")
+            assert [getattr(n, "db_name", None) for n in found] == [scan.key, None, ch.db_name]
+            watched = node.get_or_create_node("not_yet_either", node_type="session")
+            assert watched.type == "session" and watched.scans() == []
+            assert node.get_or_create_node(scan.key).number == 1
+            with pytest.raises(ValueError, match="only creates session nodes"):
+                node.get_or_create_node("x", node_type="scan")
         finally:
             databus.set_default_bus(None)
 
