@@ -32,6 +32,7 @@ from ._encoding import (
     SEAL_ID,
     Block,
     Descriptor,
+    Entries,
     Gap,
     decode_entries,
     parse_id,
@@ -51,7 +52,6 @@ from ._store.schema import (
     warn_skipped,
 )
 
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
 Filter = Callable[[Any], bool]
 
 START = "0-0"

@@ -39,6 +39,8 @@ from ._errors import CorruptEntry, DtypeError, MetadataError, ShapeError
 from ._store import keys
 
 ChannelKind = Literal["array", "json", "ref"]
+#: Stream entries as read: [(entry id, {field: value})].
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 #: Largest payload of one entry: 2 MiB less room for the listpack headers.
 ENTRY_BYTES = 2**21 - 512

@@ -27,6 +27,7 @@ from ._encoding import (
     GAP_SERVER_LOST,
     Block,
     Descriptor,
+    Entries,
     FileRef,
     Gap,
     decode_entries,
@@ -60,7 +61,7 @@ from ._store.schema import (
     warn_skipped,
     written_record,
 )
-from ._store.wire import Entries, Link, Outage
+from ._store.wire import Link, Outage
 from ._timing import milliseconds
 
 if TYPE_CHECKING:

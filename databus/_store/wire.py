@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 
-from .._encoding import text
+from .._encoding import Entries, text
 from .._errors import (
     DatabusError,
     InvalidURL,
@@ -40,13 +40,10 @@ from .._errors import (
     ServerUnavailable,
     redact,
 )
+from .commands import Command
 
 log = logging.getLogger(__name__)
 
-#: A command as its arguments: ("XADD", key, id, field, value, ...).
-Command = tuple[Any, ...]
-#: Stream entries as read: [(entry id, {field: value})].
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 #: Bytes a reader takes from its socket at once: frames arrive in 1 MiB reads instead of
 #: redis-py's 64 KiB, about 3x fewer recv/feed rounds per 2 MiB frame.
