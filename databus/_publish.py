@@ -302,6 +302,7 @@ class Scan:
             time.time(),
             running_ttl=settings.running_ttl,
             retention_ttl=settings.retention_ttl,
+            feed_length=settings.feed_length,
         )
         bus.wire.run(creation, atomic=True)
         return cls(session, number, info, now)
@@ -489,6 +490,7 @@ def _rebuild(scan: Scan) -> list[Command]:
         time.time(),
         running_ttl=settings.running_ttl,
         retention_ttl=settings.retention_ttl,
+        feed_length=settings.feed_length,
     )
 
 
