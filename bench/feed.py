@@ -8,7 +8,7 @@ and sealed first (in blocks of 1,000 points, at full speed: the publisher merges
 ~2 MiB entries), read to the end. cursor_small_entries_points_per_s: the same with every
 block flushed on its own (one 8 kB entry per block, as a slow acquisition leaves them).
 next_scan_ms_p99: 200 scans, each from the call that creates it to ``next_scan`` returning
-it in another thread. Prints a table, then as its last line one JSON object with the medians.
+it in another process. Prints a table, then as its last line one JSON object with the medians.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -66,31 +66,36 @@ def cursor_rate(bus: databus.Bus, points: int, flush_each: bool) -> float:
     return read / elapsed
 
 
+FOLLOWER = """
+import json, sys, time
+import databus
+bus = databus.connect({url!r}, prefix={prefix!r}, memory_guard=False)
+since = bus.last_scan_tag()
+print("ready", flush=True)
+for _ in range({scans}):
+    since, node = bus.next_scan(since=since, timeout=30)
+    print(json.dumps([node.db_name, time.monotonic()]), flush=True)
+"""
+
+
 def next_scan_p99(bus: databus.Bus, scans: int) -> float:
-    """99th percentile, ms, from creating a scan to ``next_scan`` returning it."""
+    """99th percentile, ms, from the call that creates a scan to ``next_scan`` returning
+    it in another process (``time.monotonic`` is one clock for every process)."""
+    code = FOLLOWER.format(url=bus.url, prefix=bus.settings.prefix, scans=scans)
+    follower = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert follower.stdout is not None
+    if follower.stdout.readline().strip() != "ready":
+        raise RuntimeError("the follower did not start")
     created: dict[str, float] = {}
-    returned: dict[str, float] = {}
-    tag = bus.last_scan_tag()
-    ready = threading.Event()
-
-    def follow() -> None:
-        since = tag
-        ready.set()
-        for _ in range(scans):
-            since, node = bus.next_scan(since=since, timeout=10)
-            returned[node.db_name] = time.perf_counter()
-
-    reader = threading.Thread(target=follow)
-    reader.start()
-    ready.wait()
     session = bus.session("bench_feed")
     for _ in range(scans):
-        time.sleep(0.005)  # the reader is waiting again when the next scan comes
-        t0 = time.perf_counter()
+        time.sleep(0.005)  # the follower is waiting again when the next scan comes
+        t0 = time.monotonic()
         scan = session.create_scan(title="feed")
         created[scan.key] = t0
         scan.end()
-    reader.join(30)
+    returned = dict(json.loads(line) for line in follower.stdout)
+    follower.wait(30)
     latencies = [returned[key] - t0 for key, t0 in created.items()]
     return float(np.percentile(np.array(latencies) * 1000, 99))
 
