@@ -69,7 +69,7 @@ class ChannelPoints:
 
 
 class _Track:
-    """One channel the cursor reads: its stream, its next index, and its run being built."""
+    """One channel the cursor reads: its descriptor, its stream and its next index."""
 
     def __init__(self, node: ChannelNode) -> None:
         self.node = node
@@ -81,9 +81,13 @@ class _Track:
         """The stream ID to read after: every entry of the points before ``next``."""
         return f"{self.next}-0"
 
+    def newest_window(self) -> str:
+        """The smallest ID the newest point's entries can have: ``next``'s first part."""
+        return f"{self.next}-1"
+
     def take(self, entries: Iterable[tuple[Any, dict]], last_only: bool) -> ChannelPoints | None:
-        """The points ``entries`` (IDs after ``after()``, oldest first) bring, and the new
-        position; None if they bring nothing (an incomplete split frame)."""
+        """What ``entries`` (IDs after ``after()``, oldest first) bring, the position moved
+        past it; None if they bring nothing (an incomplete split frame)."""
         missing: list[DataGap] = []
         blocks: list[Block] = []
         pos, total = self.next, None
@@ -121,13 +125,12 @@ class _Track:
         if blocks:
             last = blocks[-1]
             newest = Block(last.first + last.count - 1, _tail(self.desc, last.data), 1)
-            self.next = max(pos, total or 0)
-            return self._result([newest], [], self.next, ended)
-        if ended and total is not None and total > self.next:
+            return self._result([newest], [], max(pos, total or 0), ended)
+        if total is not None and total > self.next:
             why = missing[-1].reason if missing and pos >= total else GAP_EXPIRED
             return self._result([], [DataGap(total - 1, 1, why)], total, ended)
-        self.next = max(self.next, pos)
-        return self._result([], [], self.next, ended) if ended else None
+        self.next = max(self.next, pos)  # markers of points skipped anyway
+        return self._result([], [], self.next, ended)
 
     def _result(
         self, blocks: list[Block], missing: list[DataGap], pos: int, ended: bool
@@ -141,10 +144,6 @@ class _Track:
         return ChannelPoints(
             self.node, first, count, _joined(self.desc, blocks), tuple(missing), ended
         )
-
-    def newest_window(self) -> str:
-        """The smallest ID the newest point's entries can have: ``next``'s first part."""
-        return f"{self.next}-1"
 
 
 def _tail(desc: Descriptor, data: Any) -> Any:
