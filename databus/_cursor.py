@@ -12,8 +12,9 @@ per channel. Entry IDs are point indices, so a position is also the stream ID to
 after: ``<index>-0`` comes after every entry of the points before it, and its gap marker.
 
 Each read returns, per channel with something new, a contiguous run of points and what is
-missing before it: points trimmed or expired before the cursor got them (``expired``), and
-gap markers (``dropped``, ``server lost``). A hole after some points is left for the next
+missing before it: points trimmed or expired before the cursor got them (``expired``),
+entries it cannot decode (``corrupt``, skipped with a warning, as walks do), and gap
+markers (``dropped``, ``server lost``). A hole after some points is left for the next
 read, so a ``ChannelPoints`` is always [missing..., then points]. ``last_only`` skips the
 backlog and gives each channel's newest point. A channel whose seal is read, and all it
 announced, ends (``ChannelPoints.ended``) and is not read again.
@@ -30,10 +31,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._assembler import READ_BUDGET, READ_COUNT_MAX
-from ._encoding import GAP_EXPIRED, Block, Descriptor, Gap, decode_entries, parse_id
-from ._errors import EndOfData
+from ._encoding import (
+    GAP_CORRUPT,
+    GAP_EXPIRED,
+    Block,
+    Descriptor,
+    Gap,
+    decode_entries,
+    parse_id,
+    text,
+)
+from ._errors import CorruptEntry, EndOfData
 from ._events import DataGap
 from ._store import commands
+from ._store.schema import warn_skipped
 from ._store.wire import ReadLink
 from ._subscribe import ChannelNode
 from ._timing import milliseconds
@@ -91,7 +102,8 @@ class _Track:
         missing: list[DataGap] = []
         blocks: list[Block] = []
         pos, total = self.next, None
-        for item in decode_entries(self.desc, self.key, entries):
+        items, corrupt = _decoded(self.desc, self.key, entries)
+        for item in items:
             if isinstance(item, int):
                 total = item
                 break
@@ -100,8 +112,9 @@ class _Track:
                 continue  # a marker of points already had or accounted for
             if blocks and not last_only and (item.first > pos or isinstance(item, Gap)):
                 break  # a hole after points: left for the next read
-            if item.first > pos:  # gone before the cursor read them
-                missing.append(DataGap(pos, item.first - pos, GAP_EXPIRED))
+            if item.first > pos:  # gone before the cursor read them, or undecodable
+                bad = any(pos <= index < item.first for index in corrupt)
+                missing.append(DataGap(pos, item.first - pos, GAP_CORRUPT if bad else GAP_EXPIRED))
             if isinstance(item, Gap):
                 missing.append(
                     DataGap(max(pos, item.first), stop - max(pos, item.first), item.reason)
@@ -144,6 +157,25 @@ class _Track:
         return ChannelPoints(
             self.node, first, count, _joined(self.desc, blocks), tuple(missing), ended
         )
+
+
+def _decoded(
+    desc: Descriptor, key: str, entries: Iterable[tuple[Any, dict]]
+) -> tuple[list[Block | Gap | int], list[int]]:
+    """``decode_entries`` of ``entries``, and the first index of each corrupt entry left
+    out (logged once, as walks do), whose points then read as missing."""
+    todo = list(entries)
+    corrupt: list[int] = []
+    while True:
+        try:
+            return list(decode_entries(desc, key, todo)), corrupt
+        except CorruptEntry as exc:
+            rest = [e for e in todo if text(e[0]) != exc.entry_id]
+            if len(rest) == len(todo):
+                raise
+            warn_skipped(key, str(exc.entry_id), str(exc))
+            corrupt.append(parse_id(str(exc.entry_id))[0])
+            todo = rest
 
 
 def _tail(desc: Descriptor, data: Any) -> Any:

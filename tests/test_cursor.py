@@ -2,6 +2,7 @@
 each ends. The cases of blissdata 2.4.5's ``tests/redis_engine/test_cursor.py``, on our API."""
 
 import json
+import logging
 import threading
 
 import numpy as np
@@ -199,6 +200,23 @@ def test_points_gone_before_the_cursor_read_them_are_missing_as_expired(scans, b
     assert newest.missing == (databus.DataGap(24, 1, "expired"),) and newest.ended
     got = cursor.read(0)[x]
     assert got.missing == (databus.DataGap(20, 5, "expired"),) and got.ended and got.count == 0
+
+
+def test_a_corrupt_entry_is_skipped_and_its_points_reported(scans, bus, admin, caplog):
+    scan = scans()
+    w = scan.channel("x", "int64")
+    _flushed(w, range(5))
+    (x,) = _channels(bus, scan, "x")
+    admin.xadd(x.key, {"d": b"not 5 points", "n": 5}, id="5-1")
+    w.queue.skip(5, gap=False)  # the publisher leaves indices 5..9 to that entry
+    _flushed(w, range(10, 15))
+    cursor = databus.Cursor(x)
+    assert cursor.read(0)[x].data.tolist() == [0, 1, 2, 3, 4]
+    with caplog.at_level(logging.WARNING):
+        got = cursor.read(0)[x]
+    assert got.missing == (databus.DataGap(5, 5, "corrupt"),)
+    assert (got.first, got.data.tolist()) == (10, [10, 11, 12, 13, 14])
+    assert any("5-1" in r.getMessage() for r in caplog.records)
 
 
 def test_last_only_follows_the_newest_point(scans, bus):
