@@ -33,6 +33,7 @@ from ._encoding import (
     Descriptor,
     FileRef,
     coerce,
+    is_seal,
     pack_meta,
     pack_record,
     points_through,
@@ -388,15 +389,19 @@ class Scan:
         scan's record (it restarted without its data), write it and the log entries again;
         for each channel whose stream holds fewer points than the server had acknowledged,
         write a gap marker over the lost ones and note them in the record and the scan log,
-        so no reader misses them silently."""
+        so no reader misses them silently; a sealed channel whose seal is gone is sealed
+        again."""
         writers = list(self.channels.values())
         has_record, *lasts = transact(commands.restore_probe(self.key, [w.key for w in writers]))
         lost = {}
+        unsealed = []
         for w, last in zip(writers, lasts, strict=True):
             stored = _points_stored(w.desc, last)
             if stored < w.queue.acked_end:
                 lost[w] = (stored, w.queue.acked_end)
-        if has_record and not lost:
+            if w.queue.sealed and not (last and is_seal(last[0][0])):
+                unsealed.append(w)
+        if has_record and not lost and not unsealed:
             return
         settings = self.bus.settings
         repair: list[Command] = [] if has_record else _rebuild(self)
@@ -405,6 +410,11 @@ class Scan:
             repair += commands.lost_points(
                 self.key, w.name, w.key, first, stop, ranges, settings.running_ttl
             )
+        for w in unsealed:
+            repair += [
+                commands.seal(w.key, w.queue.head),
+                commands.pexpire(w.key, settings.running_ttl),
+            ]
         transact(repair)
         for w, (first, stop) in lost.items():
             w.lost.append((first, stop))  # once written: a retry after a failure adds it once
@@ -516,27 +526,30 @@ def _rebuild(scan: Scan) -> list[Command]:
     log.error("scan %s: the server lost its record (restarted empty?); writing it again", scan.key)
     _known_number(scan.session, scan.number)
     settings = scan.bus.settings
-    return commands.restore_scan(
-        settings.prefix,
-        scan.session.name,
-        scan.key,
-        scan.number,
-        pack_meta(scan.info),
-        scan.created,
-        {name: w.desc.to_meta() for name, w in scan.channels.items()},
-        scan.state,
-        time.time(),
-        running_ttl=settings.running_ttl,
-        retention_ttl=settings.retention_ttl,
-        feed_length=settings.feed_length,
-    )
+    sealed = commands.seal_scan(scan.key, time.time()) if scan.sealed else []
+    return [
+        *commands.restore_scan(
+            settings.prefix,
+            scan.session.name,
+            scan.key,
+            scan.number,
+            pack_meta(scan.info),
+            scan.created,
+            {name: w.desc.to_meta() for name, w in scan.channels.items()},
+            scan.state,
+            time.time(),
+            running_ttl=settings.running_ttl,
+            retention_ttl=settings.retention_ttl,
+            feed_length=settings.feed_length,
+        ),
+        *sealed,
+    ]
 
 
 def _ending(scan: Scan, reason: EndReason, error: str | None) -> Ending:
     """What the sink sends last, once every accepted point is acknowledged: the
     trailing points lossy channels dropped and the seal of each channel not sealed yet,
-    and ``scan``'s end
-    (as failed, with the failure's text, if the sink failed)."""
+    and ``scan``'s end (as failed, with the failure's text, if the sink failed)."""
 
     def ending(failure: FlushFailed | None) -> list[Command]:
         why, text = (EndReason.FAILED, str(failure)) if failure is not None else (reason, error)
