@@ -30,7 +30,7 @@ NO_SCAN = "0-0"
 _TAG = re.compile(r"\d+(-\d+)?")
 
 
-def check_tag(since: object) -> str:
+def _check_tag(since: object) -> str:
     """``since`` if it is a feed tag (``"<ms>-<seq>"``, or ``"<ms>"``); else ValueError."""
     if not isinstance(since, str) or not _TAG.fullmatch(since):
         raise ValueError(
@@ -52,7 +52,7 @@ def next_scan(bus: Bus, since: str | None, timeout: float | None) -> tuple[str, 
     connection of its own, then ``ReadTimeout``."""
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout is seconds >= 0 (0: do not wait) or None, not {timeout!r}")
-    cursor = last_scan_tag(bus) if since is None else check_tag(since)
+    cursor = last_scan_tag(bus) if since is None else _check_tag(since)
     deadline = None if timeout is None else time.monotonic() + timeout
     feed = keys.feed(bus.settings.prefix)
     link = ReadLink(bus.wire, "scan feed", timeout=timeout, revive=bus.revive_server)

@@ -302,11 +302,6 @@ def entries_back(stream: str, end: str = "+", start: str = "-", count: int = 1) 
     return ("XREVRANGE", stream, end, start, "COUNT", count)
 
 
-def last_entries(streams: Iterable[str], start: str = "-") -> list[Command]:
-    """The last entry of each of ``streams`` at or after ID ``start`` (XREVRANGE COUNT 1)."""
-    return [entries_back(stream, "+", start) for stream in streams]
-
-
 def found_scans(prefix: str) -> list[Command]:
     """The feed's last entry and the keys of the scans created within the retention time,
     oldest first: run atomically, the feed ID tells where the list ends."""
