@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,6 +56,7 @@ from ._sink import POOL_MIN_BYTES, Ending, Sink, SinkStatistics
 from ._states import EndReason, ScanState, end_reason_for
 from ._store import commands, keys
 from ._store.commands import Command
+from ._store.wire import OutOfMemory
 
 if TYPE_CHECKING:
     from ._bus import Session
@@ -132,6 +133,18 @@ def _guard(bus: Any) -> Any:
             log.warning("memory guard unavailable (%s); the server's own cap still applies", exc)
 
     return check
+
+
+def _with_room(check_memory: Callable[..., Any] | None, write: Callable[[], Any]) -> Any:
+    """``write()``; if the server refuses it at its memory cap (nothing applied), once
+    more after the memory guard (``check_memory``, forced) made room."""
+    try:
+        return write()
+    except OutOfMemory:
+        if check_memory is None:
+            raise
+        check_memory(force=True)
+        return write()
 
 
 class ChannelWriter:
@@ -311,11 +324,9 @@ class Scan:
         _check_size(packed_info, bus.settings.max_info_bytes, "scan info", "max_info_bytes")
         now = time.time()
         check_memory = _guard(bus)
-        if check_memory is not None:
-            check_memory()
         settings = bus.settings
         counter = commands.next_number(settings.prefix, session.name, _known_number(session))
-        number = int(bus.wire.call(*counter))
+        number = int(_with_room(check_memory, lambda: bus.wire.call(*counter)))
         _known_number(session, number)
         creation = commands.create_scan(
             settings.prefix,
@@ -328,7 +339,9 @@ class Scan:
             retention_ttl=settings.retention_ttl,
             feed_length=settings.feed_length,
         )
-        bus.wire.run(creation, atomic=True)
+        _with_room(check_memory, lambda: bus.wire.run(creation, atomic=True))
+        if check_memory is not None:
+            check_memory()  # after the scan is announced: readers do not wait for it
         return cls(session, number, info, now)
 
     def __repr__(self) -> str:
