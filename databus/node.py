@@ -32,18 +32,21 @@ def get_session_node(name: str, bus: Bus | None = None) -> SessionNode:
     return SessionNode(bus or default_bus(), name)
 
 
-def get_node(db_name: str, bus: Bus | None = None) -> Node | None:
+def get_node(
+    db_name: str, bus: Bus | None = None, *, session_class: type[SessionNode] = SessionNode
+) -> Node | None:
     """The node called ``db_name`` (a session name, a scan key, or a scan key followed
-    by ``:<channel name>``), or None if there is none."""
+    by ``:<channel name>``), or None if there is none. Nodes are built from
+    ``session_class`` and the classes it names (``scan_class``...)."""
     bus = bus or default_bus()
     if ":scan:{" not in db_name:
         if ":" in db_name or db_name not in bus.sessions():
             return None
-        return SessionNode(bus, db_name)
+        return session_class(bus, db_name)
     scan_key, _, channel = db_name.partition("}:")
     scan_key = scan_key if scan_key.endswith("}") else scan_key + "}"
     try:
-        scan = get_scan(bus, scan_key)
+        scan = get_scan(bus, scan_key, session_class.scan_class)
     except UnknownScan:
         return None
     if not channel:
@@ -51,9 +54,11 @@ def get_node(db_name: str, bus: Bus | None = None) -> Node | None:
     return scan.channels.get(channel)
 
 
-def get_nodes(*db_names: str, bus: Bus | None = None) -> list[Node | None]:
+def get_nodes(
+    *db_names: str, bus: Bus | None = None, session_class: type[SessionNode] = SessionNode
+) -> list[Node | None]:
     """The nodes called ``db_names`` (see ``get_node``), None for each there is none of."""
-    return [get_node(db_name, bus) for db_name in db_names]
+    return [get_node(db_name, bus, session_class=session_class) for db_name in db_names]
 
 
 def get_or_create_node(
