@@ -558,8 +558,30 @@ class ChannelNode(Node):
             return []
         return np.empty((0, *self.shape), dtype=self.dtype)
 
+    def file_refs(self, from_index: int = 0, to_index: int = -1) -> list[FileRef]:
+        """Where a ``lima`` (ref) channel's frames ``from_index`` .. ``to_index`` (inclusive,
+        negative: counted from the end) are, one ``FileRef`` per file range, cut to the points
+        asked for; the files are not opened. Raises as ``get`` for points that are not there."""
+        if self.desc.kind != "ref":
+            raise TypeError(f"channel {self.name!r} holds {self.desc.kind} points, not file refs")
+        last = to_index + len(self) if to_index < 0 else to_index
+        if last < from_index:
+            return []
+        refs = []
+        for block in self._blocks(from_index, last):
+            ref: FileRef = block.data[0]
+            lo, hi = max(from_index, block.first), min(last, block.first + block.count - 1)
+            if lo <= hi:
+                start = ref.start + lo - block.first
+                refs.append(FileRef(ref.file, ref.dataset, start, start + hi - lo + 1))
+        return refs
+
     def _read(self, first: int, last: int) -> Any:
         """Points first .. last inclusive, from one round trip."""
+        return self._slice(self._blocks(first, last), first, last)
+
+    def _blocks(self, first: int, last: int) -> list[Block]:
+        """The decoded blocks holding points first .. last (all of them, or an error)."""
         before, within, after = self.bus.wire.run(commands.points(self.key, first, last, _MAX_SEQ))
         # The entry before ``first`` holds it only if it starts earlier and is a whole
         # block (the parts of a split point all carry the point's own index).
@@ -583,7 +605,7 @@ class ChannelNode(Node):
                 raise self._lost(previous.first + previous.count, block.first - 1, GAP_DROPPED)
         if end <= last:
             raise self._beyond(first, last, *self._extent())
-        return self._slice(blocks, first, last)
+        return blocks
 
     def _lost(self, first: int, last: int, reason: str) -> DataLost:
         why = {
