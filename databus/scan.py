@@ -30,6 +30,7 @@ from ._bus import Bus, default_bus
 from ._encoding import ChannelKind
 from ._errors import DatabusError
 from ._publish import Scan as PublishedScan
+from ._scan_info import end_info, start_info
 from ._states import EndReason
 from ._store import keys
 from ._store.schema import stop_reason
@@ -81,6 +82,11 @@ class WatchdogCallback:
         if watchdog_timeout <= 0:
             raise ValueError(f"watchdog_timeout must be > 0 seconds, got {watchdog_timeout!r}")
         self.watchdog_timeout = watchdog_timeout
+
+    @property
+    def timeout(self) -> float:
+        """``watchdog_timeout``, under BLISS's name for it."""
+        return self.watchdog_timeout
 
     def on_scan_new(self, scan: StepScan, scan_info: dict[str, Any]) -> None:
         """The scan is prepared and about to start."""
@@ -143,6 +149,7 @@ class StepScan:
         self._abort: BaseException | None = None
         self._running = False
         self._last_point = 0.0
+        self._started: float | None = None
 
     def __repr__(self) -> str:
         state = (
@@ -150,9 +157,9 @@ class StepScan:
         )
         return f"<StepScan {self.title!r} {state} {self.npoints_done}/{self.npoints or '∞'} points>"
 
-    def set_watchdog_callback(self, callback: WatchdogCallback) -> None:
-        """Call ``callback``'s hooks during the run."""
-        if not isinstance(callback, WatchdogCallback):
+    def set_watchdog_callback(self, callback: WatchdogCallback | None) -> None:
+        """Call ``callback``'s hooks during the run (None: no more callbacks)."""
+        if callback is not None and not isinstance(callback, WatchdogCallback):
             raise TypeError(
                 f"a watchdog callback subclasses scan.WatchdogCallback, got {callback!r}"
             )
@@ -160,7 +167,8 @@ class StepScan:
 
     @property
     def scan_info(self) -> dict[str, Any]:
-        """The scan info published with the scan."""
+        """The scan info published with the scan: ours (title, type, npoints, count_time,
+        save, motors, counters) and BLISS's (``_scan_info.start_info``)."""
         info: dict[str, Any] = {
             "title": self.title,
             "type": self.type,
@@ -169,8 +177,10 @@ class StepScan:
             "save": self.save,
             "motors": [m.name for m in self.motors],
             "counters": [c.name for c in self.counters],
-            "channels": [name for name, *_ in self._channel_specs()],
         }
+        specs = [spec[:4] for spec in self._channel_specs()]
+        started = self._started if self._started is not None else time.time()
+        info.update(start_info(specs, self.motors, started, mesh=self.type.endswith("mesh")))
         info.update(self._extra_info)
         return info
 
@@ -193,6 +203,7 @@ class StepScan:
         if self._running or self.end_reason is not None:
             raise DatabusError(f"{self!r} has already run; build a new scan to run it again")
         bus = self._bus or default_bus()
+        self._started = time.time()
         info = self.scan_info
         detectors = [c for c in self.counters if isinstance(c, SimDetector) and c.mode == "file"]
         if detectors:
@@ -236,6 +247,11 @@ class StepScan:
                 det.close_file()
             if self._stop_reason and reason is EndReason.STOPPED and not error:
                 error = f"stop requested: {self._stop_reason}"
+            info.update(end_info(info, self.motors, time.time()))
+            try:
+                published.update_info(info)
+            except DatabusError as exc:  # the end itself must still be tried
+                log.warning("scan %s: could not store its end info: %s", self.key, exc)
             published.end(reason, error=error)
             self.end_reason, self.error = reason, error
             if self._restore:

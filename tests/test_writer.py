@@ -59,7 +59,7 @@ def test_layout_data_and_default_plots(beamline, tmp_path):
             assert field in e
         assert (
             e["scan_info/npoints"][()] == 21
-            and json.loads(e["scan_info/channels"][()])[0] == "axis:robz"
+            and list(json.loads(e["scan_info/channels"][()]))[0] == "axis:robz"
         )
         assert e["instrument"].attrs["NX_class"] == "NXinstrument"
         assert e["instrument/robz"].attrs["NX_class"] == "NXpositioner"
