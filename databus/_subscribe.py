@@ -8,6 +8,7 @@ Nothing scans the keyspace: scans are found in the session log.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import itertools
@@ -47,7 +48,7 @@ from ._errors import (
     ServerUnavailable,
     UnknownScan,
 )
-from ._events import Event, EventType, ScanEnd
+from ._events import Event, EventData, EventType, ScanEnd
 from ._states import EndReason, ScanState
 from ._store import commands, keys
 from ._store.schema import (
@@ -147,9 +148,11 @@ class Node:
 
 
 class SessionNode(Node):
-    """A session (it need not exist yet): its scans, and walks over them."""
+    """A session (it need not exist yet): its scans, and walks over them. ``scan_class``
+    is the class of its scan nodes (``databus.blissdata`` gives its own)."""
 
     type = "session"
+    scan_class: builtins.type[ScanNode]
 
     def __init__(self, bus: Bus, name: str) -> None:
         keys.check_session_name(name)
@@ -167,7 +170,7 @@ class SessionNode(Node):
             if not record:
                 continue  # expired
             try:
-                scans.append(ScanNode(self.bus, key, record, self))
+                scans.append(self.scan_class(self.bus, key, record, self))
             except CorruptEntry as exc:
                 warn_skipped(self.log_key, found[key], f"scan left out: {exc}")
         return scans
@@ -279,7 +282,10 @@ class ScanNode(Node):
     """A scan: ``number``, ``info``, ``state``, ``end_reason``, ``error``, ``created``,
     ``ended``, ``channels``
     (name -> ChannelNode) and ``wait_end()``. ``type`` is ``scan``, or ``scan_group``
-    for a scan whose info declares it a sequence of scans."""
+    for a scan whose info declares it a sequence of scans. ``session_class`` is the class
+    of its session's node, ``_channel_class(desc)`` that of a channel's node."""
+
+    session_class: type[SessionNode] = SessionNode
 
     def __init__(self, bus: Bus, key: str, record: dict, parent: Node | None = None) -> None:
         self.key = key
@@ -287,7 +293,7 @@ class ScanNode(Node):
         name = f"{self.number}_{self.info.get('type', 'scan')}"
         if parent is None:
             _, session, _ = keys.parse_scan(key)
-            parent = SessionNode(bus, session)
+            parent = self.session_class(bus, session)
         super().__init__(bus, key, name, parent)
 
     def _update(self, record: dict) -> None:
@@ -349,7 +355,7 @@ class ScanNode(Node):
         ``channels`` list when it has one (then by name)."""
         if self._channels is None:
             found = {
-                name: ChannelNode(self.bus, self, desc)
+                name: self._channel_class(desc)(self.bus, self, desc)
                 for name, desc in descriptors(self.key, self._record).items()
             }
             hint = self.info.get("channels")
@@ -361,6 +367,10 @@ class ScanNode(Node):
 
     def children(self) -> list[Node]:
         return list(self.channels.values())
+
+    def _channel_class(self, desc: Descriptor) -> builtins.type[ChannelNode]:
+        """The node class of the channel described by ``desc``."""
+        return ChannelNode
 
     def request_stop(self, reason: str = "requested") -> None:
         """Ask the scan's runner to stop before its next point (end reason ``stopped``).
@@ -409,6 +419,9 @@ class ScanNode(Node):
         finally:
             if link is not None:
                 link.close()
+
+
+SessionNode.scan_class = ScanNode
 
 
 @contextlib.contextmanager
@@ -488,6 +501,11 @@ class ChannelNode(Node):
     def __repr__(self) -> str:
         what = "json" if self.desc.kind == "json" else f"{self.dtype}{list(self.shape)}"
         return f"<ChannelNode {self.name!r} {self.type} {what} of {self.scan.key}>"
+
+    def event_data(self, data: EventData) -> EventData:
+        """The data of a NEW_DATA event of this channel, as walks yield it (subclasses
+        such as the classic lima node give it another form)."""
+        return data
 
     def __len__(self) -> int:
         """Points published so far (a round trip)."""
@@ -753,7 +771,10 @@ def _walk(
                 continue
             idle_since = now
             records = _records(bus, asm.records_needed(reply))
-            yield from asm.feed(reply, records)
+            for event in asm.feed(reply, records):
+                if event.type is EventType.NEW_DATA:
+                    event = event._replace(data=event.node.event_data(event.data))
+                yield event
     finally:
         link.close()
 
@@ -773,8 +794,8 @@ def _start(
     excluded = make_filter(opts.exclude_children) if opts.exclude_children is not None else None
     asm = Assembler(
         session.log_key,
-        make_scan=lambda key, record: ScanNode(bus, key, record, session),
-        make_channel=lambda scan, desc: ChannelNode(bus, scan, desc),
+        make_scan=lambda key, record: session.scan_class(bus, key, record, session),
+        make_channel=lambda scan, desc: scan._channel_class(desc)(bus, scan, desc),
         wants=make_filter(opts.include_filter),
         descend=(lambda node: not excluded(node)) if excluded else (lambda node: True),
         data=data,
@@ -868,8 +889,9 @@ def follow(session: SessionNode, *, replay: bool = False, **kwargs: Any) -> Iter
     return session.walk_on_new_events(**kwargs)
 
 
-def get_scan(bus: Bus, key: str) -> ScanNode:
-    """The scan stored under ``key``; ``UnknownScan`` if there is none."""
+def get_scan(bus: Bus, key: str, scan_class: type[ScanNode] | None = None) -> ScanNode:
+    """The scan stored under ``key`` (a ``scan_class``, default ``ScanNode``);
+    ``UnknownScan`` if there is none."""
     try:
         keys.parse_scan(key)
     except ValueError as exc:
@@ -877,4 +899,4 @@ def get_scan(bus: Bus, key: str) -> ScanNode:
     record = bus.wire.call(*commands.record(key))
     if not record:
         raise UnknownScan(f"no scan {key} on {bus!r} (it may have expired)")
-    return ScanNode(bus, key, record)
+    return (scan_class or ScanNode)(bus, key, record)

@@ -56,7 +56,7 @@ class ChannelDataNode(_ChannelDataNodeBase):
                 return None
         return super().get_as_array(max(from_index, 0), -1 if to_index < 0 else to_index)
 
-    def get_as_array(self, from_index: int | None, to_index: int | None = None) -> Any:
+    def get_as_array(self, from_index: int, to_index: int | None = None) -> Any:  # type: ignore[override]
         """``get(from_index, to_index)`` as a numpy array of the channel's dtype (a point
         not there is ``nan`` for a float channel, as in BLISS)."""
         return np.asarray(self.get(from_index, to_index), self.dtype)

@@ -10,7 +10,6 @@ the server's memory, not saved: references raise ``ImageNotSaved``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 
@@ -60,7 +59,7 @@ class LimaImageChannelDataNode(_ChannelDataNodeBase):
         last = from_index if to_index is None else to_index
         return LimaDataView(self, from_index, last, from_stream=self.from_stream)
 
-    def get_as_array(self, from_index: int, to_index: int | None = None) -> np.ndarray:
+    def get_as_array(self, from_index: int, to_index: int | None = None) -> np.ndarray:  # type: ignore[override]
         """The images of ``get(from_index, to_index)`` as one array (one image alone if
         the view holds one)."""
         return np.asarray(self.get(from_index, to_index).as_array(), self.dtype)
@@ -130,7 +129,9 @@ class LimaDataView:
         """Image ``index`` of the view (negative: from its end), or a slice of them."""
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
-            return np.asarray([self.get_image(self.from_index + i) for i in range(start, stop, step)])
+            return np.asarray(
+                [self.get_image(self.from_index + i) for i in range(start, stop, step)]
+            )
         position = self.to_index + 1 + index if index < 0 else self.from_index + index
         if position < 0:
             raise IndexError(f"no image {index} in {self!r}")
@@ -195,7 +196,7 @@ class LimaDataView:
         refs = list(self.iter_image_references(wanted))
         if len(refs) != len(wanted):
             raise RuntimeError(
-                f"channel {self.node.name!r}: images {wanted[len(refs):]} are not ready yet"
+                f"channel {self.node.name!r}: images {wanted[len(refs) :]} are not ready yet"
             )
         return refs
 

@@ -4,6 +4,8 @@ scan nodes whose children and walks give the classic classes (``ChannelDataNode`
 
 from __future__ import annotations
 
+import builtins
+
 from ...._encoding import Descriptor
 from ...._subscribe import ChannelNode
 from ...._subscribe import ScanNode as _ScanNode
@@ -19,7 +21,7 @@ class ScanNode(_ScanNode, DataNodeContainer):
     """A scan (``type`` ``scan`` or ``scan_group``); its channels are ``ChannelDataNode``
     and ``LimaImageChannelDataNode``."""
 
-    def _channel_class(self, desc: Descriptor) -> type[ChannelNode]:
+    def _channel_class(self, desc: Descriptor) -> builtins.type[ChannelNode]:
         return LimaImageChannelDataNode if is_lima(desc) else ChannelDataNode
 
 
