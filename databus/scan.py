@@ -30,6 +30,7 @@ from ._bus import Bus, default_bus
 from ._encoding import ChannelKind
 from ._errors import DatabusError
 from ._publish import Scan as PublishedScan
+from ._saving import scan_file
 from ._scan_info import end_info, start_info
 from ._states import EndReason
 from ._store import keys
@@ -46,9 +47,11 @@ __all__ = [
     "amesh",
     "ascan",
     "ct",
+    "current_saving",
     "current_session",
     "dscan",
     "loopscan",
+    "set_saving",
     "set_session",
     "timescan",
 ]
@@ -56,6 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _session: str | None = None
+_saving_root: Path | None = None
 
 
 def set_session(name: str | None) -> None:
@@ -67,6 +71,19 @@ def set_session(name: str | None) -> None:
 def current_session() -> str:
     """``set_session``'s name, else ``$DATABUS_SESSION``, else ``demo_session``."""
     return _session or os.environ.get("DATABUS_SESSION") or "demo_session"
+
+
+def set_saving(root: str | os.PathLike[str] | None) -> None:
+    """Announce saved scans (``scan_info["filename"]``, as BLISS does) as files under
+    ``root``: the files ``databus writer --root ROOT`` (session layout) writes them to.
+    None: back to the default."""
+    global _saving_root
+    _saving_root = None if root is None else Path(root).absolute()
+
+
+def current_saving() -> Path:
+    """``set_saving``'s root, else ``$DATABUS_SAVING_ROOT``, else ``./databus_data``."""
+    return _saving_root or Path(os.environ.get("DATABUS_SAVING_ROOT") or "databus_data").absolute()
 
 
 class WatchdogCallback:
@@ -210,7 +227,11 @@ class StepScan:
             info["detector_directories"] = sorted(
                 {str(self._detector_dir(d, bus)) for d in detectors}
             )
-        published = bus.session(current_session()).create_scan(info)
+        session = bus.session(current_session())
+        if self.save:
+            where = scan_file(current_saving(), session.name, 0, self._started, "session")
+            info["filename"] = str(where)
+        published = session.create_scan(info)
         self.key = published.key
         writers = {
             name: published.channel(name, dtype, shape, unit=unit, kind=kind)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -80,6 +81,7 @@ def test_other_scan_types(beamline, monkeypatch):
 def test_scan_info_has_the_keys_bliss_sets(beamline, tmp_path):
     b = beamline
     det = SimDetector(shape=(8, 8), mode="file", directory=tmp_path)
+    scan.set_saving(tmp_path / "saved")
     s = scan.ascan(b["robz"], -1, 1, 3, 0, b["gauss"], det)
     info = b["bus"].scan(s.key).info
     assert info["channels"] == {
@@ -109,7 +111,11 @@ def test_scan_info_has_the_keys_bliss_sets(beamline, tmp_path):
     assert pos["positioners_units"] == {"robz": "mm"}
     assert info["start_timestamp"] <= info["end_timestamp"]
     assert info["start_time"] < info["end_time"] and "T" in info["start_time"]
-    loop = b["bus"].scan(scan.loopscan(2, 0, b["mon"]).key).info
+    assert info["filename"] == str(
+        tmp_path / "saved" / "runner" / f"runner_{time.strftime('%Y%m%d')}.h5"
+    )
+    loop = b["bus"].scan(scan.loopscan(2, 0, b["mon"], save=False).key).info
+    assert "filename" not in loop
     assert (
         list(loop["acquisition_chain"]) == ["timer"]
         and loop["positioners"]["positioners_start"] == {}
