@@ -40,7 +40,8 @@ def get_node(
     db_name: str, bus: Bus | None = None, *, session_class: type[SessionNode] = SessionNode
 ) -> Node | None:
     """The node called ``db_name`` (a session name, a scan key, or a scan key followed
-    by ``:<channel name>``), or None if there is none."""
+    by ``:<channel name>``), or None if there is none. Nodes are built from
+    ``session_class`` and the classes it names (``scan_class``...)."""
     bus = bus or default_bus()
     if ":scan:{" not in db_name:
         if ":" in db_name or db_name not in bus.sessions():

@@ -138,7 +138,7 @@ def test_a_file_detector_is_a_lima_node_read_through_views(beamline, tmp_path):
         view.image_references([4, 5])
     assert list(view.iter_image_references([3, 4, 5])) == refs[3:]
     assert view.status_event.last_image_saved == 4 and view.status_event.proxy is None
-    mapped = node.event_data(EventData(0, databus.ChannelNode.file_refs(node), {}, 5))
+    mapped = node._event_data(EventData(0, databus.ChannelNode.file_refs(node), {}, 5))
     assert mapped.data == refs  # NEW_DATA: one reference per image
 
 
@@ -150,7 +150,7 @@ def test_frames_in_the_bus_are_a_lima_node_without_references(beamline):
     assert node.get(0, -1).as_array().shape == (3, 4, 4)
     with pytest.raises(ImageNotSaved, match="holds its images in the bus"):
         node.get(0, -1).all_image_references()
-    assert node.event_data(EventData(0, np.zeros((3, 4, 4)), {}, 3)).data == []
+    assert node._event_data(EventData(0, np.zeros((3, 4, 4)), {}, 3)).data == []
 
 
 def test_stop_handler_and_shared_channel_names(bus):

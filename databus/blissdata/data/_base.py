@@ -1,22 +1,12 @@
 """``DataNode`` and ``DataNodeContainer``: the bases BLISS scripts check nodes against
-(``isinstance(node, DataNodeContainer)``); every classic node class derives from one."""
-
-from __future__ import annotations
-
-import warnings
-from typing import Any
+(``isinstance(node, ChannelDataNode)``, ``isinstance(node, DataNodeContainer)``); every
+classic node class derives from one, after the SDK node it extends."""
 
 
 class DataNode:
-    """Mixed into every classic node class (``ChannelDataNode``, ``ScanNode``...), after
-    the SDK node it extends: what BLISS's ``DataNode`` has that the SDK's nodes do not."""
-
-    @property
-    def iterator(self) -> Any:
-        """The node itself: BLISS's deprecated ``node.iterator.walk(...)`` spelling."""
-        warnings.warn("node.iterator is deprecated, use the node itself", FutureWarning, 2)
-        return self
+    """Any classic node: a channel, a scan or a session (BLISS's ``DataNode``)."""
 
 
 class DataNodeContainer(DataNode):
-    """A node with children (a session or a scan), as BLISS's ``DataNodeContainer``."""
+    """A node with children, a session or a scan (BLISS's ``DataNodeContainer``); its walks
+    (``walk``, ``walk_events``, ``.iterator``...) are the SDK's."""

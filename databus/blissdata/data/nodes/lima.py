@@ -74,7 +74,7 @@ class LimaImageChannelDataNode(_ChannelDataNodeBase):
             )
         return _expand(self.file_refs(from_index, to_index))
 
-    def event_data(self, data: EventData) -> EventData:
+    def _event_data(self, data: EventData) -> EventData:
         """NEW_DATA as BLISS gives it for lima nodes: ``data`` one reference per image
         (``[]`` for images in the bus, which have none), ``description`` our descriptor."""
         refs = _expand(data.data) if self.desc.kind == "ref" else []
