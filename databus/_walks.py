@@ -13,7 +13,7 @@ import dataclasses
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._assembler import Assembler, Filter, make_filter
 from ._encoding import Entries, parse_id, text
@@ -25,6 +25,8 @@ from ._store.wire import Outage
 from ._timing import milliseconds
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ._bus import Bus
 
 #: Longest a walk's XREAD blocks before it checks its stop handler (seconds).
@@ -94,12 +96,23 @@ def _stream_id(first_index: Any) -> str | None:
     return f"{ms}-{seq}"
 
 
+class WalkArgs(TypedDict, total=False):
+    """The keyword arguments every classic walk takes (see ``Walks``)."""
+
+    wait: bool
+    stop_handler: StopHandler | None
+    started_event: Any
+    exclude_children: Any
+    exclude_existing_children: Any
+    filter: Any
+
+
 @dataclasses.dataclass(frozen=True)
 class WalkOptions:
-    """The keyword arguments of the classic walks, checked. ``first_index`` is the stream
-    ID after which a node counts as new (None: from now); ``from_last`` keeps, of what
-    exists when the walk starts, only the last node; ``existing`` is
-    ``exclude_existing_children`` as given (None, a bool or a BLISS type filter)."""
+    """The arguments of a classic walk, checked. ``first_index`` is the stream ID after
+    which a node counts as new (None: from now); ``from_last`` keeps, of what exists when
+    the walk starts, only the last node; ``existing`` is ``exclude_existing_children`` as
+    given (None, a bool or a BLISS type filter)."""
 
     include_filter: Any
     wait: bool
@@ -114,18 +127,19 @@ class WalkOptions:
     def of(
         cls,
         include_filter: Any,
-        deprecated_filter: Any,
-        exclude_children: Any,
-        exclude_existing_children: Any,
-        wait: bool,
-        stop_handler: StopHandler | None,
-        started_event: Any,
         first_index: Any,
+        *,
         from_last: bool = False,
+        wait: bool = True,
+        stop_handler: StopHandler | None = None,
+        started_event: Any = None,
+        exclude_children: Any = None,
+        exclude_existing_children: Any = None,
+        filter: Any = None,
     ) -> WalkOptions:
-        """Options from a walk's arguments; ``filter=`` (deprecated) still works alone,
-        and with ``include_filter=`` is a ValueError, as in BLISS."""
-        if deprecated_filter is not None:
+        """Options from a walk's arguments, with their defaults; ``filter=`` (deprecated)
+        still works alone, and with ``include_filter=`` is a ValueError, as in BLISS."""
+        if filter is not None:
             if include_filter is not None:
                 raise ValueError(
                     "filter= and include_filter= given together: filter= is the deprecated "
@@ -134,7 +148,7 @@ class WalkOptions:
             warnings.warn(
                 "filter= is deprecated, use include_filter=", DeprecationWarning, stacklevel=3
             )
-            include_filter = deprecated_filter
+            include_filter = filter
         return cls(
             include_filter,
             wait,
@@ -170,115 +184,48 @@ class WalkStart:
 
 
 class Walks:
-    """BLISS's walks, for the nodes that have children (sessions and scans). Common
-    arguments: ``include_filter`` (a node type, several, or a callable: whose events are
-    yielded), ``wait`` (False: return after what exists now), ``stop_handler``,
-    ``started_event`` (set once the walk reads), ``exclude_children`` (whose children are
-    not walked), ``exclude_existing_children`` (the same for nodes that exist when the
-    walk starts; see ``_walk_start`` of each node), ``filter`` (the deprecated name of
+    """BLISS's walks, for the nodes that have children (sessions and scans). Every walk
+    takes ``include_filter`` (a node type, several, or a callable: whose events are
+    yielded) and the keywords of ``WalkArgs``: ``wait`` (default True; False: return
+    after what exists now), ``stop_handler``, ``started_event`` (set once the walk
+    reads), ``exclude_children`` (nodes whose children are not walked),
+    ``exclude_existing_children`` (the same for nodes that exist when the walk starts:
+    see each node's ``_walk_start``) and ``filter`` (the deprecated name of
     ``include_filter``)."""
 
     bus: Bus
     name: str
 
     def walk(
-        self,
-        include_filter: Any = None,
-        wait: bool = True,
-        stop_handler: StopHandler | None = None,
-        started_event: Any = None,
-        exclude_children: Any = None,
-        filter: Any = None,
-        exclude_existing_children: Any = None,
-        first_index: Any = 0,
+        self, include_filter: Any = None, *, first_index: Any = 0, **options: Unpack[WalkArgs]
     ) -> Iterator[Any]:
         """The nodes below this one, from the first (or those created after the stream
-        ID ``first_index``; None: from now), then new ones as they come (``wait``)."""
-        opts = WalkOptions.of(
-            include_filter,
-            filter,
-            exclude_children,
-            exclude_existing_children,
-            wait,
-            stop_handler,
-            started_event,
-            first_index,
-        )
+        ID ``first_index``; None: from now), then new ones as they come."""
+        opts = WalkOptions.of(include_filter, first_index, **options)
         return _nodes(walk_loop(self, opts, data=False))
 
     def walk_from_last(
-        self,
-        include_filter: Any = None,
-        wait: bool = True,
-        stop_handler: StopHandler | None = None,
-        started_event: Any = None,
-        exclude_children: Any = None,
-        filter: Any = None,
-        exclude_existing_children: Any = None,
-        include_last: bool = True,
+        self, include_filter: Any = None, *, include_last: bool = True, **options: Unpack[WalkArgs]
     ) -> Iterator[Any]:
         """Like ``walk``, but only the last node that exists now (``include_last``; with
         ``include_filter``, the last one it takes), then the new ones."""
-        opts = WalkOptions.of(
-            include_filter,
-            filter,
-            exclude_children,
-            exclude_existing_children,
-            wait,
-            stop_handler,
-            started_event,
-            0 if include_last else None,
-            from_last=include_last,
-        )
+        first_index = 0 if include_last else None
+        opts = WalkOptions.of(include_filter, first_index, from_last=include_last, **options)
         return _nodes(walk_loop(self, opts, data=False))
 
     def walk_events(
-        self,
-        include_filter: Any = None,
-        wait: bool = True,
-        stop_handler: StopHandler | None = None,
-        started_event: Any = None,
-        exclude_children: Any = None,
-        filter: Any = None,
-        exclude_existing_children: Any = None,
-        first_index: Any = 0,
+        self, include_filter: Any = None, *, first_index: Any = 0, **options: Unpack[WalkArgs]
     ) -> Iterator[Event]:
         """The events below this node: NEW_NODE, PREPARED_SCAN, NEW_DATA, GAP, END_SCAN,
         from the first node (or those created after ``first_index``; None: from now)."""
-        opts = WalkOptions.of(
-            include_filter,
-            filter,
-            exclude_children,
-            exclude_existing_children,
-            wait,
-            stop_handler,
-            started_event,
-            first_index,
-        )
-        return walk_loop(self, opts, data=True)
+        return walk_loop(self, WalkOptions.of(include_filter, first_index, **options), data=True)
 
     def walk_on_new_events(
-        self,
-        include_filter: Any = None,
-        wait: bool = True,
-        stop_handler: StopHandler | None = None,
-        started_event: Any = None,
-        exclude_children: Any = None,
-        exclude_existing_children: Any = None,
-        filter: Any = None,
+        self, include_filter: Any = None, **options: Unpack[WalkArgs]
     ) -> Iterator[Event]:
         """``walk_events`` from now on. Unlike BLISS, a scan running when the walk starts
         is delivered whole (NEW_NODE, PREPARED_SCAN, its data from index 0, END_SCAN)."""
-        return self.walk_events(
-            include_filter,
-            wait,
-            stop_handler,
-            started_event,
-            exclude_children,
-            filter,
-            exclude_existing_children,
-            first_index=None,
-        )
+        return self.walk_events(include_filter, first_index=None, **options)
 
     @property
     def iterator(self) -> Walks:

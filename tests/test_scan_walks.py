@@ -331,6 +331,8 @@ class TestNodeClassHooks:
 
 
 def test_a_scan_walk_under_gevent_monkey_patching(bus, run_python):
+    # The points are sent by a greenlet that can only run while the walk's greenlet waits
+    # in its read: a walk blocking the hub would never see the scan end.
     code = f"""
 from gevent import monkey
 monkey.patch_all()
@@ -339,28 +341,22 @@ bus = databus.connect({bus.url!r}, prefix={bus.settings.prefix!r})
 scan = bus.session("gev").create_scan(title="g")
 x = scan.channel("x", "float64")
 scan.prepare()
-events, started = [], gevent.event.Event()
-walker = gevent.spawn(lambda: events.extend(bus.scan(scan.key).walk_events(started_event=started)))
+started = gevent.event.Event()
+walker = gevent.spawn(lambda: list(bus.scan(scan.key).walk_events(started_event=started)))
 started.wait(5)
-ticks = []
-ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.001)) for _ in range(50)])
-for i in range(500):
-    x.send(float(i))
-    if i % 100 == 0:
-        gevent.sleep(0.001)
-scan.end()
-walker.join(10)
-ticker.join()
-values = [float(v) for e in events if e.type is e.type.NEW_DATA for v in e.data.data]
-print(json.dumps({{"ended": walker.dead, "kinds": [e.type.name for e in events][:2],
-                   "last": events[-1].type.name, "values": values == [float(i) for i in range(500)],
-                   "ticks": len(ticks)}}))
+
+def publish():
+    for block in range(5):
+        for i in range(100):
+            x.send(float(block * 100 + i))
+        gevent.sleep(0.005)
+    scan.end()
+
+gevent.spawn(publish)
+events = walker.get(timeout=10)
+got = [float(v) for e in events if e.type is e.type.NEW_DATA for v in e.data.data]
+print(json.dumps({{"kinds": [e.type.name for e in events][:2], "last": events[-1].type.name,
+                   "values": got == [float(i) for i in range(500)]}}))
 """
     out = json.loads(run_python(code).stdout.strip().splitlines()[-1])
-    assert out == {
-        "ended": True,
-        "kinds": ["NEW_NODE", "PREPARED_SCAN"],
-        "last": "END_SCAN",
-        "values": True,
-        "ticks": 50,
-    }
+    assert out == {"kinds": ["NEW_NODE", "PREPARED_SCAN"], "last": "END_SCAN", "values": True}
