@@ -1,0 +1,5 @@
+"""placeholder"""
+class Cursor:
+    pass
+class CursorGroup:
+    pass
