@@ -334,6 +334,12 @@ class ScanNode(Node):
         """When the scan ended (unix seconds; None while it runs, as last read)."""
         return self._parsed.ended
 
+    @property
+    def sealed(self) -> float | None:
+        """When the publisher sealed every channel (``Scan.seal()``: the data is complete,
+        the final info and the end are to come); None if it did not, as last read."""
+        return self._parsed.sealed
+
     def refresh(self) -> ScanNode:
         """Read the scan record again; ``UnknownScan`` if it is gone, ``CorruptEntry``
         if it no longer decodes."""
