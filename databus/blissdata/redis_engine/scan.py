@@ -72,7 +72,7 @@ def state_of(node: ScanNode) -> ScanState:
     """The blissdata state of ``node`` as last read."""
     if node.state is OurState.ENDED:
         return ScanState.CLOSED
-    if getattr(node, "sealed", None) is not None:
+    if node.sealed is not None:
         return ScanState.STOPPED
     return ScanState(int(node.state))
 

@@ -10,11 +10,14 @@ errors are those of ``databus.blissdata.exceptions``, which keep databus's detai
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..._cursor import ChannelPoints
+from ..._cursor import Cursor as ChannelCursor
 from ..._errors import DataExpired, EndOfData, NotYetPublished
 from ..exceptions import (
     EndOfStream,
@@ -137,13 +140,11 @@ class BaseStream:
         return len(self.node)
 
     def _sealed_length(self, what: str) -> int:
-        length, sealed = self.node.extent()
-        if not sealed:
+        if not self.is_sealed():
             raise IndexNotYetThereError(
-                f"stream {self.name!r}: {what} means nothing before the stream is sealed "
-                f"({length} points so far)"
+                f"stream {self.name!r}: {what} means nothing before the stream is sealed"
             )
-        return length
+        return len(self.node)
 
     def __getitem__(self, key: int | slice) -> Any:
         if isinstance(key, slice):
@@ -179,25 +180,31 @@ class BaseStream:
 
     def is_sealed(self) -> bool:
         """Whether the writer sealed the stream (its length is final)."""
-        return self.node.extent()[1]
+        with ChannelCursor(self.node) as cursor:
+            return any(p.ended for p in cursor.read(0, last_only=True).values())
 
     def wait_seal(self, timeout: float = 0.0) -> bool:
-        """Block until the stream is sealed (``timeout`` seconds, 0: for ever); whether it is."""
-        from .cursor import Cursor
-
-        cursor = Cursor(self)
-        try:
-            while True:
-                if cursor.read(timeout=timeout, last_only=True) is None and timeout:
-                    return self.is_sealed()
-        except EndOfStream:
-            return True
+        """Block until the stream is sealed (``timeout`` seconds, 0: for ever); whether
+        it is. Reads only each newest point meanwhile."""
+        deadline = None if timeout == 0 else time.monotonic() + timeout
+        with ChannelCursor(self.node) as cursor:
+            while not cursor.done:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                cursor.read(remaining, last_only=True)
+        return True
 
     def cursor(self) -> Cursor:
         """A cursor from the stream's first point."""
         from .cursor import Cursor
 
         return Cursor(self)
+
+    def _view(self, points: ChannelPoints) -> BaseView:
+        """The view of what a cursor read of this stream."""
+        missing = sum(gap.block_size for gap in points.missing)
+        return View(points.start, points.data, missing, points.missing)
 
     def __iter__(self) -> Iterator[Any]:
         """Every point, from the first, blocking until the stream is sealed."""

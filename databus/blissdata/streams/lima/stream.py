@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...._cursor import ChannelPoints
 from ..base import BaseStream, BaseView
 
 
@@ -32,6 +33,9 @@ class LimaStream(BaseStream):
     """A stream of detector frames (``plugin`` "lima")."""
 
     plugin = "lima"
+
+    def _view(self, points: ChannelPoints) -> LimaView:
+        return LimaView(self, points.start, points.stop)
 
     @property
     def info(self) -> dict[str, Any]:
