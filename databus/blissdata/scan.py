@@ -1,4 +1,5 @@
-"""Old path of ``Scan`` (blissdata 1.x), kept as blissdata 2.x keeps it: use ``databus.blissdata``."""
+"""Old path of ``Scan`` (blissdata 1.x), kept as blissdata 2.x keeps it; use
+``databus.blissdata``."""
 
 import warnings
 
