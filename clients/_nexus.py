@@ -7,9 +7,7 @@ each function can be tried on an in-memory file (``h5py.File(..., driver="core")
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,12 @@ import numpy as np
 
 import databus
 from databus._encoding import GAP_DROPPED, GAP_EVICTED, GAP_SERVER_LOST
+from databus._saving import hdf5_name
 
 #: Channel prefixes that are motors (NXpositioner, under ``instrument/positioners``).
 POSITIONER_PREFIXES = ("axis", "timer")
 #: Codes of the ``reason`` column of ``writer/gaps`` (its ``reasons`` attribute).
 GAP_REASONS = (GAP_DROPPED, GAP_SERVER_LOST, "missing", GAP_EVICTED, "expired")
-#: Longest file or folder name the writer makes, in UTF-8 bytes (255 is the usual limit).
-FILE_NAME_BYTES = 200
-_ESCAPED = re.compile("%(25|2F|00|2E)")
 
 
 def h5py_module() -> Any:
@@ -35,34 +31,6 @@ def h5py_module() -> Any:
     except ImportError:
         raise ImportError("the file writer needs h5py: pip install 'databus[hdf5]'") from None
     return h5py
-
-
-def hdf5_name(name: str) -> str:
-    """``name`` as a valid HDF5 link name, one to one: ``%``, ``/`` and NUL become ``%25``,
-    ``%2F`` and ``%00``, a leading ``.`` ``%2E``, the empty name ``%``."""
-    clean = name.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
-    if clean.startswith("."):
-        clean = "%2E" + clean[1:]
-    return clean or "%"
-
-
-def original_name(stored: str) -> str:
-    """The name ``hdf5_name`` made ``stored`` from."""
-    if stored == "%":
-        return ""
-    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), stored)
-
-
-def file_name(name: str) -> str:
-    """``name`` as a file or folder name: ``hdf5_name``, and past ``FILE_NAME_BYTES`` cut
-    and ended with ``%~`` and a hash of ``name`` (escaping never makes ``%~``)."""
-    clean = hdf5_name(name)
-    raw = clean.encode(errors="surrogateescape")
-    if len(raw) <= FILE_NAME_BYTES:
-        return clean
-    digest = hashlib.sha256(name.encode(errors="surrogateescape")).hexdigest()[:16]
-    cut = raw[: FILE_NAME_BYTES - 2 - len(digest)].decode(errors="ignore")
-    return f"{cut}%~{digest}"
 
 
 def h5_text(text: str) -> str:

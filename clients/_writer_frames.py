@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from databus._encoding import FileRef
+from databus._saving import hdf5_name
 from databus._subscribe import referenced_frames
 
-from ._nexus import free_name, h5py_module, hdf5_name
+from ._nexus import free_name, h5py_module
 from ._writer_entries import Channel
 
 

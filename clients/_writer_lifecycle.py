@@ -13,8 +13,9 @@ from typing import Any
 
 import databus
 from databus._encoding import text
+from databus._saving import hdf5_name, original_name
 
-from ._nexus import create_entry, h5_text, hdf5_name, iso, original_name, plotselect
+from ._nexus import create_entry, h5_text, iso, plotselect
 from ._writer_entries import Channel, Entry
 from ._writer_files import OutputFile
 from ._writer_frames import TrustedRoots, link_frames

@@ -6,7 +6,6 @@ event of a written scan goes to its entry here.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import time
 from collections.abc import Callable
@@ -14,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import databus
+from databus._saving import scan_file
 
-from ._nexus import file_name
 from ._writer_entries import Entry
 from ._writer_files import OutputFile, no_space
 from ._writer_frames import TrustedRoots
@@ -78,13 +77,8 @@ class ScanFiles:
 
     def location(self, scan: Any) -> tuple[Path, str]:
         """(file, entry name) of ``scan``; see ``entry_name`` for a number used twice."""
-        session = file_name(scan.parent.name)
-        if self.layout == "scan":
-            path = self.root / session / f"{session}_{scan.number:04d}.h5"
-        else:
-            created = scan.created or time.time()
-            day = datetime.datetime.fromtimestamp(created).strftime("%Y%m%d")
-            path = self.root / session / f"{session}_{day}.h5"
+        created = scan.created or time.time()
+        path = scan_file(self.root, scan.parent.name, scan.number, created, self.layout)
         return path, f"{scan.number}.1"
 
     def complete(self, scan: Any) -> bool:

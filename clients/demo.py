@@ -58,6 +58,7 @@ def run(
     bus = databus.connect(url)
     databus.set_default_bus(bus)
     scan.set_session(session_name)
+    scan.set_saving(root)
     session = bus.session(session_name)
     print(f"databus demo: session {session_name!r} on {bus!r}", file=out, flush=True)
 

@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import databus
+from databus._saving import file_name, original_name
 from databus._subscribe import scan_exists
 
-from ._nexus import file_name, h5py_module, original_name
+from ._nexus import h5py_module
 from ._writer_frames import TrustedRoots
 from ._writer_lifecycle import compression_options, mark_expired_entries
 from ._writer_scans import ScanFiles

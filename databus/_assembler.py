@@ -79,7 +79,8 @@ class _Channel:
     desc: Descriptor
     key: str
     wanted: bool  # its events are yielded (NEW_DATA only if also followed)
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    info: dict[str, Any]  # the descriptor, as NEW_DATA carries it
+    mapped: Callable[[EventData], EventData]  # NEW_DATA's data as yielded
     sealed: bool = False
     total: int | None = None
     next: int = 0  # index after the last point delivered or reported missing
@@ -90,6 +91,7 @@ class _Scan:
     node: Any
     wanted: bool
     descend: bool
+    since: tuple[int, int] = (0, 0)  # channels declared by log entries up to it are left out
     prepared: bool = False
     reading: bool = False  # the channel streams are being read
     end: ScanEnd | None = None
@@ -104,7 +106,8 @@ class Assembler:
     scan's channels are walked (``exclude_children``); ``data`` False skips channel
     streams (walking nodes only). ``on_record(scan_node, record)`` is told a scan's record
     as read again (its channels and info changed; ``CorruptEntry`` if it does not decode)
-    and ``on_end(scan_node, end)`` how a scan ended, so nodes stay current.
+    and ``on_end(scan_node, end)`` how a scan ended, so nodes stay current;
+    ``map_data(channel_node)`` gives the function its NEW_DATA's ``EventData`` goes through.
 
     Corrupt entries are skipped, each recorded once in ``skipped`` and logged once: log
     entries that do not decode, and the scans whose record does not (``make_scan`` raised
@@ -122,8 +125,10 @@ class Assembler:
         data: bool = True,
         on_record: Callable[[Any, dict], None] = lambda node, record: None,
         on_end: Callable[[Any, ScanEnd], None] = lambda node, end: None,
+        map_data: Callable[[Any], Callable[[EventData], EventData]] = lambda node: _unchanged,
     ) -> None:
         self.session_log = session_log
+        self._map_data = map_data
         self._on_record = on_record
         self._on_end = on_end
         self._make_scan = make_scan
@@ -212,10 +217,21 @@ class Assembler:
 
     # ------------------------------------------------------------------ feeding
 
-    def add_scan(self, key: str, record: dict | None, entry_id: str = "-") -> list[Event]:
+    def add_scan(
+        self,
+        key: str,
+        record: dict | None,
+        entry_id: str = "-",
+        *,
+        since: str = START,
+        unless: Filter | None = None,
+    ) -> list[Event]:
         """Follow the scan ``key`` from its start (a new scan, or one running at walk
         start); ``record`` is its HGETALL, None or empty if it has expired. A record that
-        does not decode skips the scan (``entry_id``: its session-log entry)."""
+        does not decode skips the scan (``entry_id``: its session-log entry). Channels
+        declared by scan-log entries up to the ID ``since`` are left out; a scan node that
+        ``unless`` accepts is not followed. A scan in ``sequential`` is replayed whole
+        before the session log is read on."""
         if key in self._scans or not record:
             return []
         try:
@@ -223,9 +239,14 @@ class Assembler:
         except CorruptEntry as exc:
             self._skip(self.session_log, entry_id, f"scan not followed: {exc}")
             return []
+        if unless is not None and unless(node):
+            return []
         scan = _Scan(node, wanted=self._wants(node), descend=self._descend(node))
         if not scan.wanted and not scan.descend:
             return []
+        scan.since = parse_id(since)
+        if key in self.sequential:
+            self._held = key
         self._scans[key] = scan
         log_key = keys.scan_log(key)
         self._by_log[log_key] = key
@@ -306,8 +327,6 @@ class Assembler:
                 continue
             if entry.event == LogEvent.CREATED:
                 events += self.add_scan(entry.scan, records[entry.scan], entry.id)
-                if entry.scan in self.sequential:
-                    self._held = entry.scan
             elif entry.event == LogEvent.EVICTED:
                 events += self.evicted(entry)
         return events
@@ -367,7 +386,7 @@ class Assembler:
         """Follow channel ``name`` of ``scan``, declared by the log entry ``source`` (log
         key, entry id), with its packed descriptor ``raw``; skipped if that does not
         decode."""
-        if not scan.descend or name in scan.channels:
+        if not scan.descend or name in scan.channels or parse_id(source[1]) <= scan.since:
             return []
         try:
             desc = descriptor(scan.node.db_name, name, raw)
@@ -376,7 +395,12 @@ class Assembler:
             return []
         node = self._make_channel(scan.node, desc)
         channel = _Channel(
-            node, desc, keys.channel(scan.node.db_name, name), self._wants(node), desc.as_dict()
+            node,
+            desc,
+            keys.channel(scan.node.db_name, name),
+            self._wants(node),
+            desc.as_dict(),
+            self._map_data(node),
         )
         scan.channels[name] = channel
         if scan.reading:
@@ -415,13 +439,8 @@ class Assembler:
         for item in _merge(items):
             end = item.first + item.count
             if isinstance(item, Block):
-                events.append(
-                    Event(
-                        EventType.NEW_DATA,
-                        channel.node,
-                        EventData(item.first, item.data, channel.info, item.count),
-                    )
-                )
+                data = EventData(item.first, item.data, channel.info, item.count)
+                events.append(Event(EventType.NEW_DATA, channel.node, channel.mapped(data)))
             elif end > channel.next:  # only what this reader has not had
                 first = max(item.first, channel.next)
                 events.append(
@@ -484,6 +503,10 @@ class Assembler:
             self._skipped_set.add(skipped)
             self.skipped.append(skipped)
             warn_skipped(*skipped)
+
+
+def _unchanged(data: EventData) -> EventData:
+    return data
 
 
 def _logged_end(entry: LogEntry) -> ScanEnd:

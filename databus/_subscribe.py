@@ -1,22 +1,22 @@
-"""The reader side: session, scan and channel nodes, channel data access, and walks.
+"""The reader side: session, scan and channel nodes, channel data access, and where
+each node's walk starts (the walks themselves are in ``_walks.py``).
 
-A walk is the ``Assembler`` (pure event ordering) plus a thin loop: one blocking XREAD
-(bounded to ``BLOCK_S`` so a stop handler acts promptly) serves every stream the walk
-follows; the loop fetches the scan records the assembler asks for and yields its events.
-Nothing scans the keyspace: scans are found in the session log.
+A session walk finds scans in its session log (nothing scans the keyspace); a scan walk
+follows its one scan. The node classes a session builds are hooks (``scan_class``,
+``session_class``, ``_channel_class``, ``_event_data``), so a subclass of ``SessionNode``
+(the BLISS namespace's) gets its own classes everywhere.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-import dataclasses
 import itertools
 import logging
 import os
 import stat
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,10 +44,9 @@ from ._errors import (
     NotYetPublished,
     ReadTimeout,
     ScanStateError,
-    ServerUnavailable,
     UnknownScan,
 )
-from ._events import Event, EventType, ScanEnd
+from ._events import Event, EventData, ScanEnd
 from ._states import EndReason, ScanState
 from ._store import commands, keys
 from ._store.schema import (
@@ -61,25 +60,26 @@ from ._store.schema import (
     warn_skipped,
     written_record,
 )
-from ._store.wire import Link, Outage
+from ._store.wire import Link
 from ._timing import milliseconds
+from ._walks import (
+    BLOCK_S,
+    MAX_SEQ,
+    WalkOptions,
+    Walks,
+    WalkStart,
+    id_before,
+    scan_records,
+    xrange_entries,
+)
+from ._walks import (
+    StopHandler as StopHandler,  # re-exported (node.py, databus)
+)
 
 if TYPE_CHECKING:
     from ._bus import Bus
 
 log = logging.getLogger(__name__)
-
-#: Longest a walk's XREAD blocks before it checks its stop handler (seconds).
-BLOCK_S = 0.1
-#: How often an idle walk checks that the scans it waits for still exist (seconds).
-LOST_CHECK_S = 5.0
-_MAX_SEQ = "18446744073709551615"
-
-
-def _xrange(bus: Bus, key: str, start: str = "-") -> Entries:
-    """Entries of stream ``key`` from ``start`` on, as the server sends them."""
-    entries: Entries = bus.wire.call(*commands.entries(key, start))
-    return entries
 
 
 def _last_entry(bus: Bus, key: str) -> tuple[bytes, dict[bytes, bytes]] | None:
@@ -101,17 +101,6 @@ class NodeInfo(dict):
     def get_all(self) -> dict[str, Any]:
         """The whole info, read again from Redis (for a scan: ``UnknownScan`` if gone)."""
         return dict(self._reread() if self._reread is not None else self)
-
-
-class StopHandler:
-    """Ends a walk gracefully from another thread or greenlet: ``stop()``, and the walk
-    returns after its current read (within ``BLOCK_S`` seconds)."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-
-    def stop(self) -> None:
-        self.stopped = True
 
 
 # --------------------------------------------------------------------- nodes
@@ -146,10 +135,12 @@ class Node:
         return hash((self.type, self.db_name))
 
 
-class SessionNode(Node):
-    """A session (it need not exist yet): its scans, and walks over them."""
+class SessionNode(Walks, Node):
+    """A session (it need not exist yet): its scans, and walks over them. ``scan_class``
+    is the class of its scan nodes (a subclass sets its own)."""
 
     type = "session"
+    scan_class: builtins.type[ScanNode]
 
     def __init__(self, bus: Bus, name: str) -> None:
         keys.check_session_name(name)
@@ -159,15 +150,15 @@ class SessionNode(Node):
     def scans(self) -> list[ScanNode]:
         """The session's scans still in Redis, oldest first; corrupt log entries and scan
         records are left out, with a warning."""
-        entries = log_entries(self.log_key, _xrange(self.bus, self.log_key), warn_skipped)
+        entries = log_entries(self.log_key, xrange_entries(self.bus, self.log_key), warn_skipped)
         found = {e.scan: e.id for e in entries if e.event == LogEvent.CREATED and e.scan}
-        records = _records(self.bus, found)
+        records = scan_records(self.bus, found)
         scans = []
         for key, record in records.items():
             if not record:
                 continue  # expired
             try:
-                scans.append(ScanNode(self.bus, key, record, self))
+                scans.append(self.scan_class(self.bus, key, record, self))
             except CorruptEntry as exc:
                 warn_skipped(self.log_key, found[key], f"scan left out: {exc}")
         return scans
@@ -175,111 +166,78 @@ class SessionNode(Node):
     def children(self) -> list[Node]:
         return list(self.scans())
 
-    # ------------------------------------------------------------------- walks
-
-    def walk(
-        self,
-        include_filter: Any = None,
-        wait: bool = True,
-        stop_handler: StopHandler | None = None,
-        started_event: Any = None,
-        exclude_children: Any = None,
-        filter: Any = None,
-    ) -> Iterator[Node]:
-        """Every node of the session (scans, their channels), then new ones as they come
-        (``wait``). ``filter`` is the deprecated name of ``include_filter``."""
-        opts = _WalkOptions.of(
-            include_filter, filter, wait, stop_handler, started_event, exclude_children
+    def _walk_start(self, opts: WalkOptions, data: bool) -> WalkStart:
+        """A session walk starts in the session log: at its beginning (``first_index``
+        0), after ``first_index``, at its end (None: now), or before its last scan
+        (``walk_from_last``). Unlike BLISS, the scans still running that were created
+        before that point are joined whole, except those ``exclude_existing_children``
+        takes (True: all of them)."""
+        excluded = opts.excluded()
+        asm = _assembler(
+            self.bus,
+            self.log_key,
+            opts,
+            data,
+            make_scan=lambda key, record: self.scan_class(self.bus, key, record, self),
+            descend=(lambda node: not excluded(node)) if excluded else (lambda node: True),
         )
-        return _nodes(_walk(self, opts, replay=True, data=False))
-
-    def walk_from_last(
-        self,
-        include_filter: Any = None,
-        wait: bool = True,
-        stop_handler: StopHandler | None = None,
-        started_event: Any = None,
-        exclude_children: Any = None,
-        filter: Any = None,
-    ) -> Iterator[Node]:
-        """Like ``walk`` but from the session's last scan on."""
-        opts = _WalkOptions.of(
-            include_filter, filter, wait, stop_handler, started_event, exclude_children
-        )
-        return _nodes(_walk(self, opts, replay=True, data=False, from_last=True))
-
-    def walk_events(
-        self,
-        include_filter: Any = None,
-        wait: bool = True,
-        stop_handler: StopHandler | None = None,
-        started_event: Any = None,
-        exclude_children: Any = None,
-        filter: Any = None,
-    ) -> Iterator[Event]:
-        """Every event of the session from its first scan still in Redis, then live."""
-        opts = _WalkOptions.of(
-            include_filter, filter, wait, stop_handler, started_event, exclude_children
-        )
-        return _walk(self, opts, replay=True)
-
-    def walk_on_new_events(
-        self,
-        include_filter: Any = None,
-        wait: bool = True,
-        stop_handler: StopHandler | None = None,
-        started_event: Any = None,
-        exclude_children: Any = None,
-        exclude_existing_children: bool = False,
-        filter: Any = None,
-    ) -> Iterator[Event]:
-        """Events from now on. Unlike BLISS, a scan running when the walk starts is
-        delivered whole (NEW_NODE, PREPARED_SCAN, its data from index 0, END_SCAN), unless
-        ``exclude_existing_children``."""
-        opts = _WalkOptions.of(
-            include_filter, filter, wait, stop_handler, started_event, exclude_children
-        )
-        return _walk(self, opts, replay=False, running=not exclude_existing_children)
+        entries = xrange_entries(self.bus, self.log_key)
+        parsed = list(asm.log_entries(self.log_key, entries))
+        created = {e.scan: e.id for e in parsed if e.event == LogEvent.CREATED and e.scan}
+        asm.sequential = {e.scan for e in parsed if e.event == LogEvent.ENDED and e.scan}
+        if opts.from_last:
+            last = list(created.values())[-1] if created else None
+            cursor = id_before(last) if last else START
+        elif opts.first_index is None:
+            cursor = text(entries[-1][0]) if entries else START
+        else:
+            cursor = opts.first_index
+        asm.cursors[self.log_key] = cursor
+        events = []
+        if not opts.from_last:
+            point = parse_id(cursor)
+            live = [
+                key
+                for key, entry_id in created.items()
+                if key not in asm.sequential and parse_id(entry_id) <= point
+            ]
+            unless = opts.excluded_existing()
+            for key, record in scan_records(self.bus, live).items():
+                events += asm.add_scan(key, record, created[key], unless=unless)
+        return WalkStart(asm, events, bounded=False)
 
 
-@dataclasses.dataclass(frozen=True)
-class _WalkOptions:
-    """The keyword arguments every classic walk takes."""
-
-    include_filter: Any
-    wait: bool
-    stop_handler: StopHandler | None
-    started_event: Any
-    exclude_children: Any
-
-    @classmethod
-    def of(
-        cls,
-        include_filter: Any,
-        deprecated_filter: Any,
-        wait: bool,
-        stop_handler: Any,
-        started_event: Any,
-        exclude_children: Any,
-    ) -> _WalkOptions:
-        """Options from a walk's arguments; ``filter=`` (deprecated) still works."""
-        if deprecated_filter is not None:
-            warnings.warn(
-                "filter= is deprecated, use include_filter=", DeprecationWarning, stacklevel=3
-            )
-            include_filter = deprecated_filter if include_filter is None else include_filter
-        return cls(include_filter, wait, stop_handler, started_event, exclude_children)
+def _assembler(
+    bus: Bus,
+    session_log: str,
+    opts: WalkOptions,
+    data: bool,
+    make_scan: Callable[[str, dict], ScanNode],
+    descend: Callable[[Any], bool],
+) -> Assembler:
+    """The assembler of a walk over ``session_log``'s scans, building its nodes through
+    the scan nodes' hooks."""
+    return Assembler(
+        session_log,
+        make_scan=make_scan,
+        make_channel=lambda scan, desc: scan._channel_node(desc),
+        wants=make_filter(opts.include_filter),
+        descend=descend,
+        data=data,
+        on_record=ScanNode._update,
+        on_end=ScanNode._ended,
+        map_data=lambda node: node._event_data,
+    )
 
 
-def _nodes(events: Iterator[Event]) -> Iterator[Node]:
-    return (event.node for event in events if event.type is EventType.NEW_NODE)
-
-
-class ScanNode(Node):
+class ScanNode(Walks, Node):
     """A scan: ``number``, ``info``, ``state``, ``end_reason``, ``error``, ``created``,
-    ``ended``, ``channels``
-    (name -> ChannelNode) and ``wait_end()``. ``type`` is ``scan``, or ``scan_group``
-    for a scan whose info declares it a sequence of scans."""
+    ``ended``, ``channels`` (name -> ChannelNode), ``wait_end()`` and walks over its
+    channels. ``type`` is ``scan``, or ``scan_group`` for a scan whose info declares it
+    a sequence of scans. ``session_class`` is the class of its parent when it is not
+    given, ``_channel_class`` that of its channel nodes (hooks for subclasses)."""
+
+    session_class: builtins.type[SessionNode] = SessionNode
 
     def __init__(self, bus: Bus, key: str, record: dict, parent: Node | None = None) -> None:
         self.key = key
@@ -287,7 +245,7 @@ class ScanNode(Node):
         name = f"{self.number}_{self.info.get('type', 'scan')}"
         if parent is None:
             _, session, _ = keys.parse_scan(key)
-            parent = SessionNode(bus, session)
+            parent = self.session_class(bus, session)
         super().__init__(bus, key, name, parent)
 
     def _update(self, record: dict) -> None:
@@ -352,14 +310,15 @@ class ScanNode(Node):
     @property
     def channels(self) -> dict[str, ChannelNode]:
         """The scan's channels, by full name, in the order of the scan info's
-        ``channels`` list when it has one (then by name)."""
+        ``channels`` (a list of names, or BLISS's dict ``fullname -> {dim, ...}``) when
+        it has them (then by name)."""
         if self._channels is None:
             found = {
-                name: ChannelNode(self.bus, self, desc)
+                name: self._channel_node(desc)
                 for name, desc in descriptors(self.key, self._record).items()
             }
             hint = self.info.get("channels")
-            hint = hint if isinstance(hint, list) else []
+            hint = list(hint) if isinstance(hint, (list, dict)) else []
             listed = [n for n in hint if isinstance(n, str) and n in found]
             order = listed + sorted(set(found) - set(listed))
             self._channels = {name: found[name] for name in order}
@@ -367,6 +326,42 @@ class ScanNode(Node):
 
     def children(self) -> list[Node]:
         return list(self.channels.values())
+
+    def _channel_class(self, desc: Descriptor) -> builtins.type[ChannelNode]:
+        """The class of the node of the channel ``desc`` describes."""
+        return ChannelNode
+
+    def _channel_node(self, desc: Descriptor) -> ChannelNode:
+        return self._channel_class(desc)(self.bus, self, desc)
+
+    def _walk_start(self, opts: WalkOptions, data: bool) -> WalkStart:
+        """A scan walk follows this scan alone, from its scan log's start (it reads
+        neither the session log nor any other scan's streams), and ends with the scan;
+        the scan's own NEW_NODE is not yielded (BLISS). On a scan that has ended,
+        ``first_index`` (None: now) leaves out the channels declared up to it; a running
+        scan is walked whole, as a session walk joins it. ``exclude_existing_children``
+        (by default ``exclude_children``; True: this scan) taking this scan leaves its
+        channels out. ``UnknownScan`` if the scan is gone."""
+        self.refresh()
+        _, session, _ = keys.parse_scan(self.key)
+        excluded = opts.excluded_existing(default=opts.exclude_children)
+        asm = _assembler(
+            self.bus,
+            keys.session_log(self.bus.settings.prefix, session),
+            opts,
+            data,
+            make_scan=lambda key, record: self,
+            descend=lambda node: not (excluded and excluded(node)),
+        )
+        since = START
+        if self.state is ScanState.ENDED:
+            asm.sequential = {self.key}  # nothing more will come: missing keys mean evicted
+            since = opts.first_index or START
+            if opts.first_index is None:
+                last = _last_entry(self.bus, keys.scan_log(self.key))
+                since = text(last[0]) if last else START
+        asm.add_scan(self.key, self._record, since=since)  # (its NEW_NODE: not yielded)
+        return WalkStart(asm, [], bounded=True)
 
     def request_stop(self, reason: str = "requested") -> None:
         """Ask the scan's runner to stop before its next point (end reason ``stopped``).
@@ -398,7 +393,7 @@ class ScanNode(Node):
         link: Link | None = None  # its own connection, for the blocking read
         try:
             while True:
-                entries = _xrange(self.bus, log_key, _after(cursor))
+                entries = xrange_entries(self.bus, log_key, _after(cursor))
                 cursor = text(entries[-1][0]) if entries else cursor
                 for entry in log_entries(log_key, entries, warn_skipped):
                     if entry.event == LogEvent.ENDED:
@@ -477,6 +472,9 @@ def _after(cursor: str) -> str:
     return "-" if cursor == START else f"({cursor}"
 
 
+SessionNode.scan_class = ScanNode
+
+
 class ChannelNode(Node):
     """A channel's points, read from Redis (and from the detector's files for ``lima``
     channels): ``len()``, ``get(i)``, ``get(a, b)`` (inclusive), ``ch[a:b]``,
@@ -518,6 +516,11 @@ class ChannelNode(Node):
     @property
     def info(self) -> NodeInfo:
         return NodeInfo(self.desc.as_dict())
+
+    def _event_data(self, data: EventData) -> EventData:
+        """What a walk's NEW_DATA of this channel carries (here, ``data`` as read; a
+        subclass may give its points another form)."""
+        return data
 
     def __repr__(self) -> str:
         what = "json" if self.desc.kind == "json" else f"{self.dtype}{list(self.shape)}"
@@ -592,9 +595,31 @@ class ChannelNode(Node):
             return []
         return np.empty((0, *self.shape), dtype=self.dtype)
 
+    def file_refs(self, from_index: int = 0, to_index: int = -1) -> list[FileRef]:
+        """Where a ``lima`` (ref) channel's frames ``from_index`` .. ``to_index`` (inclusive,
+        negative: counted from the end) are, one ``FileRef`` per file range, cut to the points
+        asked for; the files are not opened. Raises as ``get`` for points that are not there."""
+        if self.desc.kind != "ref":
+            raise TypeError(f"channel {self.name!r} holds {self.desc.kind} points, not file refs")
+        last = to_index + len(self) if to_index < 0 else to_index
+        if last < from_index:
+            return []
+        refs = []
+        for block in self._blocks(from_index, last):
+            ref: FileRef = block.data[0]
+            lo, hi = max(from_index, block.first), min(last, block.first + block.count - 1)
+            if lo <= hi:
+                start = ref.start + lo - block.first
+                refs.append(FileRef(ref.file, ref.dataset, start, start + hi - lo + 1))
+        return refs
+
     def _read(self, first: int, last: int) -> Any:
         """Points first .. last inclusive, from one round trip."""
-        before, within, after = self.bus.wire.run(commands.points(self.key, first, last, _MAX_SEQ))
+        return self._slice(self._blocks(first, last), first, last)
+
+    def _blocks(self, first: int, last: int) -> list[Block]:
+        """The decoded blocks holding points first .. last (all of them, or an error)."""
+        before, within, after = self.bus.wire.run(commands.points(self.key, first, last, MAX_SEQ))
         # The entry before ``first`` holds it only if it starts earlier and is a whole
         # block (the parts of a split point all carry the point's own index).
         split = self.desc.kind == "array" and self.desc.parts > 1
@@ -617,7 +642,7 @@ class ChannelNode(Node):
                 raise self._lost(previous.first + previous.count, block.first - 1, GAP_DROPPED)
         if end <= last:
             raise self._beyond(first, last, *self._extent())
-        return self._slice(blocks, first, last)
+        return blocks
 
     def _lost(self, first: int, last: int, reason: str) -> DataLost:
         why = {
@@ -709,165 +734,6 @@ class ChannelNode(Node):
         )
 
 
-# --------------------------------------------------------------------- walks
-
-
-def _records(bus: Bus, scan_keys: Iterable[str]) -> dict[str, dict]:
-    """The HGETALL of each scan key; empty, with a warning, for a key that holds
-    something other than a hash."""
-    scan_keys = list(scan_keys)
-    if not scan_keys:
-        return {}
-    replies = bus.wire.run_each([commands.record(key) for key in scan_keys])
-    records = {}
-    for key, reply in zip(scan_keys, replies, strict=True):
-        if isinstance(reply, Exception):
-            warn_skipped(key, "-", f"not a scan record ({reply})")
-        records[key] = {} if isinstance(reply, Exception) else reply
-    return records
-
-
-def _walk(
-    session: SessionNode,
-    opts: _WalkOptions,
-    *,
-    replay: bool,
-    data: bool = True,
-    running: bool = True,
-    from_last: bool = False,
-) -> Iterator[Event]:
-    """The events of a walk: its start (``_start``), then one blocking XREAD after another
-    on its own connection (``_Link``, which reconnects), fed to the assembler."""
-    bus, stop_handler = session.bus, opts.stop_handler
-    asm, first = _start(session, opts, replay, data, running, from_last)
-    if opts.started_event is not None:
-        opts.started_event.set()
-    yield from first
-    block_ms = milliseconds(BLOCK_S) if opts.wait else None
-    link = _Link(bus, session.name)
-    idle_since = time.monotonic()
-    try:
-        while not (stop_handler is not None and stop_handler.stopped):
-            reply = link.read(asm.streams(), asm.read_count(), block_ms)
-            if reply is None:
-                continue  # the server was lost: read again once it is back
-            now = time.monotonic()
-            if link.reconnected:
-                # Give publishers time to restore what a server restarted empty lost
-                # before taking their scans' missing keys for a death.
-                idle_since = now
-            if not reply:
-                if block_ms is None:
-                    return
-                if asm.active and (asm.replaying or now - idle_since > LOST_CHECK_S):
-                    idle_since = now
-                    yield from _check_lost(bus, asm)
-                continue
-            idle_since = now
-            records = _records(bus, asm.records_needed(reply))
-            yield from asm.feed(reply, records)
-    finally:
-        link.close()
-
-
-def _start(
-    session: SessionNode,
-    opts: _WalkOptions,
-    replay: bool,
-    data: bool,
-    running: bool,
-    from_last: bool,
-) -> tuple[Assembler, list[Event]]:
-    """A walk's assembler, its session-log cursor where the walk starts (the beginning
-    for ``replay``, before the last scan for ``from_last``, else the end), and the events
-    of the scans it joins while they run (``running``)."""
-    bus = session.bus
-    excluded = make_filter(opts.exclude_children) if opts.exclude_children is not None else None
-    asm = Assembler(
-        session.log_key,
-        make_scan=lambda key, record: ScanNode(bus, key, record, session),
-        make_channel=lambda scan, desc: ChannelNode(bus, scan, desc),
-        wants=make_filter(opts.include_filter),
-        descend=(lambda node: not excluded(node)) if excluded else (lambda node: True),
-        data=data,
-        on_record=ScanNode._update,
-        on_end=ScanNode._ended,
-    )
-    entries = _xrange(bus, session.log_key)
-    parsed = list(asm.log_entries(session.log_key, entries))
-    created = {e.scan: e.id for e in parsed if e.event == LogEvent.CREATED and e.scan}
-    asm.sequential = {e.scan for e in parsed if e.event == LogEvent.ENDED and e.scan}
-    if from_last:
-        last = list(created.values())[-1] if created else None
-        asm.cursors[session.log_key] = _before(last) if last else START
-    elif not replay:
-        asm.cursors[session.log_key] = text(entries[-1][0]) if entries else START
-    first: list[Event] = []
-    if not replay and running:
-        live = [key for key in created if key not in asm.sequential]
-        records = _records(bus, live)
-        for key, record in records.items():
-            first += asm.add_scan(key, record, created[key])
-    return asm, first
-
-
-class _Link:
-    """A walk's own connection (``wire.Link``) for its blocking reads, waiting out a lost
-    server (``wire.Outage``): ``read`` returns None after a failed attempt (call it again);
-    ``reconnected`` is True for the first reply after one."""
-
-    def __init__(self, bus: Bus, session: str) -> None:
-        self.link = bus.wire.link()
-        self.outage = Outage(f"walk of {session}", revive=bus.revive_server)
-        self.reconnected = False
-
-    def read(
-        self, streams: dict[str, str], count: int, block_ms: int | None
-    ) -> list[tuple[str, Entries]] | None:
-        """XREAD of ``streams`` (see ``wire.Link.read``); ``block_ms`` None does not wait,
-        and then a lost server raises ``ServerUnavailable``."""
-        try:
-            reply = self.link.read(streams, count, block_ms)
-        except ServerUnavailable as exc:
-            if block_ms is None:
-                raise  # a walk that does not wait has nothing to wait for
-            self.link.reset()  # keep the walk's cursors; connect again on the next read
-            self.outage.wait(exc)
-            return None
-        self.reconnected = self.outage.over() is not None
-        return reply
-
-    def close(self) -> None:
-        self.link.close()
-
-
-def _before(entry_id: str) -> str:
-    ms, seq = parse_id(entry_id)
-    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{_MAX_SEQ}"
-
-
-def _check_lost(bus: Bus, asm: Assembler) -> Iterator[Event]:
-    """End the followed scans whose keys are gone: evicted ones (the session log says so)
-    with GAP events for what was not read, the others as lost."""
-    scans = asm.unfinished()
-    exist = bus.wire.run([commands.exists(key) for key in scans])
-    gone = [key for key, exists in zip(scans, exist, strict=True) if not exists]
-    if not gone:
-        return
-    evicted = {
-        e.scan: e
-        for e in asm.log_entries(asm.session_log, _xrange(bus, asm.session_log))
-        if e.event == LogEvent.EVICTED and e.scan
-    }
-    for key in gone:
-        if key in evicted:
-            yield from asm.evicted(evicted[key])
-        else:
-            yield from asm.lost(
-                key, "the scan's keys expired before it ended: its publisher stopped"
-            )
-
-
 def scan_exists(bus: Bus, key: str) -> bool:
     """Whether scan ``key`` still has its record in Redis."""
     return bool(bus.wire.call(*commands.exists(key)))
@@ -880,8 +746,9 @@ def follow(session: SessionNode, *, replay: bool = False, **kwargs: Any) -> Iter
     return session.walk_on_new_events(**kwargs)
 
 
-def get_scan(bus: Bus, key: str) -> ScanNode:
-    """The scan stored under ``key``; ``UnknownScan`` if there is none."""
+def get_scan(bus: Bus, key: str, scan_class: type[ScanNode] = ScanNode) -> ScanNode:
+    """The scan stored under ``key``, as a ``scan_class`` node; ``UnknownScan`` if there
+    is none."""
     try:
         keys.parse_scan(key)
     except ValueError as exc:
@@ -889,4 +756,4 @@ def get_scan(bus: Bus, key: str) -> ScanNode:
     record = bus.wire.call(*commands.record(key))
     if not record:
         raise UnknownScan(f"no scan {key} on {bus!r} (it may have expired)")
-    return ScanNode(bus, key, record)
+    return scan_class(bus, key, record)

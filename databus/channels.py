@@ -65,6 +65,8 @@ class Channel:
             bus = default_bus()
         self.name = name
         self.bus = bus
+        self._default = None if default_value is _NOTHING else default_value
+        self._timeout = timeout
         self.key = keys.shared(bus.settings.prefix, name)
         self._value: Any = None
         self._version = 0
@@ -94,6 +96,16 @@ class Channel:
     @value.setter
     def value(self, new: Any) -> None:
         self._write(pack_meta(new, what=f"channel {self.name!r}"), only_if_absent=False)
+
+    @property
+    def default_value(self) -> Any:
+        """The ``default_value`` this holder was made with (None if none)."""
+        return self._default
+
+    @property
+    def timeout(self) -> float:
+        """Seconds this holder waited at most for its subscription and first read."""
+        return self._timeout
 
     def register_callback(self, callback: Callable[[Any], Any]) -> None:
         """Call ``callback(value)`` on every change until unregistered."""

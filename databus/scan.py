@@ -30,6 +30,8 @@ from ._bus import Bus, default_bus
 from ._encoding import ChannelKind
 from ._errors import DatabusError
 from ._publish import Scan as PublishedScan
+from ._saving import scan_file
+from ._scan_info import end_info, start_info
 from ._states import EndReason
 from ._store import keys
 from ._store.schema import stop_reason
@@ -45,9 +47,11 @@ __all__ = [
     "amesh",
     "ascan",
     "ct",
+    "current_saving",
     "current_session",
     "dscan",
     "loopscan",
+    "set_saving",
     "set_session",
     "timescan",
 ]
@@ -55,6 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _session: str | None = None
+_saving_root: Path | None = None
 
 
 def set_session(name: str | None) -> None:
@@ -66,6 +71,19 @@ def set_session(name: str | None) -> None:
 def current_session() -> str:
     """``set_session``'s name, else ``$DATABUS_SESSION``, else ``demo_session``."""
     return _session or os.environ.get("DATABUS_SESSION") or "demo_session"
+
+
+def set_saving(root: str | os.PathLike[str] | None) -> None:
+    """Announce saved scans (``scan_info["filename"]``, as BLISS does) as files under
+    ``root``: the files ``databus writer --root ROOT`` (session layout) writes them to.
+    None: back to the default."""
+    global _saving_root
+    _saving_root = None if root is None else Path(root).absolute()
+
+
+def current_saving() -> Path:
+    """``set_saving``'s root, else ``$DATABUS_SAVING_ROOT``, else ``./databus_data``."""
+    return _saving_root or Path(os.environ.get("DATABUS_SAVING_ROOT") or "databus_data").absolute()
 
 
 class WatchdogCallback:
@@ -81,6 +99,11 @@ class WatchdogCallback:
         if watchdog_timeout <= 0:
             raise ValueError(f"watchdog_timeout must be > 0 seconds, got {watchdog_timeout!r}")
         self.watchdog_timeout = watchdog_timeout
+
+    @property
+    def timeout(self) -> float:
+        """``watchdog_timeout``, under BLISS's name for it."""
+        return self.watchdog_timeout
 
     def on_scan_new(self, scan: StepScan, scan_info: dict[str, Any]) -> None:
         """The scan is prepared and about to start."""
@@ -143,6 +166,7 @@ class StepScan:
         self._abort: BaseException | None = None
         self._running = False
         self._last_point = 0.0
+        self._started: float | None = None
 
     def __repr__(self) -> str:
         state = (
@@ -150,9 +174,9 @@ class StepScan:
         )
         return f"<StepScan {self.title!r} {state} {self.npoints_done}/{self.npoints or '∞'} points>"
 
-    def set_watchdog_callback(self, callback: WatchdogCallback) -> None:
-        """Call ``callback``'s hooks during the run."""
-        if not isinstance(callback, WatchdogCallback):
+    def set_watchdog_callback(self, callback: WatchdogCallback | None) -> None:
+        """Call ``callback``'s hooks during the run (None: no more callbacks)."""
+        if callback is not None and not isinstance(callback, WatchdogCallback):
             raise TypeError(
                 f"a watchdog callback subclasses scan.WatchdogCallback, got {callback!r}"
             )
@@ -160,7 +184,8 @@ class StepScan:
 
     @property
     def scan_info(self) -> dict[str, Any]:
-        """The scan info published with the scan."""
+        """The scan info published with the scan: ours (title, type, npoints, count_time,
+        save, motors, counters) and BLISS's (``_scan_info.start_info``)."""
         info: dict[str, Any] = {
             "title": self.title,
             "type": self.type,
@@ -169,8 +194,10 @@ class StepScan:
             "save": self.save,
             "motors": [m.name for m in self.motors],
             "counters": [c.name for c in self.counters],
-            "channels": [name for name, *_ in self._channel_specs()],
         }
+        specs = [spec[:4] for spec in self._channel_specs()]
+        started = self._started if self._started is not None else time.time()
+        info.update(start_info(specs, self.motors, started, mesh=self.type.endswith("mesh")))
         info.update(self._extra_info)
         return info
 
@@ -193,13 +220,18 @@ class StepScan:
         if self._running or self.end_reason is not None:
             raise DatabusError(f"{self!r} has already run; build a new scan to run it again")
         bus = self._bus or default_bus()
+        self._started = time.time()
         info = self.scan_info
         detectors = [c for c in self.counters if isinstance(c, SimDetector) and c.mode == "file"]
         if detectors:
             info["detector_directories"] = sorted(
                 {str(self._detector_dir(d, bus)) for d in detectors}
             )
-        published = bus.session(current_session()).create_scan(info)
+        session = bus.session(current_session())
+        if self.save:
+            where = scan_file(current_saving(), session.name, 0, self._started, "session")
+            info["filename"] = str(where)
+        published = session.create_scan(info)
         self.key = published.key
         writers = {
             name: published.channel(name, dtype, shape, unit=unit, kind=kind)
@@ -236,6 +268,11 @@ class StepScan:
                 det.close_file()
             if self._stop_reason and reason is EndReason.STOPPED and not error:
                 error = f"stop requested: {self._stop_reason}"
+            info.update(end_info(info, self.motors, time.time()))
+            try:
+                published.update_info(info)
+            except DatabusError as exc:  # the end itself must still be tried
+                log.warning("scan %s: could not store its end info: %s", self.key, exc)
             published.end(reason, error=error)
             self.end_reason, self.error = reason, error
             if self._restore:

@@ -204,6 +204,7 @@ def beamline(bus):
     }
     databus.set_default_bus(None)
     scan.set_session(None)
+    scan.set_saving(None)
 
 
 def stored(entries):

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 
 from databus._encoding import Descriptor, pack_meta
+from databus._saving import hdf5_name, original_name
 from databus._subscribe import Node, ScanNode
-from databus.clients._nexus import (
-    GAP_REASONS,
-    create_entry,
-    hdf5_name,
-    original_name,
-    plotselect,
-    store_info,
-)
+from databus.clients._nexus import GAP_REASONS, create_entry, plotselect, store_info
 
 _files = iter(range(10**6))
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def test_ascan_publishes_motors_elapsed_time_and_counters(beamline):
     assert info["counters"] == ["sim_ct_gauss_noise", "mon"] and info["save"] is True
     assert (
         list(node.channels)
-        == info["channels"]
+        == list(info["channels"])
         == ["axis:robz", "timer:elapsed_time", "simulation:sim_ct_gauss_noise", "simulation:mon"]
     )
     ch = node.channels
@@ -75,6 +76,71 @@ def test_other_scan_types(beamline, monkeypatch):
     monkeypatch.setenv("DATABUS_SESSION", "from_env")
     scan.set_session(None)
     assert b["bus"].scan(scan.loopscan(1, 0, b["mon"]).key).parent.name == "from_env"
+
+
+def test_scan_info_has_the_keys_bliss_sets(beamline, tmp_path):
+    b = beamline
+    det = SimDetector(shape=(8, 8), mode="file", directory=tmp_path)
+    scan.set_saving(tmp_path / "saved")
+    s = scan.ascan(b["robz"], -1, 1, 3, 0, b["gauss"], det)
+    info = b["bus"].scan(s.key).info
+    assert info["channels"] == {
+        "axis:robz": {"dim": 0, "display_name": "robz", "unit": "mm"},
+        "timer:elapsed_time": {"dim": 0, "display_name": "elapsed_time", "unit": "s"},
+        "simulation:sim_ct_gauss_noise": {"dim": 0, "display_name": "sim_ct_gauss_noise"},
+        "sim_det:image": {"dim": 2, "display_name": "image"},
+    }
+    assert info["acquisition_chain"] == {
+        "axis": {
+            "top_master": "axis",
+            "devices": ["axis", "timer", "simulation", "sim_det"],
+            "scalars": ["timer:elapsed_time", "simulation:sim_ct_gauss_noise"],
+            "spectra": [],
+            "images": ["sim_det:image"],
+            "master": {"scalars": ["axis:robz"], "spectra": [], "images": []},
+        }
+    }
+    assert info["devices"]["timer"]["triggered_devices"] == ["simulation", "sim_det"]
+    curves = info["plots"][0]
+    assert curves["kind"] == "curve-plot" and curves["items"] == [
+        {"kind": "curve", "x": "axis:robz", "y": "simulation:sim_ct_gauss_noise"}
+    ]
+    assert info["plots"][1]["items"] == [{"kind": "image", "image": "sim_det:image"}]
+    pos = info["positioners"]
+    assert pos["positioners_start"] == {"robz": 0.0} and pos["positioners_end"] == {"robz": 1.0}
+    assert pos["positioners_units"] == {"robz": "mm"}
+    assert info["start_timestamp"] <= info["end_timestamp"]
+    assert info["start_time"] < info["end_time"] and "T" in info["start_time"]
+    assert info["filename"] == str(
+        tmp_path / "saved" / "runner" / f"runner_{time.strftime('%Y%m%d')}.h5"
+    )
+    loop = b["bus"].scan(scan.loopscan(2, 0, b["mon"], save=False).key).info
+    assert "filename" not in loop
+    assert (
+        list(loop["acquisition_chain"]) == ["timer"]
+        and loop["positioners"]["positioners_start"] == {}
+    )
+    mesh = scan.amesh(b["robz"], 0, 1, 2, b["roby"], 0, 1, 2, 0, b["gauss"])
+    items = b["bus"].scan(mesh.key).info["plots"][0]["items"]
+    assert items == [
+        {
+            "kind": "scatter",
+            "x": "axis:robz",
+            "y": "axis:roby",
+            "value": "simulation:sim_ct_gauss_noise",
+        }
+    ]
+
+
+def test_watchdog_names_as_bliss_has_them(beamline):
+    hook = scan.WatchdogCallback(watchdog_timeout=2.5)
+    assert hook.timeout == 2.5
+    s = scan.ascan(beamline["robz"], 0, 1, 2, 0, beamline["mon"], run=False)
+    s.set_watchdog_callback(hook)
+    s.set_watchdog_callback(None)
+    assert s.run().end_reason is databus.EndReason.FINISHED
+    with pytest.raises(TypeError):
+        s.set_watchdog_callback(object())
 
 
 def test_run_false_then_run_and_no_second_run(beamline):

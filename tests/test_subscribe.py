@@ -446,9 +446,9 @@ class TestNodesAndScans:
 
 
 def test_a_scan_whose_publisher_died_ends_as_lost(make_bus, monkeypatch):
-    from databus import _subscribe as subscribe
+    from databus import _walks as walks
 
-    monkeypatch.setattr(subscribe, "LOST_CHECK_S", 0.2)
+    monkeypatch.setattr(walks, "LOST_CHECK_S", 0.2)
     bus = make_bus()
     session = bus.session("lost")
     c = Collector(session.follow, until=ended)

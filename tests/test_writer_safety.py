@@ -24,7 +24,7 @@ from test_writer import (  # noqa: E402
 
 import databus  # noqa: E402
 from databus import scan  # noqa: E402
-from databus.clients._nexus import FILE_NAME_BYTES, file_name, hdf5_name, original_name  # noqa: E402
+from databus._saving import FILE_NAME_BYTES, file_name, hdf5_name, original_name  # noqa: E402
 from databus.clients.writer import NexusWriter, serve  # noqa: E402
 
 
