@@ -359,7 +359,8 @@ class Assembler:
             elif what not in (
                 LogEvent.CREATED,
                 LogEvent.GAP,
-            ):  # gaps come as markers in the streams
+                LogEvent.SEALED,
+            ):  # gaps come as markers in the streams, seals as the streams' last entries
                 self._skip(log_key, entry_id, f"unknown log event {what!r}")
         return events
 

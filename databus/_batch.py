@@ -66,6 +66,14 @@ class Batch:
             self.blocks += taken.items
 
 
+def seal_commands(queue: ChannelQueue) -> list[Command]:
+    """The end of ``queue``'s stream once everything it accepted is flushed: a gap marker
+    for the points dropped after its last batch, if any, then its seal."""
+    trailing = queue.unsent_drop
+    gap = [] if trailing is None else [commands.gap(queue.key, *trailing, GAP_DROPPED)]
+    return [*gap, commands.seal(queue.key, queue.head)]
+
+
 def _entries_for(
     desc: Descriptor, first: int, items: list[Any], gaps: int
 ) -> Iterator[tuple[bytes, dict[bytes, Any]]]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
+from . import _feed
 from ._config import Settings
 from ._encoding import text
 from ._errors import ClosedError, DatabusError, InvalidURL, redact
@@ -158,6 +159,34 @@ class Bus:
         ``UnknownScan`` if it is not (or no longer) in Redis."""
         self._check_open()
         return get_scan(self, key)
+
+    def last_scan_tag(self) -> str:
+        """The feed tag of the last scan created in any session ("0-0" when none is
+        kept): save it before telling a publisher you are ready, then ``next_scan(since=)``."""
+        self._check_open()
+        return _feed.last_scan_tag(self)
+
+    def next_scan(
+        self, since: str | None = None, *, timeout: float | None = None
+    ) -> tuple[str, ScanNode]:
+        """The next scan created in any session after tag ``since`` (None: from now on;
+        "0-0": the first scan still kept), and its tag: pass that tag as ``since`` to the
+        next call and no scan is missed. Scans already gone are skipped. Blocks on a
+        connection of its own up to ``timeout`` seconds (None: for ever; 0: does not
+        wait), then raises ``ReadTimeout``. ValueError for a ``since`` that is no tag."""
+        self._check_open()
+        return _feed.next_scan(self, since, timeout)
+
+    def find_scans(
+        self, session: str | None = None, number: int | None = None, **info: Any
+    ) -> tuple[str, list[str]]:
+        """The keys of the scans still kept whose ``session``, ``number`` and scan-info
+        fields (``info``: ``type="ascan"``, ``title="ascan *"``...) match, oldest first,
+        and the feed tag read atomically with them: ``next_scan(since=tag)`` then gives
+        the first scan created after the search. Text with ``*`` matches as a wildcard
+        (``"sim*"``, ``"*_test"``); any other value by equality."""
+        self._check_open()
+        return _feed.find_scans(self, session, number, info)
 
     def sessions(self) -> list[str]:
         """Names of the sessions active within the retention time, oldest first."""

@@ -57,6 +57,8 @@ class Settings:
         ``update_info()`` refuse more with ``MetadataError``.
     max_record_bytes: largest point of a json channel, msgpack-packed (default 1 MiB);
         ``send()`` refuses more with ``MetadataError``, and the scan goes on.
+    feed_length: about how many entries the feed of new scans keeps (``Bus.next_scan``);
+        older ones are trimmed, as the feed's TTL (``retention_ttl``) would drop them.
     """
 
     url: str | None = None
@@ -75,6 +77,7 @@ class Settings:
     server_binary: str | None = None
     max_info_bytes: int = 2**20
     max_record_bytes: int = 2**20
+    feed_length: int = 100_000
 
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
@@ -94,6 +97,7 @@ class Settings:
             "scalar_queue",
             "max_info_bytes",
             "max_record_bytes",
+            "feed_length",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._batch import seal_commands
 from ._config import env_var
 from ._encoding import (
-    GAP_DROPPED,
     MAX_REF_FRAMES,
     MAX_REF_INDEX,
     ChannelKind,
@@ -39,6 +39,7 @@ from ._encoding import (
 )
 from ._errors import (
     ChannelExists,
+    ClosedError,
     DatabusError,
     DtypeError,
     FileRefError,
@@ -147,6 +148,7 @@ class ChannelWriter:
         self._max_record = scan.bus.settings.max_record_bytes
         #: [first, stop) ranges of acknowledged points a restarted server lost.
         self.lost: list[tuple[int, int]] = []
+        self._sealing = False  # seal() was called: send() refuses points
         fast = desc.kind == "array" and desc.shape == () and not desc.lossy
         #: Python type that takes the lock-free path (one float into a float64 channel:
         #: narrower float channels go through coerce(), which refuses overflows).
@@ -202,6 +204,10 @@ class ChannelWriter:
                 self._send(value)
 
     def _send(self, value: Any) -> None:
+        if self._sealing:
+            raise ClosedError(
+                f"channel {self.name!r} of {self.scan.key} is sealed: it takes no more points"
+            )
         sink = self._sink
         sink.check()
         desc = self.desc
@@ -246,6 +252,26 @@ class ChannelWriter:
         """Points accepted so far (acknowledged, queued or dropped)."""
         return self.queue.accepted
 
+    @property
+    def sealed(self) -> bool:
+        """The channel's seal is written: readers know it has all its points."""
+        return self.queue.sealed or self.scan.state is ScanState.ENDED
+
+    def flush(self) -> None:
+        """Block until the server acknowledged every point sent so far (``FlushFailed``
+        if the flusher failed)."""
+        self._sink.flush(self.queue)
+
+    def seal(self) -> int:
+        """Flush this channel's points and write its seal, so readers know it is complete
+        while the scan goes on; blocks until the server acknowledged it. Returns the
+        channel's number of points. A ``send()`` afterwards raises ``ClosedError``;
+        ``Scan.end()`` leaves the channel as it is; sealing again changes nothing."""
+        if not self.sealed:
+            self._sealing = True
+            self._sink.seal(self.queue)
+        return self.queue.head
+
 
 class Scan:
     """A scan being published. Made by ``Session.create_scan()``; ends with ``end()`` or
@@ -261,6 +287,8 @@ class Scan:
         self._info = dict(info)
         self.state = ScanState.CREATED
         self.end_reason: EndReason | None = None
+        #: ``seal()`` recorded that every channel is sealed.
+        self.sealed = False
         self.channels: dict[str, ChannelWriter] = {}
         settings = self.bus.settings
         self._sink = Sink(
@@ -302,6 +330,7 @@ class Scan:
             time.time(),
             running_ttl=settings.running_ttl,
             retention_ttl=settings.retention_ttl,
+            feed_length=settings.feed_length,
         )
         bus.wire.run(creation, atomic=True)
         return cls(session, number, info, now)
@@ -339,10 +368,11 @@ class Scan:
         ``keys.MAX_CHANNEL_NAME`` characters, control characters), ``ChannelExists`` for a
         second channel of the same name, ``ScanStateError`` once the scan is prepared.
         """
-        if self.state >= ScanState.PREPARED:
+        if self.state >= ScanState.PREPARED or self.sealed:
             raise ScanStateError(
-                f"cannot add channel {name!r}: scan {self.key} is {self.state.name}; "
-                f"declare every channel before prepare()"
+                f"cannot add channel {name!r}: scan {self.key} is "
+                f"{'sealed' if self.sealed else self.state.name}; "
+                f"declare every channel before prepare() and seal()"
             )
         if dtype is None and kind == "array":
             raise DtypeError(f"channel {name!r}: give a dtype (e.g. 'float64'), or kind='json'")
@@ -439,6 +469,20 @@ class Scan:
         """Mark the scan started."""
         self._move(ScanState.STARTED)
 
+    def seal(self) -> None:
+        """Seal every channel (flushing its points) and record that the scan's data is
+        complete (``ScanNode.sealed``, a ``sealed`` scan-log entry): readers know it
+        before the final info and the end come. ``ScanStateError`` once sealed or ended."""
+        self._check_not_ended("seal it")
+        if self.sealed:
+            raise ScanStateError(f"scan {self.key} is already sealed")
+        writers = [w for w in self.channels.values() if not w.sealed]
+        for w in writers:
+            w._sealing = True
+        self._sink.seal(*(w.queue for w in writers))
+        self.bus.wire.run(commands.seal_scan(self.key, time.time()), atomic=True)
+        self.sealed = True
+
     def end(self, reason: str | EndReason = "finished", error: str | None = None) -> None:
         """Flush every accepted point, seal every channel, record ``reason`` (finished,
         stopped, aborted, failed, interrupted) and ``error`` text, and give all keys the
@@ -489,23 +533,22 @@ def _rebuild(scan: Scan) -> list[Command]:
         time.time(),
         running_ttl=settings.running_ttl,
         retention_ttl=settings.retention_ttl,
+        feed_length=settings.feed_length,
     )
 
 
 def _ending(scan: Scan, reason: EndReason, error: str | None) -> Ending:
     """What the sink sends last, once every accepted point is acknowledged: the
-    trailing points lossy channels dropped, each channel's seal, and ``scan``'s end
+    trailing points lossy channels dropped and the seal of each channel not sealed yet,
+    and ``scan``'s end
     (as failed, with the failure's text, if the sink failed)."""
 
     def ending(failure: FlushFailed | None) -> list[Command]:
         why, text = (EndReason.FAILED, str(failure)) if failure is not None else (reason, error)
         settings = scan.bus.settings
-        end: list[Command] = []
-        for w in scan.channels.values():
-            trailing = w.queue.unsent_drop
-            if trailing is not None:
-                end.append(commands.gap(w.key, *trailing, GAP_DROPPED))
-        end += [commands.seal(w.key, w.queue.head) for w in scan.channels.values()]
+        end = [
+            c for w in scan.channels.values() if not w.queue.sealed for c in seal_commands(w.queue)
+        ]
         return end + commands.end_scan(
             settings.prefix,
             scan.session.name,

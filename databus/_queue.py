@@ -90,6 +90,8 @@ class ChannelQueue:
         self._acked = 0
         self._dropped = 0
         self._expiring = False
+        #: The server acknowledged the channel's seal (``Sink.seal``): no point follows.
+        self.sealed = False
 
     def attach(self, lock: Any, drop_lock: Any) -> None:
         """Take the sink's ``lock`` and, for a lossy channel, a ``drop_lock`` of its own."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._batch import Batch
+from ._batch import Batch, seal_commands
 from ._errors import (
     BusFull,
     ClosedError,
@@ -171,6 +171,7 @@ class Sink:
         self.idle = False
         self._closing = False
         self._ending: Ending | None = None
+        self._sealing: list[ChannelQueue] = []
         #: The scan's end (``close(ending)``) was acknowledged.
         self.ended = False
         self._error: BaseException | None = None
@@ -242,6 +243,33 @@ class Sink:
             self._space.wait(0.05)
         self.check()
 
+    def seal(self, *queues: ChannelQueue) -> None:
+        """Flush ``queues`` and write their seals, each with its channel's last points (one
+        MULTI/EXEC); blocks until the server acknowledged them (``queue.sealed``). The
+        queues take no more points; raises the flusher's error if it failed."""
+        with self._lock:
+            for queue in queues:
+                queue.close()
+            self._sealing = [*self._sealing, *queues]
+        self._wake.set()
+        while not all(queue.sealed for queue in queues):
+            self.check()
+            self._space.clear()
+            if not all(queue.sealed for queue in queues):
+                self._space.wait(0.05)
+
+    def flush(self, queue: ChannelQueue) -> None:
+        """Block until the server acknowledged every point ``queue`` had accepted when
+        called (blissdata's ``join``); raises the flusher's error if it failed."""
+        target = queue.accepted
+        self._wake.set()
+        while queue.acked + queue.dropped < target and not queue.sealed:
+            if self._error is not None:
+                raise self._failure()
+            self._space.clear()
+            if queue.acked + queue.dropped < target:
+                self._space.wait(0.05)
+
     def _drop_oldest(self, queue: ChannelQueue, nbytes: int) -> bool:
         """Drop ``queue``'s oldest items until ``nbytes`` fit; False if they cannot."""
         with queue.drop_lock:
@@ -258,7 +286,7 @@ class Sink:
         timers = self._flusher.timers
         try:
             while True:
-                pending = any(queue.items for queue in self._queues)
+                pending = bool(self._sealing) or any(queue.items for queue in self._queues)
                 if not self.policy.should_flush(pending, in_flight=False):
                     if self._closing:
                         self._finish()
@@ -304,13 +332,21 @@ class Sink:
                 batch.collect(queue, budget - batch.nbytes, self._flusher.timers.running_ttl)
             if batch.nbytes >= budget:
                 break
+        sealed = [queue for queue in self._sealing if not queue.items]
+        ttl = self._flusher.timers.running_ttl
+        for queue in sealed:
+            batch.commands += [*seal_commands(queue), commands.pexpire(queue.key, ttl)]
         self._flusher.flush(batch.commands)
         self._flushes += 1
         self._entries += batch.entries
         with self._lock:
             self._buffered -= batch.nbytes
+            if sealed:
+                self._sealing = [queue for queue in self._sealing if queue not in sealed]
         for queue, count in batch.points.items():
             queue.acknowledge(count, batch.ends[queue])
+        for queue in sealed:
+            queue.sealed = True
         if batch.blocks:
             self.pool.recycle(batch.blocks)
         self._space.set()

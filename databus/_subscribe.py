@@ -292,6 +292,12 @@ class ScanNode(Walks, Node):
         """When the scan ended (unix seconds; None while it runs, as last read)."""
         return self._parsed.ended
 
+    @property
+    def sealed(self) -> float | None:
+        """When the publisher sealed every channel (``Scan.seal()``: the data is complete,
+        the final info and the end are to come); None if it did not, as last read."""
+        return self._parsed.sealed
+
     def refresh(self) -> ScanNode:
         """Read the scan record again; ``UnknownScan`` if it is gone, ``CorruptEntry``
         if it no longer decodes."""
@@ -405,6 +411,34 @@ class ScanNode(Walks, Node):
         finally:
             if link is not None:
                 link.close()
+
+    def wait_change(self, after: str | None = None, timeout: float | None = None) -> str:
+        """Block until the scan's log has an entry after ID ``after`` (a state change, new
+        info, a seal...), then read the record again; the ID of the last entry seen, to
+        pass back as ``after``. ``after`` None does not wait: it marks the log as it is
+        and reads the record. ``timeout`` None waits for ever; then ``ReadTimeout``;
+        ``UnknownScan`` once the scan is gone."""
+        log_key = keys.scan_log(self.key)
+        if after is None:
+            last = _last_entry(self.bus, log_key)
+            self.refresh()
+            return text(last[0]) if last else START
+        deadline = None if timeout is None else time.monotonic() + timeout
+        link = self.bus.wire.link()  # its own connection, for the blocking read
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                wait = BLOCK_S * 10 if remaining is None else min(BLOCK_S * 10, remaining)
+                reply = link.read({log_key: after}, 1000, milliseconds(max(wait, 0.001)))
+                if reply:
+                    self.refresh()
+                    return text(reply[0][1][-1][0])
+                if remaining is not None and remaining <= wait:
+                    raise ReadTimeout(f"scan {self.key} did not change within {timeout} s")
+                if not self.bus.wire.call(*commands.exists(self.key)):
+                    raise UnknownScan(f"scan {self.key} is no longer in Redis")
+        finally:
+            link.close()
 
 
 @contextlib.contextmanager

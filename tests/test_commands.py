@@ -22,7 +22,15 @@ def _pairs(command, start):
 
 def test_a_scans_keys_share_its_slot_and_get_the_running_ttl():
     made = commands.create_scan(
-        PREFIX, SESSION, 7, b"\x80", 100.0, 100.0, running_ttl=60, retention_ttl=3600
+        PREFIX,
+        SESSION,
+        7,
+        b"\x80",
+        100.0,
+        100.0,
+        running_ttl=60,
+        retention_ttl=3600,
+        feed_length=10,
     )
     scan_keys = {keys.scan_log(SCAN), SCAN}
     expiring = {c[1]: c[2] for c in made if c[0] == "PEXPIRE"}
@@ -41,7 +49,15 @@ def test_a_new_record_reads_back_as_created():
     (hset,) = [
         c
         for c in commands.create_scan(
-            PREFIX, SESSION, 7, b"\x80", 100.0, 100.0, running_ttl=60, retention_ttl=3600
+            PREFIX,
+            SESSION,
+            7,
+            b"\x80",
+            100.0,
+            100.0,
+            running_ttl=60,
+            retention_ttl=3600,
+            feed_length=10,
         )
         if c[0] == "HSET"
     ]
@@ -129,6 +145,7 @@ def test_a_restore_writes_the_states_the_scan_had_reached():
         150.0,
         running_ttl=60,
         retention_ttl=3600,
+        feed_length=10,
     )
     assert made[0][0] == "EVAL" and made[0][-2:] == (7, 0)  # counter raised, not advanced
     events = [_pairs(c, 3)["event"] for c in made if c[0] == "XADD" and c[1] == keys.scan_log(SCAN)]

@@ -89,13 +89,16 @@ def create_scan(
     *,
     running_ttl: float,
     retention_ttl: float,
+    feed_length: int,
 ) -> list[Command]:
     """Creating scan ``number`` (at ``created``; ``now`` differs when it is written again):
     its record, its log's first entry, the session log's entry, the indexes (trimmed to
-    ``retention_ttl`` before ``now``), and their TTLs (running for the scan's keys)."""
+    ``retention_ttl`` before ``now``), the feed's entry (the feed capped to about
+    ``feed_length`` entries), and their TTLs (running for the scan's keys)."""
     oldest = now - retention_ttl
     key = keys.scan(prefix, session, number)
     slog = keys.session_log(prefix, session)
+    feed = keys.feed(prefix)
     commands = [
         hset(key, schema.new_record(session, number, packed_info, created)),
         pexpire(key, running_ttl),
@@ -112,6 +115,16 @@ def create_scan(
         ),
         pexpire(slog, retention_ttl),
         pexpire(keys.session_seq(prefix, session), retention_ttl),
+        (
+            "XADD",
+            feed,
+            "MAXLEN",
+            "~",
+            feed_length,
+            "*",
+            *_flat(schema.feed_entry(created, key, session, number)),
+        ),
+        pexpire(feed, retention_ttl),
     ]
     for index, member in ((keys.sessions(prefix), session), (keys.scans(prefix), key)):
         commands += [
@@ -195,9 +208,11 @@ def restore_scan(
     *,
     running_ttl: float,
     retention_ttl: float,
+    feed_length: int,
 ) -> list[Command]:
     """Writing a scan's record and log entries again, on a server that lost them: its
-    creation, its ``channels`` (name -> packed descriptor), and its ``state``."""
+    creation (a new feed entry too), its ``channels`` (name -> packed descriptor), and its
+    ``state``."""
     commands = [
         next_number(prefix, session, number, 0),
         *create_scan(
@@ -209,6 +224,7 @@ def restore_scan(
             when,
             running_ttl=running_ttl,
             retention_ttl=retention_ttl,
+            feed_length=feed_length,
         ),
     ]
     for name, packed in channels.items():
@@ -258,6 +274,14 @@ def seal(stream: str, total: int) -> Command:
     return xadd(stream, dict(seal_fields(total)), SEAL_ID)
 
 
+def seal_scan(scan_key: str, when: float) -> list[Command]:
+    """Every channel of the scan is sealed (its data complete): record and scan log."""
+    return [
+        hset(scan_key, schema.sealed_record(when)),
+        xadd(keys.scan_log(scan_key), schema.sealed_entry(when)),
+    ]
+
+
 # ------------------------------------------------------------------ reading
 
 
@@ -276,6 +300,22 @@ def entries_back(stream: str, end: str = "+", start: str = "-", count: int = 1) 
     """Entries of ``stream`` from ``end`` back to ``start``, newest first: by default its
     last entry."""
     return ("XREVRANGE", stream, end, start, "COUNT", count)
+
+
+def last_entries(streams: Iterable[str], start: str = "-") -> list[Command]:
+    """The last entry of each of ``streams`` at or after ID ``start`` (XREVRANGE COUNT 1)."""
+    return [entries_back(stream, "+", start) for stream in streams]
+
+
+def found_scans(prefix: str) -> list[Command]:
+    """The feed's last entry and the keys of the scans created within the retention time,
+    oldest first: run atomically, the feed ID tells where the list ends."""
+    return [entries_back(keys.feed(prefix)), scans(prefix)]
+
+
+def scan_infos(scan_keys: Iterable[str]) -> list[Command]:
+    """The packed info of each scan (None for one that is gone)."""
+    return [("HGET", key, "info") for key in scan_keys]
 
 
 def exists(*names: str) -> Command:

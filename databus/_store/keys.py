@@ -4,6 +4,7 @@ Layout (``P`` is the settings' prefix, names are %-escaped by ``escape``)::
 
     P:sessions                      ZSET  session name -> last activity (unix s)
     P:scans                         ZSET  scan key -> creation time (unix s)
+    P:feed                          STREAM  every scan created, all sessions, in order
     P:session:<session>:seq         STRING  last scan number (INCR)
     P:session:<session>:log         STREAM  scan created / prepared / started / ended
     P:scan:{<session>:<n>}          HASH  the scan record: info, state, descriptors
@@ -95,6 +96,12 @@ def sessions(prefix: str) -> str:
 def scans(prefix: str) -> str:
     """Index of all scans by creation time (status, memory cap)."""
     return f"{prefix}:scans"
+
+
+def feed(prefix: str) -> str:
+    """The feed of new scans across sessions: one entry per scan created (its key,
+    session, number), in creation order, so a reader resumes from an entry ID."""
+    return f"{prefix}:feed"
 
 
 def session_seq(prefix: str, session: str) -> str:

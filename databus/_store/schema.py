@@ -39,6 +39,7 @@ class LogEvent(str, enum.Enum):
     PREPARED = "prepared"  # session and scan log: state changes
     STARTED = "started"
     ENDED = "ended"  # session and scan log: ``reason``, maybe ``error``
+    SEALED = "sealed"  # scan log: every channel is sealed (its data complete), end to come
     GAP = "gap"  # scan log: points of ``channel`` lost by a server restarted empty
     EVICTED = "evicted"  # session log: the memory guard deleted the ended scan
     STOP = "stop"  # control stream: a reader asks the running scan to stop
@@ -141,6 +142,21 @@ def created_entry(
 ) -> dict[str, Any]:
     """A scan's first log entry (with ``scan``/``number``: its session-log entry)."""
     return {"event": LogEvent.CREATED.value, **_scan_fields(scan, number), "time": created}
+
+
+def feed_entry(created: float, scan: str, session: str, number: int) -> dict[str, Any]:
+    """Scan ``scan`` (``number`` of ``session``) was created: its entry in the feed."""
+    return {**created_entry(created, scan, number), "session": session}
+
+
+def sealed_record(when: float) -> dict[str, Any]:
+    """The field saying every channel of the scan was sealed, at ``when``."""
+    return {"sealed": when}
+
+
+def sealed_entry(when: float) -> dict[str, Any]:
+    """Every channel of the scan was sealed: its data is complete."""
+    return {"event": LogEvent.SEALED.value, "time": when}
 
 
 def channel_entry(name: str) -> dict[str, Any]:
@@ -351,8 +367,8 @@ def _end_reason(raw: Any) -> EndReason | str | None:
 @dataclasses.dataclass(frozen=True)
 class ScanRecord:
     """A scan record (its hash) decoded: ``number``, ``info`` (a dict), ``state``,
-    ``end_reason``, ``error``, and ``created``/``ended`` (unix s, None if absent), checked
-    here so that whoever reads them from the record cannot fail."""
+    ``end_reason``, ``error``, and ``created``/``sealed``/``ended`` (unix s, None if
+    absent), checked here so that whoever reads them from the record cannot fail."""
 
     number: int
     info: dict[str, Any]
@@ -361,6 +377,7 @@ class ScanRecord:
     error: str | None
     created: float | None
     ended: float | None
+    sealed: float | None
 
     @classmethod
     def parse(cls, key: str, record: dict) -> ScanRecord:
@@ -378,6 +395,7 @@ class ScanRecord:
             error=message(field(record, "error")),
             created=get("created", _time),
             ended=get("ended", _time),
+            sealed=get("sealed", _time),
         )
 
 

@@ -8,6 +8,7 @@ Everything else builds commands as tuples (``commands.py``) and hands them here:
 - ``Link`` is one connection of a client's own, for what must not share one: a
   publisher's packed MULTI/EXEC exchange (``transact``) and a walk's blocking XREAD
   (``read``), both parsed here without redis-py's per-reply callbacks.
+- ``ReadLink`` is a ``Link`` whose reads wait out a lost server (the scan feed, cursors).
 - ``Subscriber`` is a pub/sub connection (shared channels).
 - ``Outage`` is the one reconnection policy: how long a client has been without the
   server, the backoff before its next attempt, when it gives up.
@@ -343,6 +344,44 @@ class Link:
         if self._pending:
             self._conn.disconnect()
         self._pool.release(self._conn)
+
+
+class ReadLink:
+    """A ``Link`` for blocking reads that waits out a lost server: ``read`` returns None
+    after a failed attempt (the ``Outage`` named ``what`` slept its backoff; call it
+    again), and raises ``ServerUnavailable`` at once for a read that does not wait, or
+    once ``timeout`` seconds have passed. ``reconnected`` is True for the first reply
+    after a lost server."""
+
+    def __init__(
+        self,
+        wire: Wire,
+        what: str,
+        *,
+        timeout: float | None = None,
+        revive: Callable[[], None] | None = None,
+    ) -> None:
+        self.link = wire.link()
+        self.outage = Outage(what, timeout=timeout, revive=revive)
+        self.reconnected = False
+
+    def read(
+        self, streams: dict[str, str], count: int, block_ms: int | None
+    ) -> list[tuple[str, Entries]] | None:
+        """``Link.read`` of ``streams``; None after a lost server (see the class)."""
+        try:
+            reply = self.link.read(streams, count, block_ms)
+        except ServerUnavailable as exc:
+            if block_ms is None:
+                raise  # a read that does not wait has nothing to wait for
+            self.link.reset()  # connect again on the next read
+            self.outage.wait(exc)
+            return None
+        self.reconnected = self.outage.over() is not None
+        return reply
+
+    def close(self) -> None:
+        self.link.close()
 
 
 class Subscriber:
