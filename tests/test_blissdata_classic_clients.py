@@ -94,6 +94,14 @@ def points(bus: databus.Bus, key: str, channel: str) -> list:
     return databus.ChannelNode.get(bus.scan(key).channels[channel], 0, -1).tolist()
 
 
+def two_scans(b: dict, frames: Path, npoints: int) -> tuple[scan.StepScan, scan.StepScan]:
+    """An ascan of ``npoints`` with the gauss counter and a file detector (8x8 frames in
+    ``frames``), then a loopscan of 3 points of the diode."""
+    det = SimDetector(shape=(8, 8), mode="file", directory=frames)
+    first = scan.ascan(b["robz"], -1, 1, npoints, 0, b["gauss"], det)
+    return first, scan.loopscan(3, 0, b["diode"])
+
+
 class StopAlignmentHook(scan.WatchdogCallback):
     """The documentation's hook: stop the scan once the analysis sets ``stop_alignment``."""
 
@@ -123,9 +131,7 @@ def test_a_data_life_analysis_stops_the_alignment_after_the_peak(beamline, walki
 def test_c_scans_watcher_gets_every_point_and_image_reference(beamline, walking, tmp_path):
     b = beamline
     client = walking("classic_c_scans_watcher.py", "runner", "2")
-    det = SimDetector(shape=(8, 8), mode="file", directory=tmp_path)
-    first = scan.ascan(b["robz"], -1, 1, 7, 0, b["gauss"], det)
-    second = scan.loopscan(3, 0, b["diode"])
+    first, second = two_scans(b, tmp_path, 7)
     got = client.result()
     titles = [first.title, second.title]
     assert [t for t, _ in got["created"]] == titles == got["started"] == got["finished"]
@@ -213,9 +219,7 @@ def test_d_flint_history_scalars_and_last_image(beamline, tmp_path):
 def test_e_nexus_writer_subscribers_under_gevent(beamline, walking, tmp_path):
     b = beamline
     client = walking("classic_e_nexus_writer.py", "runner", "2")
-    det = SimDetector(shape=(8, 8), mode="file", directory=tmp_path)
-    first = scan.ascan(b["robz"], -1, 1, 5, 0, b["gauss"], det)
-    second = scan.loopscan(3, 0, b["diode"])
+    first, second = two_scans(b, tmp_path, 5)
     got = client.result()
     assert got[first.key]["refs_match"] and got[first.key]["nrefs"] == {"sim_det:image": 5}
     assert got[first.key]["points"]["simulation:sim_ct_gauss_noise"] == 5
