@@ -271,6 +271,11 @@ class ChannelWriter:
         """The channel's seal is written: readers know it has all its points."""
         return self.queue.sealed or self.scan.state is ScanState.ENDED
 
+    def flush(self) -> None:
+        """Block until the server acknowledged every point sent so far (``FlushFailed``
+        if the flusher failed)."""
+        self._sink.flush(self.queue)
+
     def seal(self) -> int:
         """Flush this channel's points and write its seal, so readers know it is complete
         while the scan goes on; blocks until the server acknowledged it. Returns the

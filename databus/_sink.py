@@ -258,6 +258,18 @@ class Sink:
             if not all(queue.sealed for queue in queues):
                 self._space.wait(0.05)
 
+    def flush(self, queue: ChannelQueue) -> None:
+        """Block until the server acknowledged every point ``queue`` had accepted when
+        called (blissdata's ``join``); raises the flusher's error if it failed."""
+        target = queue.accepted
+        self._wake.set()
+        while queue.acked + queue.dropped < target and not queue.sealed:
+            if self._error is not None:
+                raise self._failure()
+            self._space.clear()
+            if queue.acked + queue.dropped < target:
+                self._space.wait(0.05)
+
     def _drop_oldest(self, queue: ChannelQueue, nbytes: int) -> bool:
         """Drop ``queue``'s oldest items until ``nbytes`` fit; False if they cannot."""
         with queue.drop_lock:

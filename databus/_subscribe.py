@@ -351,6 +351,7 @@ class ScanNode(Walks, Node):
             make_scan=lambda key, record: self,
             excluded=opts.excluded_existing(default=opts.exclude_children),
         )
+        del asm.cursors[asm.session_log]  # (other scans' entries are none of its business)
         since = START
         if self.state is ScanState.ENDED:
             asm.sequential = {self.key}  # nothing more will come: missing keys mean evicted
@@ -408,6 +409,34 @@ class ScanNode(Walks, Node):
         finally:
             if link is not None:
                 link.close()
+
+    def wait_change(self, after: str | None = None, timeout: float | None = None) -> str:
+        """Block until the scan's log has an entry after ID ``after`` (a state change, new
+        info, a seal...), then read the record again; the ID of the last entry seen, to
+        pass back as ``after``. ``after`` None does not wait: it marks the log as it is
+        and reads the record. ``timeout`` None waits for ever; then ``ReadTimeout``;
+        ``UnknownScan`` once the scan is gone."""
+        log_key = keys.scan_log(self.key)
+        if after is None:
+            last = _last_entry(self.bus, log_key)
+            self.refresh()
+            return text(last[0]) if last else START
+        deadline = None if timeout is None else time.monotonic() + timeout
+        link = self.bus.wire.link()  # its own connection, for the blocking read
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                wait = BLOCK_S * 10 if remaining is None else min(BLOCK_S * 10, remaining)
+                reply = link.read({log_key: after}, 1000, milliseconds(max(wait, 0.001)))
+                if reply:
+                    self.refresh()
+                    return text(reply[0][1][-1][0])
+                if remaining is not None and remaining <= wait:
+                    raise ReadTimeout(f"scan {self.key} did not change within {timeout} s")
+                if not self.bus.wire.call(*commands.exists(self.key)):
+                    raise UnknownScan(f"scan {self.key} is no longer in Redis")
+        finally:
+            link.close()
 
 
 @contextlib.contextmanager
@@ -565,8 +594,30 @@ class ChannelNode(Node):
             return []
         return np.empty((0, *self.shape), dtype=self.dtype)
 
+    def file_refs(self, from_index: int = 0, to_index: int = -1) -> list[FileRef]:
+        """Where a ``lima`` (ref) channel's frames ``from_index`` .. ``to_index`` (inclusive,
+        negative: counted from the end) are, one ``FileRef`` per file range, cut to the points
+        asked for; the files are not opened. Raises as ``get`` for points that are not there."""
+        if self.desc.kind != "ref":
+            raise TypeError(f"channel {self.name!r} holds {self.desc.kind} points, not file refs")
+        last = to_index + len(self) if to_index < 0 else to_index
+        if last < from_index:
+            return []
+        refs = []
+        for block in self._blocks(from_index, last):
+            ref: FileRef = block.data[0]
+            lo, hi = max(from_index, block.first), min(last, block.first + block.count - 1)
+            if lo <= hi:
+                start = ref.start + lo - block.first
+                refs.append(FileRef(ref.file, ref.dataset, start, start + hi - lo + 1))
+        return refs
+
     def _read(self, first: int, last: int) -> Any:
         """Points first .. last inclusive, from one round trip."""
+        return self._slice(self._blocks(first, last), first, last)
+
+    def _blocks(self, first: int, last: int) -> list[Block]:
+        """The decoded blocks holding points first .. last (all of them, or an error)."""
         before, within, after = self.bus.wire.run(commands.points(self.key, first, last, MAX_SEQ))
         # The entry before ``first`` holds it only if it starts earlier and is a whole
         # block (the parts of a split point all carry the point's own index).
@@ -590,7 +641,7 @@ class ChannelNode(Node):
                 raise self._lost(previous.first + previous.count, block.first - 1, GAP_DROPPED)
         if end <= last:
             raise self._beyond(first, last, *self._extent())
-        return self._slice(blocks, first, last)
+        return blocks
 
     def _lost(self, first: int, last: int, reason: str) -> DataLost:
         why = {

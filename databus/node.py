@@ -27,9 +27,13 @@ __all__ = [
 ]
 
 
-def get_session_node(name: str, bus: Bus | None = None) -> SessionNode:
-    """The node of session ``name``; it need not exist yet. ValueError for a ':' in it."""
-    return SessionNode(bus or default_bus(), name)
+def get_session_node(
+    name: str, bus: Bus | None = None, *, session_class: type[SessionNode] = SessionNode
+) -> SessionNode:
+    """The node of session ``name``; it need not exist yet. ValueError for a ':' in it.
+    ``session_class`` (in every function here): the session node class to make, whose
+    ``scan_class`` makes the scans (``databus.blissdata`` passes its classic classes)."""
+    return session_class(bus or default_bus(), name)
 
 
 def get_node(
@@ -62,23 +66,29 @@ def get_nodes(
 
 
 def get_or_create_node(
-    name: str, node_type: str | None = None, *, bus: Bus | None = None
+    name: str,
+    node_type: str | None = None,
+    *,
+    bus: Bus | None = None,
+    session_class: type[SessionNode] = SessionNode,
 ) -> Node | None:
     """BLISS's way to reach a session that may not exist yet (``node_type="session"``,
     as its ScansWatcher calls it: sessions need no creating here, so nothing is written);
     without ``node_type``, ``get_node(name)``. Scans and channels come into being by being
     published (``Session.create_scan``): asking a reader to create one is a ValueError."""
     if node_type == "session":
-        return get_session_node(name, bus)
+        return get_session_node(name, bus, session_class=session_class)
     if node_type is None:
-        return get_node(name, bus)
+        return get_node(name, bus, session_class=session_class)
     raise ValueError(
         f"get_or_create_node({name!r}, node_type={node_type!r}): a reader only creates "
         f"session nodes; publish scans with bus.session(name).create_scan()"
     )
 
 
-def sessions_list(bus: Bus | None = None) -> list[SessionNode]:
+def sessions_list(
+    bus: Bus | None = None, *, session_class: type[SessionNode] = SessionNode
+) -> list[SessionNode]:
     """Nodes of the sessions active within the retention time."""
     bus = bus or default_bus()
-    return [SessionNode(bus, name) for name in bus.sessions()]
+    return [session_class(bus, name) for name in bus.sessions()]

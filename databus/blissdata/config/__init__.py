@@ -1,0 +1,1 @@
+"""BLISS's ``bliss.config`` names a data script uses (``config.channels.Channel``)."""

@@ -1,0 +1,1 @@
+"""BLISS's ``data.nodes``: the node classes by kind (``channel``, ``lima``, ``scan``)."""

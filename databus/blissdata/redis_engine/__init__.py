@@ -1,0 +1,1 @@
+"""blissdata 2.x's ``redis_engine`` package: ``store.DataStore``, ``scan.Scan``."""
