@@ -96,6 +96,7 @@ class _Scan:
     reading: bool = False  # the channel streams are being read
     end: ScanEnd | None = None
     channels: dict[str, _Channel] = dataclasses.field(default_factory=dict)
+    containers: set[str] = dataclasses.field(default_factory=set)  # db_names announced
 
 
 class Assembler:
@@ -107,7 +108,9 @@ class Assembler:
     streams (walking nodes only). ``on_record(scan_node, record)`` is told a scan's record
     as read again (its channels and info changed; ``CorruptEntry`` if it does not decode)
     and ``on_end(scan_node, end)`` how a scan ended, so nodes stay current;
-    ``map_data(channel_node)`` gives the function its NEW_DATA's ``EventData`` goes through.
+    ``map_data(channel_node)`` gives the function its NEW_DATA's ``EventData`` goes through;
+    ``containers(channel_node)`` the nodes between its scan and it, announced (NEW_NODE,
+    once per scan, as ``wants`` says) before its first channel below them.
 
     Corrupt entries are skipped, each recorded once in ``skipped`` and logged once: log
     entries that do not decode, and the scans whose record does not (``make_scan`` raised
@@ -126,8 +129,10 @@ class Assembler:
         on_record: Callable[[Any, dict], None] = lambda node, record: None,
         on_end: Callable[[Any, ScanEnd], None] = lambda node, end: None,
         map_data: Callable[[Any], Callable[[EventData], EventData]] = lambda node: _unchanged,
+        containers: Callable[[Any], Iterable[Any]] = lambda node: (),
     ) -> None:
         self.session_log = session_log
+        self._containers = containers
         self._map_data = map_data
         self._on_record = on_record
         self._on_end = on_end
@@ -407,7 +412,15 @@ class Assembler:
         scan.channels[name] = channel
         if scan.reading:
             self._follow(scan, channel)
-        return [Event(EventType.NEW_NODE, node)] if channel.wanted else []
+        events = []
+        for container in self._containers(node):
+            if container.db_name not in scan.containers:
+                scan.containers.add(container.db_name)
+                if self._wants(container):
+                    events.append(Event(EventType.NEW_NODE, container))
+        if channel.wanted:
+            events.append(Event(EventType.NEW_NODE, node))
+        return events
 
     def _prepared(self, scan: _Scan) -> list[Event]:
         if scan.prepared:

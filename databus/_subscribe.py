@@ -226,6 +226,7 @@ def _assembler(
         on_record=ScanNode._update,
         on_end=ScanNode._ended,
         map_data=lambda node: node._event_data,
+        containers=lambda node: node._containers(),
     )
 
 
@@ -329,6 +330,11 @@ class ScanNode(Walks, Node):
     def _channel_class(self, desc: Descriptor) -> builtins.type[ChannelNode]:
         """The class of the node of the channel ``desc`` describes."""
         return ChannelNode
+
+    def _descendant(self, db_name: str) -> Node | None:
+        """The node below this scan called ``db_name`` (``<scan key>:<channel name>``),
+        None if there is none (a hook: a subclass's tree may name more nodes)."""
+        return self.channels.get(db_name[len(self.key) + 1 :])
 
     def _channel_node(self, desc: Descriptor) -> ChannelNode:
         return self._channel_class(desc)(self.bus, self, desc)
@@ -515,6 +521,12 @@ class ChannelNode(Node):
     @property
     def info(self) -> NodeInfo:
         return NodeInfo(self.desc.as_dict())
+
+    def _containers(self) -> tuple[Node, ...]:
+        """The nodes between the scan and this channel, outermost first, that a walk
+        announces before it (none: the bus's tree is scan -> channels; a subclass may
+        give BLISS's device containers)."""
+        return ()
 
     def _event_data(self, data: EventData) -> EventData:
         """What a walk's NEW_DATA of this channel carries (here, ``data`` as read; a

@@ -53,9 +53,7 @@ def get_node(
         scan = get_scan(bus, scan_key, session_class.scan_class)
     except UnknownScan:
         return None
-    if not channel:
-        return scan
-    return scan.channels.get(channel)
+    return scan._descendant(db_name) if channel else scan
 
 
 def get_nodes(

@@ -235,3 +235,59 @@ def test_scans_watcher_reports_a_scans_life_to_its_observer(beamline, tmp_path, 
     refs = [r for c in calls if c[0] == "lima" for r in c[4]]
     assert "unknown log event" not in caplog.text  # the runner's 'info' entries are known
     assert [r[2] for r in refs] == [0, 1, 2] and {c[3] for c in calls if c[0] == "lima"} == {2}
+
+
+def test_channels_hang_below_the_devices_of_the_acquisition_chain(beamline, tmp_path):
+    b = beamline
+    det = SimDetector(shape=(4, 4), mode="file", directory=tmp_path)
+    s = scan.ascan(b["robz"], 0, 1, 3, 0, b["gauss"], det)
+    node = get_node(s.key, b["bus"])
+    assert isinstance(node, ScanNode)
+    (axis,) = node.children()
+    assert (axis.name, axis.type, axis.parent, axis.db_name) == (
+        "axis",
+        None,
+        node,
+        f"{s.key}:axis",
+    )
+    assert isinstance(axis, DataNodeContainer)
+    robz, timer = axis.children()
+    assert (robz.name, robz.db_name, robz.parent) == ("axis:robz", f"{s.key}:axis:robz", axis)
+    elapsed, simulation, sim_det = timer.children()
+    assert elapsed.db_name == f"{s.key}:axis:timer:elapsed_time"
+    (gauss,) = simulation.children()
+    assert gauss.db_name == f"{s.key}:axis:timer:simulation:sim_ct_gauss_noise"
+    assert gauss.fullname == "simulation:sim_ct_gauss_noise" and gauss.get(1) is not None
+    assert isinstance(sim_det.children()[0], LimaImageChannelDataNode)
+    # both names reach a channel; containers by their BLISS name
+    assert get_node(gauss.db_name, b["bus"]) == gauss
+    assert get_node(f"{s.key}:simulation:sim_ct_gauss_noise", b["bus"]) == gauss
+    assert get_node(f"{s.key}:axis:timer", b["bus"]) == timer
+    assert get_node(f"{s.key}:axis:nothing", b["bus"]) is None
+    # a walk announces each container once, before its first channel
+    names = [e.node.name for e in node.walk_events(wait=False) if e.type == e.type.NEW_NODE]
+    assert names == [
+        "axis",
+        "axis:robz",
+        "timer",
+        "timer:elapsed_time",
+        "simulation",
+        "simulation:sim_ct_gauss_noise",
+        "sim_det",
+        "sim_det:image",
+    ]
+    channels = [n.name for n in node.walk(wait=False, include_filter="channel")]
+    assert channels == ["axis:robz", "timer:elapsed_time", "simulation:sim_ct_gauss_noise"]
+    session = get_session_node("runner", b["bus"])
+    scans = list(session.walk(wait=False, include_filter="scan"))
+    assert scans == [node]
+
+
+def test_without_a_chain_in_the_info_devices_come_from_channel_prefixes(bus):
+    with bus.session("bare").create_scan({"title": "bare"}) as published:
+        published.channel("det:x", "float64").send(1.0)
+        published.channel("y", "float64").send(2.0)
+    node = get_node(published.key, bus)
+    det, y = node.children()
+    assert (det.name, det.type, y.name, y.parent) == ("det", None, "y", node)
+    assert det.children()[0].db_name == f"{published.key}:det:x"

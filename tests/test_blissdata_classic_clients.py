@@ -183,6 +183,7 @@ def test_b_external_writer_writes_every_channel_and_the_lima_references(
     assert got["lima_row"][1:] == ["HDF5", "5", "/entry/data/data"]
     kinds = dict(got["nodes"])
     assert kinds["sim_det:image"] == "lima" and kinds["axis:robz"] == "data"
+    assert [kinds[device] for device in ("axis", "timer", "simulation", "sim_det")] == ["other"] * 4
     assert {"title", "npoints", "acquisition_chain"} <= set(got["info_keys"])
     import h5py
 

@@ -2,9 +2,9 @@
 (scripts/external_saving_example/external_saving_example.py): a session walk hands each
 new scan to a writer greenlet that walks the scan's own events and writes its channels.
 
-The example's idioms with only the imports changed; left out: its sub-scan naming, which
-relies on BLISS's master container nodes (the bus's tree is session -> scan -> channels),
-and instrument/meta groups (silx's dicttonx). The loop ends after NSCANS scans.
+The example's idioms with only the imports changed, its sub-scan naming included (one
+entry per top master, found as the nodes whose parent is the scan); left out: the
+instrument/meta groups (silx's dicttonx). The loop ends after NSCANS scans.
 Usage: classic_b_external_writer.py SESSION NSCANS
 """
 
@@ -26,11 +26,30 @@ class HDF5_Writer:
         self.scan_name = scan_node.name
         filename = self.scan_info("filename").replace(".", "_external.")
         self.file = h5py.File(filename, mode="a")
-        self.file.create_group(self.scan_name)
+        self.subscans = {}
         self.channels, self.lima_channels = [], []
         self.channel_indices = {}
         self.summary = {"file": filename, "events": 0, "nodes": []}
         self._greenlet = gevent.spawn(self.run)
+
+    def h5_scan_name(self, node):
+        found = [value for key, value in self.subscans.items() if key in node.db_name]
+        if len(found) != 1:
+            raise RuntimeError("Trouble identifying sub-scan: " + node.db_name)
+        return self.inject_subscan_nr(found[0])
+
+    def inject_subscan_nr(self, postfix):
+        tmp = self.scan_name.split("_")
+        tmp[0] = tmp[0] + postfix
+        return "_".join(tmp)
+
+    def add_subscan(self, node):
+        if node.db_name not in self.subscans:
+            self.subscans[node.db_name] = "" if not self.subscans else f".{len(self.subscans)}"
+            entry = self.file.create_group(self.inject_subscan_nr(self.subscans[node.db_name]))
+            entry.attrs["NX_class"] = "NXentry"
+            entry["title"] = self.scan_info("title")
+            entry.create_group("measurement").attrs["NX_class"] = "NXcollection"
 
     def scan_info(self, key):
         return self.scan_node.info.get(key)
@@ -46,7 +65,7 @@ class HDF5_Writer:
                 self.channel_indices[node.name] = 0
                 npoints = self.scan_info("npoints") or 1
                 self.file.create_dataset(
-                    f"{self.scan_name}/measurement/{node.name}",
+                    self.h5_scan_name(node) + f"/measurement/{node.name}",
                     shape=tuple([npoints, *list(node.shape)]),
                     dtype=node.dtype,
                     maxshape=tuple([None] + [None] * len(node.shape)),
@@ -56,6 +75,10 @@ class HDF5_Writer:
                 self.lima_channels.append(node)
             elif event_type == event_type.NEW_DATA and node.type == "channel":
                 self.update_data(node)
+            elif event_type == event_type.NEW_NODE and (
+                node.parent.type == "scan" or node.parent.type == "scan_group"
+            ):
+                self.add_subscan(node)
             elif event_type == event_type.END_SCAN:
                 self.finalize()
                 break
@@ -64,7 +87,7 @@ class HDF5_Writer:
         data = node.get_as_array(self.channel_indices[node.name], -1)
         data_len = data.shape[0]
         if data_len > 0:
-            dataset = self.file[f"{self.scan_name}/measurement/{node.name}"]
+            dataset = self.file[self.h5_scan_name(node) + f"/measurement/{node.name}"]
             new_point_index = self.channel_indices[node.name] + data_len
             if dataset.shape[0] < new_point_index:
                 dataset.resize(new_point_index, axis=0)
@@ -85,7 +108,7 @@ class HDF5_Writer:
             self.update_data(c)
         for c in self.lima_channels:
             data = self.lima_ref_array(c)
-            self.file.create_dataset(f"{self.scan_name}/measurement/{c.name}", data=data)
+            self.file.create_dataset(self.h5_scan_name(c) + f"/measurement/{c.name}", data=data)
         for node in self.scan_node.walk(wait=False):
             if node.db_name == self.scan_node.db_name:
                 continue

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from ...._bus import Bus
+from ...._encoding import Descriptor
 from ...._errors import DataExpired
-from ...._subscribe import ChannelNode, NodeInfo
+from ...._subscribe import ChannelNode, Node, NodeInfo
 from .._base import DataNode
 
 __all__ = ["ChannelDataNode"]
@@ -23,7 +25,19 @@ __all__ = ["ChannelDataNode"]
 
 class _ChannelDataNodeBase(ChannelNode, DataNode):
     """What ``ChannelDataNode`` and ``LimaImageChannelDataNode`` share (they are siblings,
-    as in BLISS: a lima node is not a ``ChannelDataNode``)."""
+    as in BLISS: a lima node is not a ``ChannelDataNode``): a place in the scan's tree,
+    below the container of its device (``parent``; ``db_name`` is the container's followed
+    by the short name, as BLISS names it)."""
+
+    def __init__(self, bus: Bus, scan: Any, desc: Descriptor) -> None:
+        super().__init__(bus, scan, desc)
+        self._path: tuple[Node, ...] = scan._tree.path_of(desc.name)
+        if self._path:
+            self.parent = self._path[-1]
+            self.db_name = f"{self.parent.db_name}:{self.short_name}"
+
+    def _containers(self) -> tuple[Node, ...]:
+        return self._path
 
     @property
     def info(self) -> NodeInfo:
