@@ -203,7 +203,14 @@ def test_scan_info_over_the_limit_is_refused_and_nothing_is_written(bus):
         scan.update_info(blob="x" * 2 * MIB)
     scan.update_info(npoints=3)
     scan.end()
-    assert bus.scan(scan.key).info == {"title": "t", "npoints": 3}
+    info = bus.scan(scan.key).info
+    assert info == {
+        "title": "t",
+        "npoints": 3,
+        "scan_nb": 1,
+        "session_name": "info",
+        "node_name": scan.key,
+    }
 
 
 def test_a_json_record_over_the_limit_is_refused_and_the_scan_goes_on(make_bus):
