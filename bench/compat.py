@@ -124,10 +124,9 @@ def get_next_scan_ms(store: DataStore, url: str, count: int) -> list[float]:
 
 def events_per_s(events: object, points: int) -> float:
     """Events per second from ``events`` until ``points`` points of NEW_DATA came."""
-    got = count = 0
+    got = 0
     t0 = time.perf_counter()
-    for event in events:  # type: ignore[attr-defined]
-        count += 1
+    for count, event in enumerate(events, 1):  # type: ignore[call-overload]
         if event.type is databus.EventType.NEW_DATA:
             got += len(event.data.data)
             if got >= points:

@@ -46,6 +46,8 @@ class ScanState(enum.IntEnum):
     CLOSED = 4
 
 
+#: The scan-info key where BLISS puts how a scan ended (a word of ``END_REASONS``).
+END_REASON_KEY = "end_reason"
 #: Our end reason -> BLISS's ``end_reason``. BLISS says SUCCESS for a scan that ran to
 #: its end or that a watchdog's StopIteration stopped cleanly (our ``stopped``),
 #: USER_ABORT for Ctrl-C (``interrupted``) and FAILURE for any exception (``failed``, and
@@ -81,9 +83,9 @@ def info_of(node: ScanNode) -> dict[str, Any]:
     """``node``'s scan info with ``end_reason`` in BLISS's words once it has ended (a
     writer's own BLISS word kept)."""
     info = dict(node.info)
-    if node.state is OurState.ENDED and info.get("end_reason") not in _OUR_REASONS:
+    if node.state is OurState.ENDED and info.get(END_REASON_KEY) not in _OUR_REASONS:
         reason = node.end_reason
-        info["end_reason"] = END_REASONS.get(reason, "FAILURE")  # type: ignore[call-overload]
+        info[END_REASON_KEY] = END_REASONS.get(reason, "FAILURE")  # type: ignore[call-overload]
     return info
 
 
@@ -291,6 +293,6 @@ class Scan:
         reason (none given: finished)."""
         writer = self._check_writer("close it")
         self._publish_info()
-        reason = _OUR_REASONS.get(self._info.get("end_reason", "SUCCESS"), EndReason.FINISHED)
+        reason = _OUR_REASONS.get(self._info.get(END_REASON_KEY, "SUCCESS"), EndReason.FINISHED)
         writer.end(reason)
         self._state = ScanState.CLOSED
