@@ -339,3 +339,30 @@ def test_data_store_from_url_and_default(bus, monkeypatch):
         assert DataStore().bus is bus
     finally:
         databus.set_default_bus(None)
+
+
+def test_a_record_that_does_not_decode_is_a_scan_validation_error(data_store, admin):
+    from databus.blissdata.exceptions import ScanLoadError, ScanValidationError
+
+    scan = data_store.create_scan(DUMMY_ID)
+    admin.hset(scan.key, "number", "not a number")
+    with pytest.raises(ScanValidationError) as exc:
+        data_store.load_scan(scan.key)
+    assert isinstance(exc.value, ScanLoadError) and isinstance(exc.value.__cause__, ValueError)
+
+
+def test_old_module_paths_still_import_with_a_warning():
+    import importlib
+    import sys
+
+    for old, new in (
+        ("databus.blissdata.scan", "Scan"),
+        ("databus.blissdata.redis_engine.exceptions", "NoScanAvailable"),
+    ):
+        sys.modules.pop(old, None)
+        with pytest.warns(FutureWarning, match="deprecated"):
+            module = importlib.import_module(old)
+        assert getattr(module, new) is getattr(
+            importlib.import_module("databus.blissdata" + (".exceptions" if "exc" in old else "")),
+            new,
+        )
