@@ -4,13 +4,15 @@ Layout: ``config`` (Settings), ``server`` (the embedded Valkey), ``bus`` (connec
 Session), ``keys`` (every key name), ``encoding`` (bytes on the wire, pure), ``states``
 (scan lifecycle), ``sink`` (the batching flusher), ``publish`` (Scan, ChannelWriter),
 ``events`` (Event types), ``assembler`` (pure event ordering), ``subscribe`` (nodes,
-channel data, walks), ``node`` (the classic BLISS API), ``runners`` (threads or gevent),
+channel data, walks), ``feed`` (new scans across sessions), ``cursor`` (new points of
+several channels), ``node`` (the classic BLISS API), ``runners`` (threads or gevent),
 ``errors`` (every exception), ``cli`` (the command). Everything a user needs is
 re-exported here.
 """
 
 from ._bus import Bus, Session, connect, default_bus, set_default_bus
 from ._config import Settings
+from ._cursor import ChannelPoints, Cursor
 from ._encoding import Descriptor, FileRef
 from ._errors import (
     BusFull,
@@ -52,9 +54,11 @@ __all__ = [
     "BusFull",
     "ChannelExists",
     "ChannelNode",
+    "ChannelPoints",
     "ChannelWriter",
     "ClosedError",
     "CorruptEntry",
+    "Cursor",
     "DataExpired",
     "DataGap",
     "DataLost",

@@ -82,6 +82,8 @@ def is_seal(raw: bytes | str) -> bool:
 GAP_DROPPED = "dropped"  # a lossy channel dropped them to stay within the scan's buffer
 GAP_SERVER_LOST = "server lost"  # acknowledged, then lost when the server restarted empty
 GAP_EVICTED = "evicted"  # the memory guard deleted the ended scan before this reader read them
+GAP_EXPIRED = "expired"  # trimmed or expired from Redis before this reader read them
+GAP_CORRUPT = "corrupt"  # stored, but undecodable: this reader skipped them
 
 
 def gap_entry(first: int, stop: int, reason: str) -> tuple[bytes, dict[Any, Any]]:

@@ -15,23 +15,17 @@ def _stored(mapping):
     return {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in mapping.items()}
 
 
+#: The TTLs and the feed's length of the creations built here.
+LIMITS = {"running_ttl": 60, "retention_ttl": 3600, "feed_length": 10}
+
+
 def _pairs(command, start):
     flat = command[start:]
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def test_a_scans_keys_share_its_slot_and_get_the_running_ttl():
-    made = commands.create_scan(
-        PREFIX,
-        SESSION,
-        7,
-        b"\x80",
-        100.0,
-        100.0,
-        running_ttl=60,
-        retention_ttl=3600,
-        feed_length=10,
-    )
+    made = commands.create_scan(PREFIX, SESSION, 7, b"\x80", 100.0, 100.0, **LIMITS)
     scan_keys = {keys.scan_log(SCAN), SCAN}
     expiring = {c[1]: c[2] for c in made if c[0] == "PEXPIRE"}
     assert {expiring[k] for k in scan_keys} == {60_000}
@@ -48,17 +42,7 @@ def test_a_scans_keys_share_its_slot_and_get_the_running_ttl():
 def test_a_new_record_reads_back_as_created():
     (hset,) = [
         c
-        for c in commands.create_scan(
-            PREFIX,
-            SESSION,
-            7,
-            b"\x80",
-            100.0,
-            100.0,
-            running_ttl=60,
-            retention_ttl=3600,
-            feed_length=10,
-        )
+        for c in commands.create_scan(PREFIX, SESSION, 7, b"\x80", 100.0, 100.0, **LIMITS)
         if c[0] == "HSET"
     ]
     record = schema.ScanRecord.parse(SCAN, _stored(_pairs(hset, 2)))
@@ -143,9 +127,7 @@ def test_a_restore_writes_the_states_the_scan_had_reached():
         {"x": b"desc"},
         ScanState.STARTED,
         150.0,
-        running_ttl=60,
-        retention_ttl=3600,
-        feed_length=10,
+        **LIMITS,
     )
     assert made[0][0] == "EVAL" and made[0][-2:] == (7, 0)  # counter raised, not advanced
     events = [_pairs(c, 3)["event"] for c in made if c[0] == "XADD" and c[1] == keys.scan_log(SCAN)]
