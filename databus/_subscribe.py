@@ -353,6 +353,7 @@ class ScanNode(Walks, Node):
             make_scan=lambda key, record: self,
             descend=lambda node: not (excluded and excluded(node)),
         )
+        del asm.cursors[asm.session_log]  # (other scans' entries are none of its business)
         since = START
         if self.state is ScanState.ENDED:
             asm.sequential = {self.key}  # nothing more will come: missing keys mean evicted

@@ -162,3 +162,26 @@ def test_stop_handler_and_shared_channel_names(bus):
         flag = Channel("classic_stop", default_value=False, bus=bus)
     assert flag.value is False and flag.default_value is False
     flag.close()
+
+
+def test_a_scan_walk_follows_its_own_scan_after_others_in_the_session(bus):
+    session = bus.session("walks")
+    earlier = session.create_scan()
+    earlier.channel("x", "float64")
+    earlier.start()
+    earlier.end()
+    published = session.create_scan()
+    x = published.channel("x", "float64")
+    published.start()
+    x.send(1.0)
+    walk = get_node(published.key, bus).walk_events()
+    first = next(walk)  # while the scan runs
+    published.end()
+    events = [first, *walk]
+    assert [(e.type.name, e.node.db_name) for e in events] == [
+        ("NEW_NODE", f"{published.key}:x"),
+        ("PREPARED_SCAN", published.key),
+        ("NEW_DATA", f"{published.key}:x"),
+        ("END_SCAN", published.key),
+    ]
+    assert isinstance(events[0].node, ChannelDataNode)

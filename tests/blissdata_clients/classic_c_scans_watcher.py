@@ -42,7 +42,7 @@ def watch():
             if node.type == "scan":
                 scan_info = node.info.get_all()
                 running_scans.add(node.db_name)
-                seen["created"].append([scan_info["title"], sorted(scan_info["channels"])])
+                seen["created"].append([scan_info["title"], sorted(scan_info.get("channels", {}))])
         elif event_type == EventType.NEW_DATA:
             if not hasattr(node, "fullname"):
                 continue
