@@ -18,7 +18,7 @@ import numpy as np
 
 from ..._cursor import ChannelPoints
 from ..._cursor import Cursor as ChannelCursor
-from ..._encoding import ChannelKind
+from ..._encoding import ChannelKind, Descriptor
 from ..._errors import DataExpired, EndOfData, NotYetPublished
 from ..exceptions import (
     EndOfStream,
@@ -100,7 +100,7 @@ class BaseStream:
         return self._writer.key if self._writer is not None else self.node.key
 
     @property
-    def _desc(self) -> Any:
+    def _desc(self) -> Descriptor:
         return self._writer.desc if self._writer is not None else self.node.desc
 
     @property
