@@ -420,6 +420,8 @@ def test_json_and_image_streams(data_store):
 
 
 def test_runner_scan_with_detector_files_reads_as_lima_stream(beamline, data_store, tmp_path):
+    import h5py
+
     from databus import scan as runner
     from databus.blissdata.streams.lima import LimaStream, LimaView
     from databus.sim import SimDetector
@@ -439,5 +441,12 @@ def test_runner_scan_with_detector_files_reads_as_lima_stream(beamline, data_sto
     assert np.array_equal(view.get_data(1, 3), whole[1:3])
     last = frames.cursor().read(last_only=True)
     assert (last.index, len(last)) == (4, 1)
+    refs = frames.get_references(slice(0, 5))
+    assert [r.index for r in refs] == [0, 1, 2, 3, 4] and refs[0].format == "HDF5"
+    assert frames.get_references(-1) == refs[4] and view.get_references(3) == refs[3:]
+    with h5py.File(refs[2].file_path, "r") as f:
+        assert np.array_equal(f[refs[2].data_path][refs[2].index], whole[2])
+    with pytest.raises(IndexWontBeThereError):
+        frames.get_references(5)
     axis = scan.streams["axis:robz"]
     assert np.array_equal(axis[:], np.linspace(-1, 1, 5)) and axis.info["unit"] == "mm"
