@@ -366,3 +366,15 @@ def test_old_module_paths_still_import_with_a_warning():
             importlib.import_module("databus.blissdata" + (".exceptions" if "exc" in old else "")),
             new,
         )
+
+
+def test_info_changed_in_place_with_arrays_is_published(data_store):
+    import numpy as np
+
+    rw_scan = data_store.create_scan(DUMMY_ID, info={"channels": {"x": {}}, "pos": np.zeros(2)})
+    rw_scan.info["channels"]["x"]["no_saving"] = True
+    rw_scan.info["pos"] = np.ones(2)
+    rw_scan.prepare()
+    ro_scan = data_store.load_scan(rw_scan.key)
+    assert ro_scan.info["channels"] == {"x": {"no_saving": True}}
+    assert list(ro_scan.info["pos"]) == [1.0, 1.0]

@@ -106,7 +106,6 @@ class Scan:
         self._state = ScanState.CREATED
         self._info: dict[str, Any] = {}
         self._identity: dict[str, Any] = {}
-        self._published: dict[str, Any] = {}
         if node is not None:
             self._state = state_of(node)
             self._info = info_of(node)
@@ -131,7 +130,6 @@ class Scan:
         scan._identity = carried
         scan._state = ScanState.CREATED
         scan._info = {**info, **carried}
-        scan._published = dict(scan._info)
         return scan
 
     # ---------------------------------------------------------------- reading
@@ -263,9 +261,9 @@ class Scan:
         return stream
 
     def _publish_info(self) -> None:
-        if self._info != self._published:
-            self._check_writer("publish the scan info").update_info(self._info)
-            self._published = dict(self._info)
+        """Store the scan info as it is now: at every state change, as blissdata does (a
+        writer may have changed it in place, nested values included)."""
+        self._check_writer("publish the scan info").update_info(self._info)
 
     def _move(self, expected: ScanState, new: ScanState) -> PublishedScan:
         writer = self._check_writer(f"move it to {new.name}")
