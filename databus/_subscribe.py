@@ -172,14 +172,13 @@ class SessionNode(Walks, Node):
         (``walk_from_last``). Unlike BLISS, the scans still running that were created
         before that point are joined whole, except those ``exclude_existing_children``
         takes (True: all of them)."""
-        excluded = opts.excluded()
         asm = _assembler(
             self.bus,
             self.log_key,
             opts,
             data,
             make_scan=lambda key, record: self.scan_class(self.bus, key, record, self),
-            descend=(lambda node: not excluded(node)) if excluded else (lambda node: True),
+            excluded=opts.excluded(),
         )
         entries = xrange_entries(self.bus, self.log_key)
         parsed = list(asm.log_entries(self.log_key, entries))
@@ -213,16 +212,16 @@ def _assembler(
     opts: WalkOptions,
     data: bool,
     make_scan: Callable[[str, dict], ScanNode],
-    descend: Callable[[Any], bool],
+    excluded: Callable[[Any], bool] | None,
 ) -> Assembler:
     """The assembler of a walk over ``session_log``'s scans, building its nodes through
-    the scan nodes' hooks."""
+    the scan nodes' hooks; the channels of scans ``excluded`` takes are not walked."""
     return Assembler(
         session_log,
         make_scan=make_scan,
         make_channel=lambda scan, desc: scan._channel_node(desc),
         wants=make_filter(opts.include_filter),
-        descend=descend,
+        descend=lambda node: excluded is None or not excluded(node),
         data=data,
         on_record=ScanNode._update,
         on_end=ScanNode._ended,
@@ -343,15 +342,14 @@ class ScanNode(Walks, Node):
         (by default ``exclude_children``; True: this scan) taking this scan leaves its
         channels out. ``UnknownScan`` if the scan is gone."""
         self.refresh()
-        _, session, _ = keys.parse_scan(self.key)
-        excluded = opts.excluded_existing(default=opts.exclude_children)
+        prefix, session, _ = keys.parse_scan(self.key)
         asm = _assembler(
             self.bus,
-            keys.session_log(self.bus.settings.prefix, session),
+            keys.session_log(prefix, session),
             opts,
             data,
             make_scan=lambda key, record: self,
-            descend=lambda node: not (excluded and excluded(node)),
+            excluded=opts.excluded_existing(default=opts.exclude_children),
         )
         del asm.cursors[asm.session_log]  # (other scans' entries are none of its business)
         since = START

@@ -162,15 +162,20 @@ class WalkOptions:
 
     def excluded(self) -> Filter | None:
         """``exclude_children`` as a node predicate (None: nothing is excluded)."""
-        return None if self.exclude_children is None else make_filter(self.exclude_children)
+        return _predicate(self.exclude_children)
 
     def excluded_existing(self, default: Any = None) -> Filter | None:
-        """``exclude_existing_children`` as a node predicate, ``default`` when not given
-        (None: nothing is excluded); True excludes every node, False none."""
-        value = default if self.existing is None else self.existing
-        if value is None or value is False:
-            return None
-        return (lambda node: True) if value is True else make_filter(value)
+        """``exclude_existing_children`` as a node predicate, ``default`` when it is not
+        given (None: nothing is excluded)."""
+        return _predicate(default if self.existing is None else self.existing)
+
+
+def _predicate(value: Any) -> Filter | None:
+    """A BLISS exclusion filter (a node type, several, a callable) as a node predicate;
+    True takes every node, None and False none (then None)."""
+    if value is None or value is False:
+        return None
+    return (lambda node: True) if value is True else make_filter(value)
 
 
 @dataclasses.dataclass

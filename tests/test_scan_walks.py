@@ -8,10 +8,12 @@ import time
 import numpy as np
 import pytest
 from conftest import eventually
+from test_memory import _until
 from test_subscribe import Collector, ended, publish
 
 from databus import node
 from databus._events import EventData, EventType
+from databus._memory import MemoryGuard
 from databus._store.wire import Link, Wire
 from databus._subscribe import ChannelNode, ScanNode, SessionNode, get_scan
 
@@ -133,6 +135,25 @@ class TestScanWalkScope:
         touched = {str(arg) for command in calls for arg in command[1:2]}
         assert session.node.log_key not in touched
         assert not any(scan.key in key for key in touched for scan in (scans[0], scans[2]))
+
+    def test_a_scan_evicted_while_its_walk_reads_it_ends_with_gaps(self, bus):
+        """The memory guard deletes the ended scan a scan walk has begun to read: GAP
+        events (``evicted``) for the rest, then END_SCAN, and the walk ends."""
+        scan = bus.session("evict").create_scan(title="big")
+        with scan:
+            img = scan.channel("img", "uint16", (512, 1024))  # 1 MiB frames: 16 to a read
+            for i in range(40):
+                img.send(np.full((512, 1024), i, np.uint16))
+        events = bus.scan(scan.key).walk_events()
+        got = _until(events, EventType.NEW_DATA)
+        assert MemoryGuard(bus, cap=2**40).check(force=True).evicted == (scan.key,)
+        rest = list(events)
+        points = (EventType.NEW_DATA, EventType.GAP)
+        spans = [(e.data.first_index, e.data.block_size) for e in got + rest if e.type in points]
+        indices = [i for first, size in spans for i in range(first, first + size)]
+        assert indices == list(range(40))
+        assert {e.data.reason for e in rest if e.type is EventType.GAP} == {"evicted"}
+        assert rest[-1].type is EventType.END_SCAN and rest[-1].data.reason == "finished"
 
 
 class TestWalkOptions:
