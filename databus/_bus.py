@@ -182,9 +182,10 @@ class Bus:
     ) -> tuple[str, list[str]]:
         """The keys of the scans still kept whose ``session``, ``number`` and scan-info
         fields (``info``: ``type="ascan"``, ``title="ascan *"``...) match, oldest first,
-        and the feed tag read atomically with them: ``next_scan(since=tag)`` then gives
-        the first scan created after the search. Text with ``*`` matches as a wildcard
-        (``"sim*"``, ``"*_test"``); any other value by equality."""
+        and the feed tag they end at: every scan is either in the list or created after
+        the tag, so ``next_scan(since=tag)`` misses none and repeats none. Text with ``*``
+        matches as a wildcard (``"sim*"``, ``"*_test"``); any other value by equality.
+        Read-only users may search (no transaction is needed)."""
         self._check_open()
         return _feed.find_scans(self, session, number, info)
 

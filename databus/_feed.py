@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._encoding import text, unpack_meta
 from ._errors import CorruptEntry, ReadTimeout
 from ._store import commands, keys
-from ._store.schema import LogEntry, warn_skipped
+from ._store.schema import LogEntry, log_entries, warn_skipped
 from ._store.wire import ReadLink
 from ._subscribe import ScanNode
 from ._timing import milliseconds
@@ -30,7 +30,7 @@ NO_SCAN = "0-0"
 _TAG = re.compile(r"\d+(-\d+)?")
 
 
-def check_tag(since: object) -> str:
+def _check_tag(since: object) -> str:
     """``since`` if it is a feed tag (``"<ms>-<seq>"``, or ``"<ms>"``); else ValueError."""
     if not isinstance(since, str) or not _TAG.fullmatch(since):
         raise ValueError(
@@ -42,7 +42,7 @@ def check_tag(since: object) -> str:
 
 def last_scan_tag(bus: Bus) -> str:
     """The tag of the last scan created (``NO_SCAN`` when the feed is empty)."""
-    last = bus.wire.call(*commands.entries_back(keys.feed(bus.settings.prefix)))
+    last = bus.wire.call(*commands.feed_last(bus.settings.prefix))
     return text(last[0][0]) if last else NO_SCAN
 
 
@@ -52,7 +52,7 @@ def next_scan(bus: Bus, since: str | None, timeout: float | None) -> tuple[str, 
     connection of its own, then ``ReadTimeout``."""
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout is seconds >= 0 (0: do not wait) or None, not {timeout!r}")
-    cursor = last_scan_tag(bus) if since is None else check_tag(since)
+    cursor = last_scan_tag(bus) if since is None else _check_tag(since)
     deadline = None if timeout is None else time.monotonic() + timeout
     feed = keys.feed(bus.settings.prefix)
     link = ReadLink(bus.wire, "scan feed", timeout=timeout, revive=bus.revive_server)
@@ -106,15 +106,21 @@ def find_scans(
     bus: Bus, session: str | None, number: int | None, info: dict[str, Any]
 ) -> tuple[str, list[str]]:
     """(tag, keys) of the scans still there whose session, number and scan-info fields
-    match (see ``Bus.find_scans``), oldest first; the tag is read atomically with the list."""
+    match (see ``Bus.find_scans``), oldest first. The keys are those of the scans created
+    up to the tag: the ones created after it (between the two reads) are left out, as
+    ``next_scan(since=tag)`` gives them."""
     if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
         raise TypeError(f"number is a scan number (an int) or None, not {number!r:.40}")
-    last, members = bus.wire.run(commands.found_scans(bus.settings.prefix), atomic=True)
-    tag = text(last[0][0]) if last else NO_SCAN
+    tag = last_scan_tag(bus)
+    members, newer = bus.wire.run(commands.found_scans(bus.settings.prefix, tag))
+    feed = keys.feed(bus.settings.prefix)
+    later = {entry.scan for entry in log_entries(feed, newer, warn_skipped)}
     tests = {name: _matcher(value) for name, value in info.items()}
     wants_session = _matcher(session) if session is not None else None
     candidates = []
     for key in map(text, members):
+        if key in later:
+            continue  # created after the tag: next_scan(since=tag) gives it
         _, in_session, scan_number = keys.parse_scan(key)
         if wants_session is not None and not wants_session(in_session):
             continue

@@ -69,6 +69,8 @@ class MemoryGuard:
         """(used_memory, lazyfree_pending_objects): keys deleted and not yet freed by the
         server's background thread still count as used."""
         info = self.bus.wire.call(*commands.memory())
+        if self._cap is None:  # the same INFO gives the cap: no second round trip
+            self._cap = int(info.get("maxmemory", 0) or 0)
         return int(info["used_memory"]), int(info.get("lazyfree_pending_objects", 0))
 
     def _settled(self) -> tuple[int, int]:
@@ -88,8 +90,8 @@ class MemoryGuard:
         While the server is still freeing what was deleted, usage overstates: a routine
         check then waits for the next one (it runs in the publisher's flusher, which must
         not stall); a forced one waits for the frees, as its publisher is blocked anyway."""
-        cap = self.cap()
         used, freeing = self._settled() if force else self._memory()
+        cap = self.cap()
         before = used
         evicted: list[str] = []
         if cap and not freeing and (force or used > self.high * cap):

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from ._encoding import (
     Descriptor,
     FileRef,
     coerce,
+    is_seal,
     pack_meta,
     pack_record,
     points_through,
@@ -55,6 +56,7 @@ from ._sink import POOL_MIN_BYTES, Ending, Sink, SinkStatistics
 from ._states import EndReason, ScanState, end_reason_for
 from ._store import commands, keys
 from ._store.commands import Command
+from ._store.wire import OutOfMemory
 
 if TYPE_CHECKING:
     from ._bus import Session
@@ -131,6 +133,18 @@ def _guard(bus: Any) -> Any:
             log.warning("memory guard unavailable (%s); the server's own cap still applies", exc)
 
     return check
+
+
+def _with_room(check_memory: Callable[..., Any] | None, write: Callable[[], Any]) -> Any:
+    """``write()``; if the server refuses it at its memory cap (nothing applied), once
+    more after the memory guard (``check_memory``, forced) made room."""
+    try:
+        return write()
+    except OutOfMemory:
+        if check_memory is None:
+            raise
+        check_memory(force=True)
+        return write()
 
 
 class ChannelWriter:
@@ -315,11 +329,9 @@ class Scan:
         _check_size(packed_info, bus.settings.max_info_bytes, "scan info", "max_info_bytes")
         now = time.time()
         check_memory = _guard(bus)
-        if check_memory is not None:
-            check_memory()
         settings = bus.settings
         counter = commands.next_number(settings.prefix, session.name, _known_number(session))
-        number = int(bus.wire.call(*counter))
+        number = int(_with_room(check_memory, lambda: bus.wire.call(*counter)))
         _known_number(session, number)
         creation = commands.create_scan(
             settings.prefix,
@@ -332,7 +344,9 @@ class Scan:
             retention_ttl=settings.retention_ttl,
             feed_length=settings.feed_length,
         )
-        bus.wire.run(creation, atomic=True)
+        _with_room(check_memory, lambda: bus.wire.run(creation, atomic=True))
+        if check_memory is not None:
+            check_memory()  # after the scan is announced: readers do not wait for it
         return cls(session, number, info, now)
 
     def __repr__(self) -> str:
@@ -393,15 +407,19 @@ class Scan:
         scan's record (it restarted without its data), write it and the log entries again;
         for each channel whose stream holds fewer points than the server had acknowledged,
         write a gap marker over the lost ones and note them in the record and the scan log,
-        so no reader misses them silently."""
+        so no reader misses them silently; a sealed channel whose seal is gone is sealed
+        again."""
         writers = list(self.channels.values())
         has_record, *lasts = transact(commands.restore_probe(self.key, [w.key for w in writers]))
         lost = {}
+        unsealed = []
         for w, last in zip(writers, lasts, strict=True):
             stored = _points_stored(w.desc, last)
             if stored < w.queue.acked_end:
                 lost[w] = (stored, w.queue.acked_end)
-        if has_record and not lost:
+            if w.queue.sealed and not (last and is_seal(last[0][0])):
+                unsealed.append(w)
+        if has_record and not lost and not unsealed:
             return
         settings = self.bus.settings
         repair: list[Command] = [] if has_record else _rebuild(self)
@@ -410,6 +428,11 @@ class Scan:
             repair += commands.lost_points(
                 self.key, w.name, w.key, first, stop, ranges, settings.running_ttl
             )
+        for w in unsealed:
+            repair += [
+                commands.seal(w.key, w.queue.head),
+                commands.pexpire(w.key, settings.running_ttl),
+            ]
         transact(repair)
         for w, (first, stop) in lost.items():
             w.lost.append((first, stop))  # once written: a retry after a failure adds it once
@@ -521,27 +544,30 @@ def _rebuild(scan: Scan) -> list[Command]:
     log.error("scan %s: the server lost its record (restarted empty?); writing it again", scan.key)
     _known_number(scan.session, scan.number)
     settings = scan.bus.settings
-    return commands.restore_scan(
-        settings.prefix,
-        scan.session.name,
-        scan.key,
-        scan.number,
-        pack_meta(scan.info),
-        scan.created,
-        {name: w.desc.to_meta() for name, w in scan.channels.items()},
-        scan.state,
-        time.time(),
-        running_ttl=settings.running_ttl,
-        retention_ttl=settings.retention_ttl,
-        feed_length=settings.feed_length,
-    )
+    sealed = commands.seal_scan(scan.key, time.time()) if scan.sealed else []
+    return [
+        *commands.restore_scan(
+            settings.prefix,
+            scan.session.name,
+            scan.key,
+            scan.number,
+            pack_meta(scan.info),
+            scan.created,
+            {name: w.desc.to_meta() for name, w in scan.channels.items()},
+            scan.state,
+            time.time(),
+            running_ttl=settings.running_ttl,
+            retention_ttl=settings.retention_ttl,
+            feed_length=settings.feed_length,
+        ),
+        *sealed,
+    ]
 
 
 def _ending(scan: Scan, reason: EndReason, error: str | None) -> Ending:
     """What the sink sends last, once every accepted point is acknowledged: the
     trailing points lossy channels dropped and the seal of each channel not sealed yet,
-    and ``scan``'s end
-    (as failed, with the failure's text, if the sink failed)."""
+    and ``scan``'s end (as failed, with the failure's text, if the sink failed)."""
 
     def ending(failure: FlushFailed | None) -> list[Command]:
         why, text = (EndReason.FAILED, str(failure)) if failure is not None else (reason, error)

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._assembler import Assembler, Filter, make_filter
 from ._encoding import Entries, parse_id, text
-from ._errors import ServerUnavailable
 from ._events import Event, EventType
 from ._store import commands
 from ._store.schema import LogEvent, warn_skipped
-from ._store.wire import Outage
+from ._store.wire import ReadLink
 from ._timing import milliseconds
 
 if TYPE_CHECKING:
@@ -258,10 +257,10 @@ def _last_node(events: list[Event]) -> list[Event]:
 
 def walk_loop(root: Walks, opts: WalkOptions, *, data: bool) -> Iterator[Event]:
     """The events of a walk: its start (``root._walk_start``), then one XREAD after another
-    on its own connection (``_Link``, which reconnects), fed to the assembler. A scan
+    on its own connection (``wire.ReadLink``, which reconnects), fed to the assembler. A scan
     walk returns once its scan has ended; ``wait`` False returns after what exists."""
     start = root._walk_start(opts, data)
-    link = _Link(root.bus, root.name)
+    link = ReadLink(root.bus.wire, f"walk of {root.name}", revive=root.bus.revive_server)
     try:
         first = start.events
         if opts.from_last:
@@ -276,7 +275,7 @@ def walk_loop(root: Walks, opts: WalkOptions, *, data: bool) -> Iterator[Event]:
 
 
 def _reads(
-    bus: Bus, link: _Link, start: WalkStart, opts: WalkOptions, block_ms: int | None
+    bus: Bus, link: ReadLink, start: WalkStart, opts: WalkOptions, block_ms: int | None
 ) -> Iterator[Event]:
     """Events of one XREAD after another until the walk is stopped, a bounded walk's
     scans have ended, or (``block_ms`` None) a read finds nothing new."""
@@ -303,36 +302,6 @@ def _reads(
         idle_since = now
         records = scan_records(bus, asm.records_needed(reply))
         yield from asm.feed(reply, records)
-
-
-class _Link:
-    """A walk's own connection (``wire.Link``) for its blocking reads, waiting out a lost
-    server (``wire.Outage``): ``read`` returns None after a failed attempt (call it again);
-    ``reconnected`` is True for the first reply after one."""
-
-    def __init__(self, bus: Bus, name: str) -> None:
-        self.link = bus.wire.link()
-        self.outage = Outage(f"walk of {name}", revive=bus.revive_server)
-        self.reconnected = False
-
-    def read(
-        self, streams: dict[str, str], count: int, block_ms: int | None
-    ) -> list[tuple[str, Entries]] | None:
-        """XREAD of ``streams`` (see ``wire.Link.read``); ``block_ms`` None does not wait,
-        and then a lost server raises ``ServerUnavailable``."""
-        try:
-            reply = self.link.read(streams, count, block_ms)
-        except ServerUnavailable as exc:
-            if block_ms is None:
-                raise  # a walk that does not wait has nothing to wait for
-            self.link.reset()  # keep the walk's cursors; connect again on the next read
-            self.outage.wait(exc)
-            return None
-        self.reconnected = self.outage.over() is not None
-        return reply
-
-    def close(self) -> None:
-        self.link.close()
 
 
 def _check_lost(bus: Bus, asm: Assembler) -> Iterator[Event]:

@@ -259,6 +259,21 @@ def test_a_seal_during_a_blocking_read_ends_it(scans, bus):
         cursor.read()
 
 
+def test_a_cursor_waits_out_a_lost_connection(scans, bus, admin):
+    scan = scans()
+    w = scan.channel("x", "int64")
+    (x,) = _channels(bus, scan, "x")
+    cursor = databus.Cursor(x)
+    assert cursor.read(0.01) == {}  # the cursor has its connection
+    admin.client_kill_filter(_type="normal", skipme=True)  # and loses it, as the publisher
+    result = []
+    reader = threading.Thread(target=lambda: result.append(cursor.read(10)))
+    reader.start()
+    _flushed(w, [1, 2, 3])
+    reader.join(10)
+    assert result[0][x].data.tolist() == [1, 2, 3]
+
+
 def test_bad_channels_are_refused(scans, bus, make_bus):
     scan = scans()
     scan.channel("x", "int64")

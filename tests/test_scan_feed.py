@@ -116,7 +116,7 @@ def test_the_search_tag_resumes_right_after_the_search(bus):
     assert bus.next_scan(since=tag, timeout=0)[1].db_name == after.key
 
 
-def test_the_search_and_its_tag_are_read_atomically(bus):
+def test_the_search_and_its_tag_agree(bus):
     """Scans created while searching are either found with a tag after them or come
     from next_scan(since=tag): never both, never neither."""
     stop = threading.Event()
@@ -138,3 +138,25 @@ def test_the_search_and_its_tag_are_read_atomically(bus):
     finally:
         stop.set()
         maker.join()
+
+
+def test_a_read_only_user_follows_and_searches_the_feed(bus, make_bus, admin, valkey_server):
+    admin.acl_setuser(
+        "feedreader",
+        enabled=True,
+        passwords=["+r3ad"],
+        keys=["~*"],
+        commands=["+@read", "+@connection", "-@write", "-@scripting"],
+    )
+    try:
+        db = make_bus.url.rpartition("db=")[2]
+        url = f"redis://feedreader:r3ad@127.0.0.1:{valkey_server.port}/{db}"
+        reader = databus.connect(url, prefix=bus.settings.prefix)
+        made = _scan(bus, "s", type="a")
+        tag, found = reader.find_scans(type="a")
+        assert found == [made.key] and tag == reader.last_scan_tag()
+        later = _scan(bus, "s")
+        assert reader.next_scan(since=tag, timeout=0)[1].db_name == later.key
+        reader.close()
+    finally:
+        admin.acl_deluser("feedreader")

@@ -103,3 +103,21 @@ def test_a_scan_seal_seals_every_channel_and_tells_readers(bus, caplog):
     assert events[-1].type is databus.EventType.END_SCAN
     assert events[-1].node.info["final"] is True
     assert bus.scan(scan.key).sealed == node.sealed
+
+
+def test_seals_a_server_restarted_empty_lost_are_written_again(bus, admin):
+    scan = bus.session("s").create_scan()
+    x = scan.channel("x", "int64")
+    y = scan.channel("y", "int64")
+    x.send(np.arange(3))
+    scan.seal()
+    admin.flushdb()  # the server restarted without its data...
+    admin.client_kill_filter(_type="normal", skipme=True)  # ...and dropped its clients
+    assert eventually(lambda: admin.exists(scan.key), timeout=10)  # the heartbeat restores
+    assert bus.scan(scan.key).sealed is not None
+    assert _entries(bus, y.key) == [(SEAL_ID, {"end": b"0"})]
+    *_, (gap_id, gap), (seal_id, seal) = _entries(bus, x.key)
+    assert (gap_id, gap) == (b"3-0", {"gap": b"0", "why": b"server lost"})
+    assert (seal_id, seal) == (SEAL_ID, {"end": b"3"})
+    scan.end()
+    assert bus.scan(scan.key).end_reason is databus.EndReason.FINISHED

@@ -302,15 +302,16 @@ def entries_back(stream: str, end: str = "+", start: str = "-", count: int = 1) 
     return ("XREVRANGE", stream, end, start, "COUNT", count)
 
 
-def last_entries(streams: Iterable[str], start: str = "-") -> list[Command]:
-    """The last entry of each of ``streams`` at or after ID ``start`` (XREVRANGE COUNT 1)."""
-    return [entries_back(stream, "+", start) for stream in streams]
+def feed_last(prefix: str) -> Command:
+    """The feed's last entry: its ID is the tag of the last scan created."""
+    return entries_back(keys.feed(prefix))
 
 
-def found_scans(prefix: str) -> list[Command]:
-    """The feed's last entry and the keys of the scans created within the retention time,
-    oldest first: run atomically, the feed ID tells where the list ends."""
-    return [entries_back(keys.feed(prefix)), scans(prefix)]
+def found_scans(prefix: str, tag: str) -> list[Command]:
+    """The keys of the scans created within the retention time, oldest first, and the
+    feed's entries after ``tag``: the scans created after ``tag`` are left out of the
+    keys with no transaction (which a read-only user may not run)."""
+    return [scans(prefix), entries(keys.feed(prefix), f"({tag}")]
 
 
 def scan_infos(scan_keys: Iterable[str]) -> list[Command]:
