@@ -358,9 +358,11 @@ class Assembler:
                 events += self._maybe_end(scan_key, scan)
             elif what not in (
                 LogEvent.CREATED,
+                LogEvent.INFO,
                 LogEvent.GAP,
                 LogEvent.SEALED,
-            ):  # gaps come as markers in the streams, seals as the streams' last entries
+            ):  # info is read above; gaps come as markers in the streams, seals as the
+                # streams' last entries
                 self._skip(log_key, entry_id, f"unknown log event {what!r}")
         return events
 

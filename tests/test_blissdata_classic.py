@@ -27,6 +27,7 @@ from databus.blissdata.data.node import (
 from databus.blissdata.data.nodes.channel import ChannelDataNode
 from databus.blissdata.data.nodes.lima import LimaImageChannelDataNode
 from databus.blissdata.data.nodes.scan import ScanNode
+from databus.blissdata.data.scan import ScansObserver, ScansWatcher
 from databus.blissdata.streaming import DataStreamReaderStopHandler
 from databus.sim import SimDetector
 
@@ -185,3 +186,52 @@ def test_a_scan_walk_follows_its_own_scan_after_others_in_the_session(bus):
         ("END_SCAN", published.key),
     ]
     assert isinstance(events[0].node, ChannelDataNode)
+
+
+class Recorder(ScansObserver):
+    """Writes down the watcher's calls: (method, scan key, what came)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_scan_created(self, scan_db_name, scan_info):
+        self.calls.append(("created", scan_db_name, scan_info["title"]))
+
+    def on_scan_started(self, scan_db_name, scan_info):
+        self.calls.append(("started", scan_db_name))
+
+    def on_child_created(self, scan_db_name, node):
+        self.calls.append(("child", scan_db_name, node.fullname))
+
+    def on_scalar_data_received(self, scan_db_name, channel_name, index, data_bunch):
+        self.calls.append(("scalars", scan_db_name, channel_name, index, list(data_bunch)))
+
+    def on_lima_ref_received(self, scan_db_name, channel_name, dim, source_node, event_data):
+        self.calls.append(("lima", scan_db_name, channel_name, dim, event_data.data))
+
+    def on_scan_finished(self, scan_db_name, scan_info):
+        self.calls.append(("finished", scan_db_name, scan_info["end_timestamp"] > 0))
+
+
+def test_scans_watcher_reports_a_scans_life_to_its_observer(beamline, tmp_path, caplog):
+    b = beamline
+    watcher = ScansWatcher("runner", b["bus"])
+    recorder = Recorder()
+    watcher.set_observer(recorder)
+    with watcher.watch():
+        with pytest.raises(RuntimeError, match=r"before run\(\)"):
+            watcher.set_observer(recorder)
+        det = SimDetector(shape=(4, 4), mode="file", directory=tmp_path)
+        done = scan.ascan(b["robz"], -1, 1, 3, 0, b["gauss"], det)
+        assert watcher.wait_no_more_running_scans(10) and watcher.running_scan_names() == []
+    assert watcher.wait_terminated(5)
+    key = done.key
+    calls = recorder.calls
+    assert calls[0] == ("created", key, done.title) and calls[-1] == ("finished", key, True)
+    assert ("started", key) in calls and ("child", key, "sim_det:image") in calls
+    name = "simulation:sim_ct_gauss_noise"
+    gauss = [x for c in calls if c[0] == "scalars" and c[2] == name for x in c[4]]
+    assert gauss == databus.ChannelNode.get(b["bus"].scan(key).channels[name], 0, -1).tolist()
+    refs = [r for c in calls if c[0] == "lima" for r in c[4]]
+    assert "unknown log event" not in caplog.text  # the runner's 'info' entries are known
+    assert [r[2] for r in refs] == [0, 1, 2] and {c[3] for c in calls if c[0] == "lima"} == {2}

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
+from conftest import eventually
 
 import databus
 from databus import scan
@@ -19,12 +21,6 @@ from databus.channels import Channel
 from databus.sim import SimDetector
 
 CLIENTS = Path(__file__).parent / "blissdata_clients"
-
-#: The clients that walk one scan's own events or nodes (``scan_node.walk_events()``...).
-needs_scan_walks = pytest.mark.skipif(
-    not hasattr(databus.ScanNode, "walk_events"),
-    reason="needs the scan-scoped walks of branch fix-walk",
-)
 
 
 class Client:
@@ -41,15 +37,6 @@ class Client:
             env=env,
         )
 
-    def ready(self) -> Client:
-        """Wait for the script's ``ready`` line (it is about to walk)."""
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if line.strip() != "ready":
-            self.proc.kill()
-            raise AssertionError(f"client did not start: {line}{self.proc.communicate()[1]}")
-        return self
-
     def result(self, timeout: float = 60) -> dict:
         """The JSON the script prints last, once it has exited cleanly."""
         try:
@@ -61,6 +48,35 @@ class Client:
         assert self.proc.returncode == 0, f"client failed:\n{out}\n{err}"
         result: dict = json.loads(out.strip().splitlines()[-1])
         return result
+
+
+def _blocked(admin: redis.Redis) -> int:
+    return int(admin.info("clients")["blocked_clients"])
+
+
+@pytest.fixture
+def walking(bus, admin):
+    """``walking(script, *args)``: a client script started, once it said ``ready`` and its
+    session walk blocks on the server (one more blocked client than before it started), so
+    the scans published next are new to it. Clients left running are killed afterwards."""
+    started: list[Client] = []
+
+    def start(script: str, *args: str) -> Client:
+        before = _blocked(admin)
+        client = Client(bus, script, *args)
+        started.append(client)
+        assert client.proc.stdout is not None
+        line = client.proc.stdout.readline()
+        if line.strip() != "ready" or not eventually(lambda: _blocked(admin) > before, 10):
+            client.proc.kill()
+            raise AssertionError(f"client did not start: {line}{client.proc.communicate()[1]}")
+        return client
+
+    yield start
+    for client in started:
+        if client.proc.poll() is None:
+            client.proc.kill()
+            client.proc.communicate()
 
 
 def needs_info_keys(bus: databus.Bus, key: str, *names: str) -> None:
@@ -78,6 +94,14 @@ def points(bus: databus.Bus, key: str, channel: str) -> list:
     return databus.ChannelNode.get(bus.scan(key).channels[channel], 0, -1).tolist()
 
 
+def two_scans(b: dict, frames: Path, npoints: int) -> tuple[scan.StepScan, scan.StepScan]:
+    """An ascan of ``npoints`` with the gauss counter and a file detector (8x8 frames in
+    ``frames``), then a loopscan of 3 points of the diode."""
+    det = SimDetector(shape=(8, 8), mode="file", directory=frames)
+    first = scan.ascan(b["robz"], -1, 1, npoints, 0, b["gauss"], det)
+    return first, scan.loopscan(3, 0, b["diode"])
+
+
 class StopAlignmentHook(scan.WatchdogCallback):
     """The documentation's hook: stop the scan once the analysis sets ``stop_alignment``."""
 
@@ -90,9 +114,9 @@ class StopAlignmentHook(scan.WatchdogCallback):
             raise StopIteration
 
 
-def test_a_data_life_analysis_stops_the_alignment_after_the_peak(beamline):
+def test_a_data_life_analysis_stops_the_alignment_after_the_peak(beamline, walking):
     b = beamline
-    client = Client(b["bus"], "classic_a_data_life.py", "runner").ready()
+    client = walking("classic_a_data_life.py", "runner")
     s = scan.ascan(b["robz"], -5, 5, 500, 0.001, b["gauss"], save=False, run=False)
     s.set_watchdog_callback(StopAlignmentHook())
     s.run()
@@ -104,12 +128,10 @@ def test_a_data_life_analysis_stops_the_alignment_after_the_peak(beamline):
     assert got["max_value"] <= max(points(b["bus"], s.key, "simulation:sim_ct_gauss_noise"))
 
 
-def test_c_scans_watcher_gets_every_point_and_image_reference(beamline, tmp_path):
+def test_c_scans_watcher_gets_every_point_and_image_reference(beamline, walking, tmp_path):
     b = beamline
-    client = Client(b["bus"], "classic_c_scans_watcher.py", "runner", "2").ready()
-    det = SimDetector(shape=(8, 8), mode="file", directory=tmp_path)
-    first = scan.ascan(b["robz"], -1, 1, 7, 0, b["gauss"], det)
-    second = scan.loopscan(3, 0, b["diode"])
+    client = walking("classic_c_scans_watcher.py", "runner", "2")
+    first, second = two_scans(b, tmp_path, 7)
     got = client.result()
     titles = [first.title, second.title]
     assert [t for t, _ in got["created"]] == titles == got["started"] == got["finished"]
@@ -124,9 +146,9 @@ def test_c_scans_watcher_gets_every_point_and_image_reference(beamline, tmp_path
     assert {r[1] for r in refs} == {"/entry/data/data"} and Path(refs[0][0]).parent == tmp_path
 
 
-def test_h_ewoks_watcher_under_gevent_submits_the_scans_workflows(beamline):
+def test_h_ewoks_watcher_under_gevent_submits_the_scans_workflows(beamline, walking):
     b = beamline
-    client = Client(b["bus"], "classic_h_ewoks_watcher.py", "runner", "2").ready()
+    client = walking("classic_h_ewoks_watcher.py", "runner", "2")
     scan.loopscan(2, 0, b["diode"])
     workflows = {"proc": {"configuration": {"data": {"graph": {"id": "g"}}}}, "skip": 1}
     with_wf = scan.StepScan(
@@ -149,12 +171,13 @@ def test_h_ewoks_watcher_under_gevent_submits_the_scans_workflows(beamline):
     assert info["scan_nb"] == b["bus"].scan(with_wf.key).number
 
 
-@needs_scan_walks
-def test_b_external_writer_writes_every_channel_and_the_lima_references(beamline, tmp_path):
+def test_b_external_writer_writes_every_channel_and_the_lima_references(
+    beamline, walking, tmp_path
+):
     b = beamline
     scan.set_saving(tmp_path / "data")  # the example writes next to BLISS's file
     (tmp_path / "data" / "runner").mkdir(parents=True)
-    client = Client(b["bus"], "classic_b_external_writer.py", "runner", "1").ready()
+    client = walking("classic_b_external_writer.py", "runner", "1")
     det = SimDetector(shape=(8, 8), mode="file", directory=tmp_path)
     s = scan.ascan(b["robz"], -1, 1, 6, 0, b["gauss"], det)
     (got,) = client.result()
@@ -177,7 +200,6 @@ def test_b_external_writer_writes_every_channel_and_the_lima_references(beamline
         assert entry["simulation:sim_ct_gauss_noise"][()].tolist() == gauss
 
 
-@needs_scan_walks
 def test_d_flint_history_scalars_and_last_image(beamline, tmp_path):
     b = beamline
     scan.loopscan(2, 0, b["diode"])
@@ -194,20 +216,16 @@ def test_d_flint_history_scalars_and_last_image(beamline, tmp_path):
     assert got["images"] == {"sim_det:image": [3, [8, 8], 3]}
 
 
-@needs_scan_walks
-def test_e_nexus_writer_subscribers_under_gevent(beamline, tmp_path):
+def test_e_nexus_writer_subscribers_under_gevent(beamline, walking, tmp_path):
     b = beamline
-    client = Client(b["bus"], "classic_e_nexus_writer.py", "runner", "2").ready()
-    det = SimDetector(shape=(8, 8), mode="file", directory=tmp_path)
-    first = scan.ascan(b["robz"], -1, 1, 5, 0, b["gauss"], det)
-    second = scan.loopscan(3, 0, b["diode"])
+    client = walking("classic_e_nexus_writer.py", "runner", "2")
+    first, second = two_scans(b, tmp_path, 5)
     got = client.result()
     assert got[first.key]["refs_match"] and got[first.key]["nrefs"] == {"sim_det:image": 5}
     assert got[first.key]["points"]["simulation:sim_ct_gauss_noise"] == 5
     assert got[second.key]["points"]["simulation:diode"] == 3
 
 
-@needs_scan_walks
 def test_f_pymca_lists_scans_and_reads_counters(beamline):
     b = beamline
     first = scan.loopscan(2, 0, b["diode"])
@@ -224,7 +242,6 @@ def test_f_pymca_lists_scans_and_reads_counters(beamline):
     assert got["spectra"] == 0
 
 
-@needs_scan_walks
 def test_g_ewoksdata_reads_a_scan_from_memory(beamline, tmp_path):
     b = beamline
     det = SimDetector(shape=(8, 8), mode="file", directory=tmp_path)
@@ -237,9 +254,8 @@ def test_g_ewoksdata_reads_a_scan_from_memory(beamline, tmp_path):
     assert got["last_image_sum"] == int(np.asarray(frames[-1]).sum())
 
 
-@needs_scan_walks
-def test_i_xrr_fit_groups_scans_and_publishes_the_result(bus):
-    client = Client(bus, "classic_i_xrr_fit.py", "xrr").ready()
+def test_i_xrr_fit_groups_scans_and_publishes_the_result(bus, walking):
+    client = walking("classic_i_xrr_fit.py", "xrr")
     keys = []
     for position, flags in enumerate(({"xrr_scan_group_first": True}, {}, {})):
         if position == 2:
@@ -283,9 +299,9 @@ def publish_2x(bus: databus.Bus, session: str) -> str:
     return key
 
 
-def test_c_and_e_follow_a_scan_published_by_the_2x_writer(bus):
-    watcher = Client(bus, "classic_c_scans_watcher.py", "bd2", "1").ready()
-    writer = Client(bus, "classic_e_nexus_writer.py", "bd2", "1").ready()
+def test_c_and_e_follow_a_scan_published_by_the_2x_writer(bus, walking):
+    watcher = walking("classic_c_scans_watcher.py", "bd2", "1")
+    writer = walking("classic_e_nexus_writer.py", "bd2", "1")
     key = publish_2x(bus, "bd2")
     got = watcher.result()
     assert [t for t, _ in got["created"]] == ["loopscan 4 0.1"] == got["finished"]
