@@ -282,7 +282,9 @@ def test_get_next_scan_in_creation_order_across_sessions(data_store, bus):
     keys = []
     for i in range(6):
         keys.append(data_store.create_scan(_identity(i, session=f"s{i % 3}")).key)
-        keys.append(bus.session("runner").create_scan({"type": "ct"}).key)
+        ours = bus.session("runner").create_scan({"type": "ct"})
+        ours.end()
+        keys.append(ours.key)
     got = []
     for _ in keys:
         since, key = data_store.get_next_scan(since=since, timeout=1)
