@@ -51,6 +51,7 @@ from ._errors import (
 )
 from ._flush_policy import FlushPolicy
 from ._queue import ChannelQueue
+from ._scan_info import identity
 from ._sender import Transact
 from ._sink import POOL_MIN_BYTES, Ending, Sink, SinkStatistics
 from ._states import EndReason, ScanState, end_reason_for
@@ -323,7 +324,8 @@ class Scan:
 
     @classmethod
     def create(cls, session: Session, info: dict[str, Any]) -> Scan:
-        """Number a new scan atomically and write its record and log entries."""
+        """Number a new scan atomically and write its record and log entries; its info gets
+        the keys that name it (``_scan_info.identity``)."""
         bus = session.bus
         packed_info = pack_meta(info, what="scan info")
         _check_size(packed_info, bus.settings.max_info_bytes, "scan info", "max_info_bytes")
@@ -333,6 +335,9 @@ class Scan:
         counter = commands.next_number(settings.prefix, session.name, _known_number(session))
         number = int(_with_room(check_memory, lambda: bus.wire.call(*counter)))
         _known_number(session, number)
+        key = keys.scan(settings.prefix, session.name, number)
+        info = {**info, **identity(session.name, number, key)}
+        packed_info = pack_meta(info, what="scan info")
         creation = commands.create_scan(
             settings.prefix,
             session.name,

@@ -1,19 +1,26 @@
-"""The keys BLISS puts in a step scan's ``scan_info`` (the schema blissdata 2.x documents),
-built for the runner's scans: the acquisition chain, the devices, the channels by full
-name, default plots, positioners and times. Readers written for BLISS (Flint, the Nexus
-writer, PyMca, ewoks, DAMNIT) look these up by name.
+"""The keys BLISS puts in a scan's ``scan_info`` (the schema blissdata 2.x documents): the
+identity every published scan gets, and for the runner's step scans the acquisition chain,
+the devices, the channels by full name, default plots, positioners and times. Readers
+written for BLISS (Flint, the Nexus writer, PyMca, ewoks, DAMNIT) look these up by name.
 """
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .sim import SimMotor
+if TYPE_CHECKING:
+    from .sim import SimMotor
 
 #: (name, dtype, shape, unit) of a published channel.
 ChannelSpec = tuple[str, str, tuple[int, ...], str | None]
+
+
+def identity(session: str, number: int, key: str) -> dict[str, Any]:
+    """The keys that name a scan in every scan's info, as BLISS sets them from its creation:
+    ``scan_nb``, ``session_name`` and ``node_name`` (its key on the bus)."""
+    return {"scan_nb": number, "session_name": session, "node_name": key}
 
 
 def iso_now(timestamp: float) -> str:

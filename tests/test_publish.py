@@ -137,6 +137,9 @@ def test_lifecycle_is_logged_in_scan_and_session_logs(bus):
         "title": "loopscan 3 0.1",
         "npoints": 3,
         "user": {"sample": "Si"},
+        "scan_nb": 1,
+        "session_name": session.name,
+        "node_name": scan.key,
     }
     assert int(record[b"state"]) == databus.ScanState.ENDED and record[b"end_reason"] == b"stopped"
     assert log_events(bus, keys.scan_log(scan.key)) == [
