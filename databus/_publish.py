@@ -325,7 +325,8 @@ class Scan:
     @classmethod
     def create(cls, session: Session, info: dict[str, Any]) -> Scan:
         """Number a new scan atomically and write its record and log entries; its info gets
-        the keys that name it (``_scan_info.identity``)."""
+        the keys that name it (``_scan_info.identity``) unless it has them (a blissdata 2.x
+        writer gives its own scan number)."""
         bus = session.bus
         packed_info = pack_meta(info, what="scan info")
         _check_size(packed_info, bus.settings.max_info_bytes, "scan info", "max_info_bytes")
@@ -336,7 +337,7 @@ class Scan:
         number = int(_with_room(check_memory, lambda: bus.wire.call(*counter)))
         _known_number(session, number)
         key = keys.scan(settings.prefix, session.name, number)
-        info = {**info, **identity(session.name, number, key)}
+        info = {**identity(session.name, number, key), **info}
         packed_info = pack_meta(info, what="scan info")
         creation = commands.create_scan(
             settings.prefix,

@@ -142,6 +142,14 @@ def test_cursor_read_from_now(prepared):
     group = CursorGroup(prepared)
     group.read(block=False, last_only=True)  # skip existing data
     assert group.read(block=False) == {}
+    assert {s.name: i for s, i in group.position.items()} == {
+        name: sum(map(len, batches)) for name, batches in BATCHES.items()
+    }
+    group.close()
+    cursor = prepared["mixed"].cursor()
+    assert cursor.position == 0 and len(cursor.read(block=False)) == 16
+    assert cursor.position == 16
+    cursor.close()
 
 
 @pytest.mark.parametrize("block", [True, False])
@@ -406,3 +414,39 @@ def test_json_and_image_streams(data_store):
     view = ro["img"].cursor().read()
     assert view.index == 0 and view.get_data().shape == (3, 4, 3)
     assert view.get_data(2).sum() == 0 and view.get_data(0, 2).sum() == 24
+
+
+# ------------------------------------------------------- our runner's scans, lima frames
+
+
+def test_runner_scan_with_detector_files_reads_as_lima_stream(beamline, data_store, tmp_path):
+    import h5py
+
+    from databus import scan as runner
+    from databus.blissdata.streams.lima import LimaStream, LimaView
+    from databus.sim import SimDetector
+
+    det = SimDetector(shape=(6, 4), mode="file", directory=tmp_path)
+    done = runner.ascan(beamline["robz"], -1, 1, 5, 0, beamline["diode"], det)
+    scan = data_store.load_scan(done.key)
+    assert scan.state is databus.blissdata.ScanState.CLOSED
+    frames = scan.streams[f"{det.name}:image"]
+    assert isinstance(frames, LimaStream) and frames.plugin == "lima" and frames.kind == "array"
+    assert frames.shape == (6, 4) and frames.info["plugin"] == "lima"
+    assert len(frames) == 5 and frames.is_sealed()
+    whole = frames[0:5]
+    assert whole.shape == (5, 6, 4) and np.array_equal(frames[-1], whole[4])
+    view = frames.cursor().read()
+    assert isinstance(view, LimaView) and (view.index, len(view)) == (0, 5)
+    assert np.array_equal(view.get_data(1, 3), whole[1:3])
+    last = frames.cursor().read(last_only=True)
+    assert (last.index, len(last)) == (4, 1)
+    refs = frames.get_references(slice(0, 5))
+    assert [r.index for r in refs] == [0, 1, 2, 3, 4] and refs[0].format == "HDF5"
+    assert frames.get_references(-1) == refs[4] and view.get_references(3) == refs[3:]
+    with h5py.File(refs[2].file_path, "r") as f:
+        assert np.array_equal(f[refs[2].data_path][refs[2].index], whole[2])
+    with pytest.raises(IndexWontBeThereError):
+        frames.get_references(5)
+    axis = scan.streams["axis:robz"]
+    assert np.array_equal(axis[:], np.linspace(-1, 1, 5)) and axis.info["unit"] == "mm"

@@ -282,7 +282,9 @@ def test_get_next_scan_in_creation_order_across_sessions(data_store, bus):
     keys = []
     for i in range(6):
         keys.append(data_store.create_scan(_identity(i, session=f"s{i % 3}")).key)
-        keys.append(bus.session("runner").create_scan({"type": "ct"}).key)
+        ours = bus.session("runner").create_scan({"type": "ct"})
+        ours.end()
+        keys.append(ours.key)
     got = []
     for _ in keys:
         since, key = data_store.get_next_scan(since=since, timeout=1)
@@ -339,3 +341,42 @@ def test_data_store_from_url_and_default(bus, monkeypatch):
         assert DataStore().bus is bus
     finally:
         databus.set_default_bus(None)
+
+
+def test_a_record_that_does_not_decode_is_a_scan_validation_error(data_store, admin):
+    from databus.blissdata.exceptions import ScanLoadError, ScanValidationError
+
+    scan = data_store.create_scan(DUMMY_ID)
+    admin.hset(scan.key, "number", "not a number")
+    with pytest.raises(ScanValidationError) as exc:
+        data_store.load_scan(scan.key)
+    assert isinstance(exc.value, ScanLoadError) and isinstance(exc.value.__cause__, ValueError)
+
+
+def test_old_module_paths_still_import_with_a_warning():
+    import importlib
+    import sys
+
+    for old, new in (
+        ("databus.blissdata.scan", "Scan"),
+        ("databus.blissdata.redis_engine.exceptions", "NoScanAvailable"),
+    ):
+        sys.modules.pop(old, None)
+        with pytest.warns(FutureWarning, match="deprecated"):
+            module = importlib.import_module(old)
+        assert getattr(module, new) is getattr(
+            importlib.import_module("databus.blissdata" + (".exceptions" if "exc" in old else "")),
+            new,
+        )
+
+
+def test_info_changed_in_place_with_arrays_is_published(data_store):
+    import numpy as np
+
+    rw_scan = data_store.create_scan(DUMMY_ID, info={"channels": {"x": {}}, "pos": np.zeros(2)})
+    rw_scan.info["channels"]["x"]["no_saving"] = True
+    rw_scan.info["pos"] = np.ones(2)
+    rw_scan.prepare()
+    ro_scan = data_store.load_scan(rw_scan.key)
+    assert ro_scan.info["channels"] == {"x": {"no_saving": True}}
+    assert list(ro_scan.info["pos"]) == [1.0, 1.0]

@@ -93,7 +93,7 @@ class UnauthorizeStateTransition(ScanStateError):
 E = TypeVar("E", bound=BaseException)
 
 
-def translated(exc: BaseException) -> BaseException:
+def blissdata_error(exc: BaseException) -> BaseException:
     """The blissdata index error for databus's ``exc`` (same message and attributes,
     ``exc`` as its cause); ``exc`` itself when none maps."""
     for ours, theirs in _INDEX_ERRORS:

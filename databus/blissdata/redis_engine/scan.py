@@ -46,6 +46,8 @@ class ScanState(enum.IntEnum):
     CLOSED = 4
 
 
+#: The scan-info key where BLISS puts how a scan ended (a word of ``END_REASONS``).
+END_REASON_KEY = "end_reason"
 #: Our end reason -> BLISS's ``end_reason``. BLISS says SUCCESS for a scan that ran to
 #: its end or that a watchdog's StopIteration stopped cleanly (our ``stopped``),
 #: USER_ABORT for Ctrl-C (``interrupted``) and FAILURE for any exception (``failed``, and
@@ -81,9 +83,9 @@ def info_of(node: ScanNode) -> dict[str, Any]:
     """``node``'s scan info with ``end_reason`` in BLISS's words once it has ended (a
     writer's own BLISS word kept)."""
     info = dict(node.info)
-    if node.state is OurState.ENDED and info.get("end_reason") not in _OUR_REASONS:
+    if node.state is OurState.ENDED and info.get(END_REASON_KEY) not in _OUR_REASONS:
         reason = node.end_reason
-        info["end_reason"] = END_REASONS.get(reason, "FAILURE")  # type: ignore[call-overload]
+        info[END_REASON_KEY] = END_REASONS.get(reason, "FAILURE")  # type: ignore[call-overload]
     return info
 
 
@@ -104,7 +106,6 @@ class Scan:
         self._state = ScanState.CREATED
         self._info: dict[str, Any] = {}
         self._identity: dict[str, Any] = {}
-        self._published: dict[str, Any] = {}
         if node is not None:
             self._state = state_of(node)
             self._info = info_of(node)
@@ -129,7 +130,6 @@ class Scan:
         scan._identity = carried
         scan._state = ScanState.CREATED
         scan._info = {**info, **carried}
-        scan._published = dict(scan._info)
         return scan
 
     # ---------------------------------------------------------------- reading
@@ -261,9 +261,9 @@ class Scan:
         return stream
 
     def _publish_info(self) -> None:
-        if self._info != self._published:
-            self._check_writer("publish the scan info").update_info(self._info)
-            self._published = dict(self._info)
+        """Store the scan info as it is now: at every state change, as blissdata does (a
+        writer may have changed it in place, nested values included)."""
+        self._check_writer("publish the scan info").update_info(self._info)
 
     def _move(self, expected: ScanState, new: ScanState) -> PublishedScan:
         writer = self._check_writer(f"move it to {new.name}")
@@ -291,6 +291,6 @@ class Scan:
         reason (none given: finished)."""
         writer = self._check_writer("close it")
         self._publish_info()
-        reason = _OUR_REASONS.get(self._info.get("end_reason", "SUCCESS"), EndReason.FINISHED)
+        reason = _OUR_REASONS.get(self._info.get(END_REASON_KEY, "SUCCESS"), EndReason.FINISHED)
         writer.end(reason)
         self._state = ScanState.CLOSED

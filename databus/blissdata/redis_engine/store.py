@@ -69,7 +69,7 @@ class DataStore:
         if timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds (0: wait for ever), not {timeout}")
         wait = 0 if not block else (None if timeout == 0 else timeout)
-        tag = str(since) if isinstance(since, int) and not isinstance(since, bool) else since
+        tag = since if since is None or isinstance(since, str) else str(since)
         try:
             found, node = self.bus.next_scan(tag, timeout=wait)
         except ReadTimeout as exc:

@@ -18,13 +18,14 @@ import numpy as np
 
 from ..._cursor import ChannelPoints
 from ..._cursor import Cursor as ChannelCursor
+from ..._encoding import ChannelKind, Descriptor
 from ..._errors import DataExpired, EndOfData, NotYetPublished
 from ..exceptions import (
     EndOfStream,
     IndexNoMoreThereError,
     IndexNotYetThereError,
     NoWritePermission,
-    translated,
+    blissdata_error,
 )
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class StreamDefinition:
     info: dict[str, Any]
     dtype: Any
     shape: tuple[int, ...]
-    kind: str
+    kind: ChannelKind
 
 
 class BaseView:
@@ -99,7 +100,7 @@ class BaseStream:
         return self._writer.key if self._writer is not None else self.node.key
 
     @property
-    def _desc(self) -> Any:
+    def _desc(self) -> Descriptor:
         return self._writer.desc if self._writer is not None else self.node.desc
 
     @property
@@ -162,7 +163,7 @@ class BaseStream:
         try:
             return self.node.get(index)
         except _READ_ERRORS as exc:
-            raise translated(exc) from exc
+            raise blissdata_error(exc) from exc
 
     def _get_slice(self, key: slice) -> Any:
         start, stop = key.start or 0, key.stop
@@ -175,7 +176,7 @@ class BaseStream:
         try:
             data = self.node.get_as_array(start, -1 if stop is None else stop - 1)
         except _READ_ERRORS as exc:
-            raise translated(exc) from exc
+            raise blissdata_error(exc) from exc
         return data[:: key.step] if key.step not in (None, 1) else data
 
     def is_sealed(self) -> bool:

@@ -1,5 +1,5 @@
 """blissdata 2.x's lima stream over databus ``ref`` channels (``blissdata.streams.lima``)."""
 
-from .stream import LimaStream, LimaView
+from .stream import ImageReference, LimaStream, LimaView
 
-__all__ = ["LimaStream", "LimaView"]
+__all__ = ["ImageReference", "LimaStream", "LimaView"]
