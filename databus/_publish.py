@@ -512,20 +512,33 @@ class Scan:
         self.bus.wire.run(commands.seal_scan(self.key, time.time()), atomic=True)
         self.sealed = True
 
-    def end(self, reason: str | EndReason = "finished", error: str | None = None) -> None:
+    def end(
+        self,
+        reason: str | EndReason = "finished",
+        error: str | None = None,
+        *,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         """Flush every accepted point, seal every channel, record ``reason`` (finished,
         stopped, aborted, failed, interrupted) and ``error`` text, and give all keys the
-        retention TTL. Blocks until Redis has acknowledged everything; raises
-        ``FlushFailed`` (after recording the scan as failed) if it could not."""
+        retention TTL. ``info`` is merged into the scan info in the end's own transaction,
+        so readers see the final info (end time...) with the end, never before it. Blocks
+        until Redis has acknowledged everything; raises ``FlushFailed`` (after recording
+        the scan as failed) if it could not."""
         end_reason = EndReason.given(reason)
         self._check_not_ended("end it again")
+        final = {**self._info, **info} if info is not None else None
+        packed = None if final is None else pack_meta(final, what="scan info")
+        if packed is not None:
+            _check_size(packed, self.bus.settings.max_info_bytes, "scan info", "max_info_bytes")
         failure: FlushFailed | None = None
         try:
-            self._sink.close(ending=_ending(self, end_reason, error))
+            self._sink.close(ending=_ending(self, end_reason, error, packed))
         except FlushFailed as exc:
             failure = exc
         _live_scans.discard(self)
         if self._sink.ended:
+            self._info = final if final is not None else self._info
             self.state = ScanState.ENDED
             self.end_reason = EndReason.FAILED if failure is not None else end_reason
         if failure is not None:
@@ -570,10 +583,11 @@ def _rebuild(scan: Scan) -> list[Command]:
     ]
 
 
-def _ending(scan: Scan, reason: EndReason, error: str | None) -> Ending:
+def _ending(scan: Scan, reason: EndReason, error: str | None, info: bytes | None) -> Ending:
     """What the sink sends last, once every accepted point is acknowledged: the
     trailing points lossy channels dropped and the seal of each channel not sealed yet,
-    and ``scan``'s end (as failed, with the failure's text, if the sink failed)."""
+    the final scan info (packed) if given, and ``scan``'s end (as failed, with the
+    failure's text, if the sink failed)."""
 
     def ending(failure: FlushFailed | None) -> list[Command]:
         why, text = (EndReason.FAILED, str(failure)) if failure is not None else (reason, error)
@@ -581,6 +595,8 @@ def _ending(scan: Scan, reason: EndReason, error: str | None) -> Ending:
         end = [
             c for w in scan.channels.values() if not w.queue.sealed for c in seal_commands(w.queue)
         ]
+        if info is not None:
+            end += commands.update_info(scan.key, info)
         return end + commands.end_scan(
             settings.prefix,
             scan.session.name,

@@ -269,11 +269,7 @@ class StepScan:
             if self._stop_reason and reason is EndReason.STOPPED and not error:
                 error = f"stop requested: {self._stop_reason}"
             info.update(end_info(info, self.motors, time.time()))
-            try:
-                published.update_info(info)
-            except DatabusError as exc:  # the end itself must still be tried
-                log.warning("scan %s: could not store its end info: %s", self.key, exc)
-            published.end(reason, error=error)
+            published.end(reason, error=error, info=info)
             self.end_reason, self.error = reason, error
             if self._restore:
                 for motor, position in zip(self.motors, start_positions, strict=True):

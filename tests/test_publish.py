@@ -402,3 +402,16 @@ def test_flushes_are_paced_by_the_readers_waiting_on_the_server(bus):
     alone, crowded = flushes(0), flushes(20)
     assert crowded <= alone / 3, (alone, crowded)
     assert crowded >= 10  # paced, not held until the end
+
+
+def test_the_final_info_is_written_with_the_end(bus):
+    scan = bus.session("final").create_scan({"title": "t"})
+    scan.channel("x", "float64").send(1.0)
+    with pytest.raises(databus.MetadataError, match="max_info_bytes"):
+        scan.end(info={"blob": "x" * 2 * 2**20})
+    assert scan.state is databus.ScanState.CREATED  # refused before anything was sent
+    scan.end("stopped", info={"end_time": "now", "title": "t2"})
+    node = bus.scan(scan.key)
+    assert (node.info["end_time"], node.info["title"], node.end_reason) == ("now", "t2", "stopped")
+    assert scan.info["end_time"] == "now"
+    assert log_events(bus, keys.scan_log(scan.key))[-2:] == ["info", "ended"]

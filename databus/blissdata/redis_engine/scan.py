@@ -290,7 +290,6 @@ class Scan:
         ``info["end_reason"]`` (SUCCESS, FAILURE, USER_ABORT, DELETION) sets our end
         reason (none given: finished)."""
         writer = self._check_writer("close it")
-        self._publish_info()
         reason = _OUR_REASONS.get(self._info.get(END_REASON_KEY, "SUCCESS"), EndReason.FINISHED)
-        writer.end(reason)
+        writer.end(reason, info=self._info)
         self._state = ScanState.CLOSED
