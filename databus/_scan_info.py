@@ -115,7 +115,8 @@ def positioners(motors: Sequence[SimMotor], when: str) -> dict[str, Any]:
 def start_info(
     specs: Sequence[ChannelSpec], motors: Sequence[SimMotor], started: float, mesh: bool
 ) -> dict[str, Any]:
-    """The BLISS keys a scan has from its creation."""
+    """The BLISS keys a scan has from its creation (``instrument``: the simulated beamline
+    has no instrument metadata; ``scan_meta_categories`` names the categories present)."""
     chain, devices = chain_info(specs, motors)
     return {
         "channels": channels_info(specs),
@@ -123,6 +124,8 @@ def start_info(
         "devices": devices,
         "plots": plots_info(specs, motors, mesh),
         "positioners": positioners(motors, "start"),
+        "instrument": {},
+        "scan_meta_categories": ["positioners", "instrument"],
         "start_time": iso_now(started),
         "start_timestamp": started,
         "publisher": "databus",

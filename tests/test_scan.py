@@ -101,6 +101,10 @@ def test_scan_info_has_the_keys_bliss_sets(beamline, tmp_path):
         }
     }
     assert info["devices"]["timer"]["triggered_devices"] == ["simulation", "sim_det"]
+    assert info["instrument"] == {} and info["scan_meta_categories"] == [
+        "positioners",
+        "instrument",
+    ]
     curves = info["plots"][0]
     assert curves["kind"] == "curve-plot" and curves["items"] == [
         {"kind": "curve", "x": "axis:robz", "y": "simulation:sim_ct_gauss_noise"}
