@@ -22,6 +22,7 @@ from ._errors import CorruptEntry, DatabusError
 from ._states import ScanState
 from ._store import commands, keys
 from ._store.schema import evicted_entry, message, raw_descriptors, recorded_end, scan_state
+from ._store.wire import OutOfMemory
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -53,6 +54,8 @@ class MemoryGuard:
             raise ValueError(f"need 0 < low < high <= 1, got low={low}, high={high}")
         self.bus, self.high, self.low = bus, high, low
         self._cap = cap
+        #: Evicted scans whose session-log note the server had no room for yet.
+        self._unnoted: list[tuple[str, dict[str, Any]]] = []
 
     def cap(self) -> int:
         """The memory cap in bytes (the server's ``maxmemory`` unless given)."""
@@ -150,7 +153,26 @@ class MemoryGuard:
         }
         reason, error = recorded_end(record)
         entry = evicted_entry(key, number, time.time(), reason, error, pack_meta(channels))
-        self.bus.wire.run(commands.evict(key, descs, entry), atomic=True)
+        try:
+            self.bus.wire.run(commands.evict(key, descs, entry), atomic=True)
+        except OutOfMemory:
+            # Over its cap the server refuses a whole transaction holding a command that
+            # needs memory (the note): free the memory first, note it once there is room.
+            self.bus.wire.run(commands.evict_keys(key, descs), atomic=True)
+            self._unnoted.append((key, entry))
+        self._note_evicted()
+
+    def _note_evicted(self) -> None:
+        """Write, oldest first, the session-log notes of scans deleted while the server
+        was over its cap, as far as it has room for them now."""
+        while self._unnoted:
+            key, entry = self._unnoted[0]
+            self._settled()
+            try:
+                self.bus.wire.call(*commands.evict_note(key, entry))
+            except OutOfMemory:
+                return
+            self._unnoted.pop(0)
 
 
 def _ended(key: str, record: Any) -> bool:

@@ -273,3 +273,16 @@ class Running:
     def stop(self):
         self.writer.stop_handler.stop()
         self.thread.join(5)
+
+
+#: How points are sent in the cursor cases (blissdata 2.4.5's test_cursor_batching
+#: batches): each list is one send of that many points.
+CURSOR_BATCHES = {
+    "empty": [],
+    "one": [[0]],
+    "three": [[0, 1, 2]],
+    "one_three": [[0], [1, 2, 3]],
+    "three_one": [[0, 1, 2], [3]],
+    "singles": [[i] for i in range(10)],
+    "mixed": [[0, 1], [2, 3, 4, 5, 6, 7], [8], [9, 10], [11, 12, 13], [14, 15]],
+}

@@ -22,6 +22,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import CURSOR_BATCHES
 
 import databus
 from databus.blissdata import DataStore
@@ -68,22 +69,11 @@ def stream_pair(make_streams, name="stream", dtype=np.int64, shape=()):
     return rw, ro
 
 
-BATCHES = {
-    "empty": [],
-    "one": [[0]],
-    "three": [[0, 1, 2]],
-    "one_three": [[0], [1, 2, 3]],
-    "three_one": [[0, 1, 2], [3]],
-    "singles": [[i] for i in range(10)],
-    "mixed": [[0, 1], [2, 3, 4, 5, 6, 7], [8], [9, 10], [11, 12, 13], [14, 15]],
-}
-
-
 @pytest.mark.parametrize("last_only", [True, False])
 @pytest.mark.parametrize("block", [True, False])
 @pytest.mark.parametrize("seal", [True, False])
 @pytest.mark.parametrize("group", [True, False])
-@pytest.mark.parametrize("batches", BATCHES.values(), ids=BATCHES.keys())
+@pytest.mark.parametrize("batches", CURSOR_BATCHES.values(), ids=CURSOR_BATCHES.keys())
 def test_cursor_batching(make_streams, last_only, batches, seal, block, group):
     stream, ro_stream = stream_pair(make_streams, "my_stream")
     for batch in batches:
@@ -119,8 +109,8 @@ def test_cursor_batching(make_streams, last_only, batches, seal, block, group):
 
 @pytest.fixture
 def prepared(make_streams):
-    rw, ro = make_streams(list(BATCHES))
-    for stream, batches in zip(rw, BATCHES.values(), strict=True):
+    rw, ro = make_streams(list(CURSOR_BATCHES))
+    for stream, batches in zip(rw, CURSOR_BATCHES.values(), strict=True):
         for batch in batches:
             stream.send(batch)
         stream.join()
@@ -130,7 +120,7 @@ def prepared(make_streams):
 def test_cursor_read_from_origin(prepared):
     output = CursorGroup(prepared).read(block=False)
     named = {stream.name: view for stream, view in output.items()}
-    for name, batches in BATCHES.items():
+    for name, batches in CURSOR_BATCHES.items():
         if batches:
             assert named[name].index == 0
             assert np.array_equal(named[name].get_data(), np.concatenate(batches))
@@ -143,7 +133,7 @@ def test_cursor_read_from_now(prepared):
     group.read(block=False, last_only=True)  # skip existing data
     assert group.read(block=False) == {}
     assert {s.name: i for s, i in group.position.items()} == {
-        name: sum(map(len, batches)) for name, batches in BATCHES.items()
+        name: sum(map(len, batches)) for name, batches in CURSOR_BATCHES.items()
     }
     group.close()
     cursor = prepared["mixed"].cursor()

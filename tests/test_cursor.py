@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import eventually
+from conftest import CURSOR_BATCHES, eventually
 
 import databus
 
@@ -39,25 +39,14 @@ def _channels(bus, scan, *names):
     return [node.channels[name] for name in names]
 
 
-BATCHES = {
-    "empty": [],
-    "one": [[0]],
-    "three": [[0, 1, 2]],
-    "one_three": [[0], [1, 2, 3]],
-    "three_one": [[0, 1, 2], [3]],
-    "singles": [[i] for i in range(10)],
-    "mixed": [[0, 1], [2, 3, 4, 5, 6, 7], [8], [9, 10], [11, 12, 13], [14, 15]],
-}
-
-
 @pytest.mark.parametrize("last_only", [True, False])
 @pytest.mark.parametrize("timeout", [0, 0.001])
 @pytest.mark.parametrize("seal", [True, False])
-@pytest.mark.parametrize("name", list(BATCHES))
+@pytest.mark.parametrize("name", list(CURSOR_BATCHES))
 def test_cursor_batching(scans, bus, name, seal, timeout, last_only):
     scan = scans()
     w = scan.channel("x", "int64")
-    batches = BATCHES[name]
+    batches = CURSOR_BATCHES[name]
     _flushed(w, *batches)
     if seal:
         w.seal()
@@ -83,14 +72,14 @@ def test_cursor_batching(scans, bus, name, seal, timeout, last_only):
 
 def test_cursor_reads_from_the_origin_then_only_what_is_new(scans, bus):
     scan = scans()
-    writers = {name: scan.channel(name, "int64") for name in BATCHES}
+    writers = {name: scan.channel(name, "int64") for name in CURSOR_BATCHES}
     for name, w in writers.items():
-        _flushed(w, *BATCHES[name])
-    nodes = _channels(bus, scan, *BATCHES)
+        _flushed(w, *CURSOR_BATCHES[name])
+    nodes = _channels(bus, scan, *CURSOR_BATCHES)
     cursor = databus.Cursor(nodes)
     got = cursor.read(0)
     assert {p.channel.name: p.data.tolist() for p in got.values()} == {
-        name: [v for b in batches for v in b] for name, batches in BATCHES.items() if batches
+        name: [v for b in batches for v in b] for name, batches in CURSOR_BATCHES.items() if batches
     }
     assert cursor.read(0) == {}
     again = databus.Cursor(nodes)

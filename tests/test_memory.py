@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import redis
 
 import databus
 from databus._memory import MemoryGuard
@@ -63,6 +64,25 @@ def test_the_guard_deletes_the_oldest_ended_scans_whole(small_server):
         bus.scan(gone.key)
     running.end()
     bus.close()
+
+
+def test_the_guard_frees_a_server_already_over_its_cap(small_server):
+    bus = databus.connect(small_server.url, prefix="memo", memory_guard=False)
+    old = [frames_scan(bus, "m", 8, f"old {i}") for i in range(2)]
+    admin = redis.Redis.from_url(small_server.admin_url)
+    used = int(admin.info("memory")["used_memory"])
+    admin.config_set("maxmemory", used // 2)  # over the cap: writes needing memory refused
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            bus.redis.xadd("memo:probe", {"x": "y"})
+        report = MemoryGuard(bus, high=0.5, low=0.3).check()
+        assert old[0].key in report.evicted and not bus.redis.exists(old[0].key)
+        log = [f[b"event"] for _, f in bus.redis.xrange(keys.session_log("memo", "m"))]
+        assert b"evicted" in log  # noted once the deletion made room
+    finally:
+        admin.config_set("maxmemory", CAP)
+        admin.close()
+        bus.close()
 
 
 def test_scans_a_writer_has_not_finished_are_deleted_last(small_server):

@@ -365,16 +365,27 @@ def writer_marks(scan_key: str) -> Command:
 
 
 def evict(scan_key: str, channels: Iterable[str], entry: dict[str, Any]) -> list[Command]:
-    """Deleting the ended scan ``scan_key``, every key of it (its ``channels``' streams
-    too; freed by the server's background thread, so a big scan never stalls it), and
-    noting it in its session log (``entry``: ``schema.evicted_entry``)."""
-    prefix, session, _ = keys.parse_scan(scan_key)
+    """Deleting the ended scan ``scan_key`` (``evict_keys``) and noting it in its session
+    log (``evict_note``), in one transaction."""
+    return [*evict_keys(scan_key, channels), evict_note(scan_key, entry)]
+
+
+def evict_keys(scan_key: str, channels: Iterable[str]) -> list[Command]:
+    """Deleting every key of the ended scan ``scan_key`` (its ``channels``' streams too;
+    freed by the server's background thread, so a big scan never stalls it). No command
+    here needs memory, so a server over its cap runs them."""
+    prefix = keys.parse_scan(scan_key)[0]
     streams = [keys.channel(scan_key, name) for name in channels]
     return [
         ("UNLINK", scan_key, keys.scan_log(scan_key), keys.scan_control(scan_key), *streams),
         ("ZREM", keys.scans(prefix), scan_key),
-        xadd(keys.session_log(prefix, session), entry),
     ]
+
+
+def evict_note(scan_key: str, entry: dict[str, Any]) -> Command:
+    """Noting in its session log that ``scan_key`` was evicted (``schema.evicted_entry``)."""
+    prefix, session, _ = keys.parse_scan(scan_key)
+    return xadd(keys.session_log(prefix, session), entry)
 
 
 # ------------------------------------------------------------------ status
