@@ -5,6 +5,7 @@ linked, the default plot); marked when its scan expired before it was written.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Callable
@@ -67,13 +68,20 @@ def open_entry(
     taken up; None if another writer finished it."""
     name = entry_name(h5, scan, name)
     resumed = name in h5
-    if resumed and "writer/progress" not in h5[name]:  # a creation that failed half way
+    if resumed and not _created_whole(h5[name]):  # a creation that failed half way
         del h5[name]
         resumed = False
     if resumed and "end_reason" in h5[name]:
         log.info("%s: %s::%s was finished by another writer", scan.db_name, file.path, name)
         return None
     group = h5[name] if resumed else create_entry(h5, name, scan, compression)
+    if not _created_whole(group):
+        del h5[name]
+        raise IncompleteEntry(
+            errno.ENOSPC,
+            f"{file.path}::{name}: HDF5 made the entry but not its channel list "
+            f"(its writes failed: the disk is full)",
+        )
     names = [original_name(text(n)) for n in group["writer/channels"][()]]
     progress = group["writer/progress"][()]
     channels = {}
@@ -97,6 +105,34 @@ def open_entry(
     entry = Entry(scan, file, name, channels)
     entry.gaps = {(int(c), int(a), int(b), int(r)) for c, a, b, r in group["writer/gaps"][()]}
     return entry, resumed
+
+
+#: Disk an entry's making takes at most per dataset it makes (object header, B-tree node,
+#: a first chunk of a scalar channel), beside the scan info's own bytes.
+DATASET_BYTES = 16 * 2**10
+
+
+def entry_bytes(scan: Any) -> int:
+    """Room to ask for before making ``scan``'s entry: its datasets (one per channel and
+    per scan-info key, and the bookkeeping) and its packed info, so HDF5 does not meet a
+    full disk half way through (it then fails without raising)."""
+    info = scan.info
+    datasets = len(scan.channels) + len(info) + 16
+    return datasets * DATASET_BYTES + len(repr(info))
+
+
+class IncompleteEntry(OSError):
+    """HDF5 made a scan's entry but failed to write it whole, without raising (a full
+    disk): the entry is removed, to be made again once there is room."""
+
+
+def _created_whole(group: Any) -> bool:
+    """Whether ``group``'s creation went through: its ``writer`` bookkeeping is there and
+    every channel name in it is readable (HDF5 that hit a full disk can leave the string
+    datasets made but their data unwritten: they read back as empty names)."""
+    if "writer/progress" not in group or "writer/channels" not in group:
+        return False
+    return all(text(n) for n in group["writer/channels"][()])
 
 
 def end_entry(entry: Entry, end: databus.ScanEnd, trusted: TrustedRoots) -> str:

@@ -18,7 +18,7 @@ from databus._saving import scan_file
 from ._writer_entries import Entry
 from ._writer_files import OutputFile, no_space
 from ._writer_frames import TrustedRoots
-from ._writer_lifecycle import end_entry, entry_name, note, open_entry
+from ._writer_lifecycle import IncompleteEntry, end_entry, entry_bytes, entry_name, note, open_entry
 
 log = logging.getLogger("databus.writer")
 
@@ -142,13 +142,19 @@ class ScanFiles:
             return None
         try:
             h5 = file.structural()
+            file.check_room(entry_bytes(scan))
         except OSError as exc:
             if not (no_space(exc) or isinstance(exc, BlockingIOError)):
                 raise
             self.block(file, exc)
             self.hold(scan, file)
             return None
-        opened = open_entry(file, h5, scan, name, self.compression)
+        try:
+            opened = open_entry(file, h5, scan, name, self.compression)
+        except IncompleteEntry as exc:
+            self.block(file, exc)
+            self.hold(scan, file)
+            return None
         if opened is None:
             self.refused.add(key)
             return None

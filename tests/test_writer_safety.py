@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -374,3 +375,31 @@ def test_hdf5_failing_on_a_full_disk_is_recovered(beamline, small_disk, monkeypa
     # HDF5 left the file unreadable: it is set aside, with one error saying so
     (aside,) = path.parent.glob(f"{path.name}.damaged-*")
     assert len(w.writer.errors) == 1 and f"moved to {aside}" in w.writer.errors[0]
+
+
+def test_an_entry_hdf5_made_without_its_channel_list_is_removed_not_written(
+    beamline, tmp_path, monkeypatch
+):
+    """HDF5 meeting a full disk can make an entry's datasets and lose their data without
+    raising (the channel names read back empty): such an entry is removed and the scan
+    waits, rather than being written under names that match no channel."""
+    from databus.clients import _writer_lifecycle as lifecycle
+
+    def half_made(h5, name, scan, compression):
+        group = h5.create_group(name)
+        group["writer/channels"] = np.array([b"", b""])
+        group["writer/progress"] = np.zeros(2, np.int64)
+        return group
+
+    monkeypatch.setattr(lifecycle, "create_entry", half_made)
+    s = scan.loopscan(2, 0, beamline["diode"])
+    node = beamline["bus"].scan(s.key)
+    file = types.SimpleNamespace(path=tmp_path / "f.h5")
+    with h5py.File(file.path, "w") as h5:
+        with pytest.raises(lifecycle.IncompleteEntry, match="not its channel list"):
+            lifecycle.open_entry(file, h5, node, "1.1", {})
+        assert "1.1" not in h5
+        half_made(h5, "1.1", node, {})  # found so when taken up: made again
+        monkeypatch.undo()
+        entry, resumed = lifecycle.open_entry(file, h5, node, "1.1", {})
+        assert not resumed and set(entry.channels) == set(node.channels)
