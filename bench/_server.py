@@ -1,7 +1,9 @@
-"""The server a bench runs against: the one named by --url, or a private embedded one."""
+"""What every bench shares: its options (--quick, --rounds or --runs, --url) and the
+server it runs against, the one named by --url or a private embedded one."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import tempfile
 from collections.abc import Iterator
@@ -23,3 +25,14 @@ def bench_server(url: str | None) -> Iterator[str]:
             yield server.start().url
         finally:
             server.stop()
+
+
+def bench_arguments(doc: str, repeat: str = "rounds", url: bool = True) -> argparse.ArgumentParser:
+    """A parser with the options every bench takes: ``--quick`` (one short round),
+    ``--<repeat>`` (how many, default 3) and ``--url`` (a server of yours)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"one short {repeat[:-1]}")
+    parser.add_argument("--" + repeat, type=int, default=None, help=f"{repeat} (default 3)")
+    if url:
+        parser.add_argument("--url", help="use this server instead of a private embedded one")
+    return parser

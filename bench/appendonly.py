@@ -33,7 +33,6 @@ table, then as its last line one JSON object of the medians.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from _server import bench_arguments
 from publish import CHANNELS, make_frames, run_blocks, run_points
 
 import databus
@@ -167,11 +167,7 @@ def _filesystem(path: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="one short round")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
+    parser = bench_arguments(__doc__, url=False)
     parser.add_argument(
         "--dir", default=None, help="where the servers' run directories go (default: tempfile's)"
     )

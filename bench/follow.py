@@ -20,7 +20,7 @@ import sys
 import time
 
 import numpy as np
-from _server import bench_server
+from _server import bench_arguments, bench_server
 
 import databus
 
@@ -195,12 +195,7 @@ def one_round(session: databus.Session, results, quick: bool) -> dict[str, float
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="one short round")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
-    parser.add_argument("--url", help="use this server instead of a private embedded one")
+    parser = bench_arguments(__doc__)
     parser.add_argument("--subscriber", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.subscriber:

@@ -9,7 +9,6 @@ line one JSON object with the medians.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -18,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 import redis
-from _server import bench_server
+from _server import bench_arguments, bench_server
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
@@ -132,12 +131,7 @@ def median_of(runs: int, fn: Callable[[], float | tuple[float, ...]]) -> list[fl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="one short run of each figure")
-    parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3)")
-    parser.add_argument("--url", help="use this server instead of a private embedded one")
+    parser = bench_arguments(__doc__, "runs")
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 3)
     points = 20_000 if args.quick else 100_000

@@ -13,7 +13,6 @@ Prints one table, then as its last line one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _server import bench_server
+from _server import bench_arguments, bench_server
 
 import databus
 
@@ -130,12 +129,7 @@ def run_frames(bus: databus.Bus, writer: WriterProcess, count: int) -> tuple[flo
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="one short run of each")
-    parser.add_argument("--runs", type=int, default=None, help="runs of each (default 3)")
-    parser.add_argument("--url", help="use this server instead of a private embedded one")
+    parser = bench_arguments(__doc__, "runs")
     parser.add_argument(
         "--root", help="directory for the files (default: a temporary one in /dev/shm)"
     )
