@@ -205,13 +205,16 @@ def test_bad_sends_leave_the_scan_and_its_other_channels_intact(fuzz_bus, dtype,
     assert len(node.channels["fuzzed"]) == accepted
 
 
+_WALK_SESSIONS = itertools.count()
+
+
 @fuzz(100)
 @given(
     garbage=st.lists(st.tuples(st.integers(0, 50), raw_fields), min_size=1, max_size=5),
     log_garbage=st.lists(raw_fields, max_size=3),
 )
 def test_a_walk_survives_garbage_in_streams_and_logs(fuzz_bus, garbage, log_garbage):
-    session = fuzz_bus.session("walk")
+    session = fuzz_bus.session(f"walk{next(_WALK_SESSIONS)}")  # a replay reads one scan
     scan = session.create_scan(title="garbage")
     good, bad = scan.channel("good", "float64"), scan.channel("bad", "float64")
     scan.prepare()
