@@ -114,8 +114,8 @@ DATASET_BYTES = 16 * 2**10
 
 def entry_bytes(scan: Any) -> int:
     """Room to ask for before making ``scan``'s entry: its datasets (one per channel and
-    per scan-info key, and the bookkeeping) and its packed info, so HDF5 does not meet a
-    full disk half way through (it then fails without raising)."""
+    per scan-info key, and the bookkeeping) and about the size of its info as text, so
+    HDF5 does not meet a full disk half way through (it then fails without raising)."""
     info = scan.info
     datasets = len(scan.channels) + len(info) + 16
     return datasets * DATASET_BYTES + len(repr(info))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..._subscribe import Node, NodeInfo
+from ..._subscribe import Node
 from ._base import DataNodeContainer
 
 
@@ -28,10 +28,6 @@ class ContainerNode(Node, DataNodeContainer):
     def __init__(self, scan: Any, name: str, parent: Node) -> None:
         super().__init__(scan.bus, f"{parent.db_name}:{name}", name, parent)
         self.scan = scan
-
-    @property
-    def info(self) -> NodeInfo:
-        return NodeInfo({})
 
     def children(self) -> list[Node]:
         return [node for node in self.scan._below() if node.parent is self]
