@@ -107,11 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "writer", help="write the scans of sessions to NeXus files, live", add_help=False
     )
     sub.add_parser("memory-guard", help="keep a server under its memory cap", add_help=False)
+    sub.add_parser("bridge", help="bridges to bluesky and others (bridge -h)", add_help=False)
     stop = sub.add_parser("stop", help="ask a running scan to stop before its next point")
     stop.add_argument("scan", help="the scan's key, e.g. databus:scan:{demo_session:3}")
     stop.add_argument("--reason", default="requested from the command line")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("demo", "monitor", "writer", "memory-guard"):  # own options
+    if argv and argv[0] in ("demo", "monitor", "writer", "memory-guard", "bridge"):  # own options
         from importlib import import_module
 
         module = "databus._memory" if argv[0] == "memory-guard" else f"databus.clients.{argv[0]}"
