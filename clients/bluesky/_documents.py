@@ -9,8 +9,10 @@ start
     ``uid``: the ``uid`` in the scan info when the scan came from bluesky, else a uuid5 of
     the scan key and creation time (the same for every bridge, and after a restart);
     ``time`` = creation; ``scan_id`` = scan number; ``plan_name`` = the info's
-    ``plan_name`` or ``type``; ``motors``, ``detectors``, ``hints.dimensions`` (one per
-    motor, ``time`` without motors), ``num_points`` = ``npoints``; the whole scan info is
+    ``plan_name`` or ``type``; ``plan_type`` (``LiveTable`` prints it) = ``databus``;
+    ``motors``, ``detectors``, ``hints.dimensions`` (one per motor, ``time`` without
+    motors), ``num_points`` = ``npoints``; the info's own ``plan_name``, ``plan_type``,
+    ``detectors`` and ``hints`` win (a scan that came from bluesky); the whole scan info is
     under ``databus.scan_info`` (event-model forbids ``.`` and ``/`` in nested keys: they
     become ``_``), with the scan ``key``.
 data keys
@@ -112,11 +114,12 @@ def streams_of(descriptors: Sequence[Descriptor], info: Mapping[str, Any]) -> di
             stream = "primary" if position == 0 else str(master)
             for name in _chain_channels(entry):
                 members.setdefault(name, stream)
-    out = {}
+    out: dict[str, str] = {}
     for desc in descriptors:
         wanted = desc.attrs.get("stream")
-        out[desc.name] = wanted if isinstance(wanted, str) and wanted else None
-        out[desc.name] = out[desc.name] or members.get(desc.name, "primary")
+        out[desc.name] = (
+            wanted if isinstance(wanted, str) and wanted else members.get(desc.name, "primary")
+        )
     return out
 
 
@@ -217,6 +220,7 @@ class RunDocuments:
             "time": self._created,
             "scan_id": self._number,
             "plan_name": str(plan_name),
+            "plan_type": str(info.get("plan_type", "databus")),
             "motors": motors,
             "detectors": list(detectors),
             "hints": {"dimensions": dimensions},
@@ -359,18 +363,19 @@ class RunDocuments:
         shape = list(self._desc[name].shape)
         if self._legacy:
             standard = ref.dataset.strip("/") == "entry/data/data"
-            doc = {
+            kwargs: dict[str, Any] = {"frame_per_point": 1}
+            if not standard:
+                kwargs["dataset"] = ref.dataset
+            legacy = {
                 "uid": uid,
                 "run_start": self.uid,
                 "spec": "AD_HDF5" if standard else "HDF5_DATASET",
                 "root": "/",
                 "resource_path": ref.file.lstrip("/"),
-                "resource_kwargs": {"frame_per_point": 1}
-                if standard
-                else {"frame_per_point": 1, "dataset": ref.dataset},
+                "resource_kwargs": kwargs,
                 "path_semantics": "posix",
             }
-            return uid, ("resource", doc)
+            return uid, ("resource", legacy)
         doc = {
             "uid": uid,
             "run_start": self.uid,
@@ -400,7 +405,7 @@ class RunDocuments:
             for g in rows.gaps
         ]
         reason = str(reason)
-        stop = {
+        stop: dict[str, Any] = {
             "uid": f"{self.uid}/stop",
             "run_start": self.uid,
             "time": ended if ended is not None else self._clock(),
