@@ -198,7 +198,8 @@ class BusPublisher:
         if name == "start":
             self._start(doc)
         elif name == "descriptor":
-            self._streams[doc["uid"]] = None
+            if doc.get("run_start") in self._runs:  # (if its scan failed: events count failed)
+                self._streams[doc["uid"]] = None
             self._streams[doc["uid"]] = self._run(doc.get("run_start")).descriptor(doc)
         elif name in ("event", "event_page"):
             stream = self._stream(doc.get("descriptor"))
