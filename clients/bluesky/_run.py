@@ -159,6 +159,7 @@ class RunScan:
                 unit=spec.unit,
                 kind=spec.kind,  # type: ignore[arg-type]
                 attrs=spec.attrs,
+                copy=spec.copy,
             )
         except (ValueError, TypeError) as exc:  # a name taken or refused, attrs msgpack refuses
             self.unmapped(f"run {self.uid}: channel {spec.name!r} not declared: {exc}")

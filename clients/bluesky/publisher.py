@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,7 +92,7 @@ class BusPublisher:
         self._own_bus = bus is None
         self.bus = databus.connect(url) if bus is None else bus
         self.session = self.bus.session(session)
-        self._queue: queue.Queue[tuple[str, Mapping[str, Any]]] = queue.Queue(max_queue)
+        self._queue = _Documents(max_queue)
         self._counts = dict.fromkeys(
             ("received", "published", "dropped", "failed", "unmapped", "started", "ended"), 0
         )
@@ -114,20 +115,17 @@ class BusPublisher:
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
         """Queue one document; never raises, and never blocks unless made to ``wait``."""
         self._counts["received"] += 1
-        try:
-            self._queue.put((name, doc), block=self._wait)
-        except queue.Full:
+        size = self._queue.put((name, doc), self._wait)
+        if size > self._peak:
+            self._peak = size
+        elif size < 0:
             self._counts["dropped"] += 1
             if self._counts["dropped"] == 1 or self._counts["dropped"] % 10_000 == 0:
                 log.error(
                     "bluesky -> bus: the queue is full (%d documents): %d dropped so far",
-                    self._queue.maxsize,
+                    self._queue.limit,
                     self._counts["dropped"],
                 )
-            return
-        size = self._queue.qsize()
-        if size > self._peak:
-            self._peak = size
 
     def statistics(self) -> PublisherStatistics:
         c = self._counts
@@ -139,7 +137,7 @@ class BusPublisher:
             c["unmapped"],
             c["started"],
             c["ended"],
-            self._queue.qsize(),
+            len(self._queue),
             self._peak,
         )
 
@@ -147,7 +145,7 @@ class BusPublisher:
         """Wait until every document queued so far is handled; False if ``timeout``
         (seconds; None: for ever) ran out first."""
         done = threading.Event()
-        self._queue.put(("", {"flush": done}))
+        self._queue.control(("", {"flush": done}))
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -157,7 +155,7 @@ class BusPublisher:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_CLOSE)
+        self._queue.control(_CLOSE)
         self._thread.join(timeout)
         if self._own_bus:
             self.bus.close()
@@ -287,6 +285,46 @@ class BusPublisher:
                 self._counts["failed"] += 1
                 log.error("bluesky -> bus: run %s: %s", uid, exc)
         self._runs.clear()
+
+
+class _Documents:
+    """The documents waiting for the worker: at most ``limit`` (control items go in
+    beyond it). Putting takes no lock (``deque.append`` is atomic); the worker sleeps
+    on an event only when the queue is empty, and is woken only then."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[tuple[str, Mapping[str, Any]]] = deque()
+        self._ready = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: tuple[str, Mapping[str, Any]], wait: bool) -> int:
+        """Queue ``item``; the queue's length then, or -1 if it was full (and ``wait``
+        False; with ``wait`` it polls every millisecond for room)."""
+        while len(self._items) >= self.limit:
+            if not wait:
+                return -1
+            time.sleep(0.001)
+        return self.control(item)
+
+    def control(self, item: tuple[str, Mapping[str, Any]]) -> int:
+        """Queue ``item`` whatever the length."""
+        self._items.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+        return len(self._items)
+
+    def get(self) -> tuple[str, Mapping[str, Any]]:
+        """The oldest item, waiting for one."""
+        while True:
+            try:
+                return self._items.popleft()
+            except IndexError:
+                self._ready.clear()
+                if not self._items:  # (a put after the clear sets the event again)
+                    self._ready.wait()
 
 
 class _NoScan(Exception):
