@@ -410,3 +410,47 @@ def test_a_frozen_or_gone_server_never_reaches_the_plan_and_losses_are_counted(t
         pub.close()
         lost_bus.close()
         server.stop()
+
+
+def test_the_mapping_rules_without_a_server():
+    from databus.clients.bluesky._channels import channel_name, channel_spec, end_of
+    from databus.clients.bluesky._files import (
+        Unmapped,
+        datum_ref,
+        resource_source,
+        stream_resource_source,
+    )
+
+    assert end_of({"exit_status": "success", "reason": ""}) == ("finished", None)
+    assert end_of({"exit_status": "abort", "reason": "RE.abort"}) == ("stopped", "RE.abort")
+    assert end_of({"exit_status": "fail", "reason": "boom"}) == ("failed", "boom")
+    assert end_of({"exit_status": "odd"})[0] == "failed"
+    assert channel_name("primary", "m", {"m"}) == "axis:m"
+    assert channel_name("primary", "det", {"m"}) == "det"
+    assert channel_name("baseline", "m", {"m"}) == "baseline:m"
+    spec = channel_spec("primary", "s", {"dtype": "string", "shape": [], "source": "x"}, "s")
+    assert (spec.kind, spec.dtype, spec.attrs["source"]) == ("json", None, "x")
+    spec = channel_spec("primary", "a", {"dtype": "array", "shape": [2, 3]}, "a")
+    assert spec.dtype is None and spec.with_value(np.zeros((2, 3), "i2")).dtype == "<i2"
+    with pytest.raises(Unmapped, match="not fixed"):
+        channel_spec("primary", "v", {"dtype": "array", "shape": [None]}, "v")
+    source = resource_source(
+        {"spec": "AD_HDF5_SWMR", "root": "/data", "resource_path": "a/b.h5",
+         "resource_kwargs": {"frame_per_point": 3}}
+    )  # fmt: skip
+    frames = FileRef("/data/a/b.h5", "/entry/data/data", 6, 9)
+    assert datum_ref(source, {"point_number": 2}) == frames
+    for bad in (
+        {"spec": "TIFF", "root": "/", "resource_path": "x"},
+        {"spec": "AD_HDF5", "root": "", "resource_path": "relative.h5"},
+    ):
+        with pytest.raises(Unmapped):
+            resource_source(bad)
+    with pytest.raises(Unmapped, match="file:// URI"):
+        stream_resource_source(
+            {
+                "mimetype": "application/x-hdf5",
+                "uri": "http://x/y.h5",
+                "parameters": {"dataset": "d"},
+            }
+        )
