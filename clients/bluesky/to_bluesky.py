@@ -36,13 +36,13 @@ from ._documents import Document, RunDocuments
 from ._serializers import SERIALIZERS, get_serializer
 from ._wire import DocumentSocket
 
-__all__ = ["BridgeStatistics", "ToBluesky", "main"]
+__all__ = ["ToBluesky", "ToBlueskyStatistics", "main"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BridgeStatistics:
+class ToBlueskyStatistics:
     """What a ``ToBluesky`` bridge did so far."""
 
     documents: int  #: documents sent
@@ -120,9 +120,9 @@ class ToBluesky:
         """The address the bridge is bound or connected to (the real port for ``:*``)."""
         return self.socket.address
 
-    def statistics(self) -> BridgeStatistics:
+    def statistics(self) -> ToBlueskyStatistics:
         """Counts so far (documents, events, runs, dropped, failures)."""
-        return BridgeStatistics(dropped=self.socket.dropped, **self._counts)
+        return ToBlueskyStatistics(dropped=self.socket.dropped, **self._counts)
 
     def run(self, started: threading.Event | None = None) -> None:
         """Follow the session and send until ``close()``; ``started`` is set once the
@@ -179,12 +179,11 @@ class ToBluesky:
                 elif node.parent.db_name in self._scans:
                     self._scans[node.parent.db_name].descriptors.append(node.desc)
                 return
-            scan = self._scans.get(
-                node.db_name if kind is EventType.END_SCAN else node.parent.db_name
-            )
+            of_scan = kind in (EventType.PREPARED_SCAN, EventType.END_SCAN)
+            scan = self._scans.get(node.db_name if of_scan else node.parent.db_name)
             if scan is None:
                 return
-            run = self._run(scan)
+            run = self._run(scan)  # the start and descriptors go at PREPARED_SCAN
             if kind is EventType.NEW_DATA:
                 data = event.data
                 self._send(run.data(node.desc.name, data.first_index, data.data, data.block_size))
