@@ -66,13 +66,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from databus import Descriptor, FileRef
+from databus import Descriptor
 
+from ._resources import Document, FileResources
 from ._rows import StreamRows
 
 __all__ = ["RunDocuments"]
-
-Document = tuple[str, dict[str, Any]]
 
 #: Names the run uids of bus scans (uuid5 of scan key and creation time).
 _NAMESPACE = uuid.UUID("5f0c1f36-6a39-4f8e-9d2b-1f6a4c3e7b21")
@@ -194,8 +193,7 @@ class RunDocuments:
         }
         self._stream_of = stream_of
         self._descriptor_uid = {s: f"{self.uid}/{s}" for s in self._streams}
-        self._resources: dict[tuple[str, str, str], str] = {}
-        self._datums = 0
+        self._files = FileResources(self.uid, _NAMESPACE, legacy=self._legacy)
         self.opened = False
 
     # ------------------------------------------------------------------ start
@@ -295,7 +293,8 @@ class RunDocuments:
             desc = self._desc[name]
             key = self._keys[name]
             if desc.kind == "ref":
-                refs_docs, datum_ids = self._references(name, key, descriptor, first, payload)
+                shape = desc.shape
+                refs_docs, datum_ids = self._files.documents(key, shape, descriptor, first, payload)
                 docs += refs_docs
                 if self._legacy:
                     data[key] = datum_ids
@@ -317,74 +316,6 @@ class RunDocuments:
         }
         docs.append(("event_page", page))
         return docs
-
-    def _references(
-        self, name: str, key: str, descriptor: str, first: int, refs: list[FileRef]
-    ) -> tuple[list[Document], list[str]]:
-        """The resource and datum documents of ``refs`` (rows from ``first``), and the
-        datum ids of the rows (legacy resources)."""
-        docs: list[Document] = []
-        datum_ids: list[str] = []
-        row = first
-        for ref in refs:
-            resource, new = self._resource(name, key, ref)
-            if new is not None:
-                docs.append(new)
-            if self._legacy:
-                ids = [f"{resource}/{i}" for i in range(ref.start, ref.stop)]
-                page = {
-                    "resource": resource,
-                    "datum_id": ids,
-                    "datum_kwargs": {"point_number": list(range(ref.start, ref.stop))},
-                }
-                docs.append(("datum_page", page))
-                datum_ids += ids
-            else:
-                self._datums += 1
-                datum = {
-                    "uid": f"{resource}/{self._datums}",
-                    "stream_resource": resource,
-                    "descriptor": descriptor,
-                    "indices": {"start": ref.start, "stop": ref.stop},
-                    "seq_nums": {"start": row + 1, "stop": row + 1 + len(ref)},
-                }
-                docs.append(("stream_datum", datum))
-            row += len(ref)
-        return docs, datum_ids
-
-    def _resource(self, name: str, key: str, ref: FileRef) -> tuple[str, Document | None]:
-        """The uid of the resource of ``ref``'s file and dataset, and its document when
-        it is new."""
-        ident = (name, ref.file, ref.dataset)
-        if ident in self._resources:
-            return self._resources[ident], None
-        uid = str(uuid.uuid5(_NAMESPACE, f"{self.uid}/{name}/{ref.file}/{ref.dataset}"))
-        self._resources[ident] = uid
-        shape = list(self._desc[name].shape)
-        if self._legacy:
-            standard = ref.dataset.strip("/") == "entry/data/data"
-            kwargs: dict[str, Any] = {"frame_per_point": 1}
-            if not standard:
-                kwargs["dataset"] = ref.dataset
-            legacy = {
-                "uid": uid,
-                "run_start": self.uid,
-                "spec": "AD_HDF5" if standard else "HDF5_DATASET",
-                "root": "/",
-                "resource_path": ref.file.lstrip("/"),
-                "resource_kwargs": kwargs,
-                "path_semantics": "posix",
-            }
-            return uid, ("resource", legacy)
-        doc = {
-            "uid": uid,
-            "run_start": self.uid,
-            "data_key": key,
-            "mimetype": "application/x-hdf5",
-            "uri": f"file://localhost{ref.file}",
-            "parameters": {"dataset": ref.dataset, "chunk_shape": [1, *shape]},
-        }
-        return uid, ("stream_resource", doc)
 
     # ------------------------------------------------------------------ stop
 

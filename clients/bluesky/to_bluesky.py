@@ -32,7 +32,8 @@ from typing import Any
 import databus
 from databus import EventType
 
-from ._documents import Document, RunDocuments
+from ._documents import RunDocuments
+from ._resources import Document
 from ._serializers import SERIALIZERS, get_serializer
 from ._wire import DocumentSocket
 
