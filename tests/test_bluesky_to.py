@@ -347,6 +347,78 @@ def test_drop_mode_drops_for_the_slow_dispatcher_only(bus, bridge, dispatcher, c
     assert any("slow subscriber lost" in r.getMessage() for r in caplog.records)
 
 
+def test_what_cannot_be_converted_is_counted_and_logged_and_the_rest_goes_on(
+    bus, bridge, dispatcher, caplog
+):
+    session = _session_with_a_scan(bus, "bad")
+    b = bridge("bad", serializer="msgpack")
+    d = dispatcher(b.address, stops=2, deserializer="msgpack")
+    with caplog.at_level(logging.ERROR, logger="databus.clients.bluesky.to_bluesky"):
+        with session.create_scan(type="ct") as scan:  # msgpack has no complex numbers
+            scan.channel("z", "complex128").send(1 + 2j)
+        with session.create_scan(type="ct") as scan:
+            scan.channel("x", "float64").send(4.5)
+        docs = d.result()
+    assert _names(docs) == [
+        "start",
+        "descriptor",
+        "stop",
+        "start",
+        "descriptor",
+        "event_page",
+        "stop",
+    ]
+    assert _column(docs, "x") == [4.5]
+    assert b.statistics().failures == 1
+    assert any("could not serialize a event_page" in r.getMessage() for r in caplog.records)
+
+
+def test_connected_to_a_bluesky_proxy_its_dispatchers_get_the_runs(bus, bridge, dispatcher):
+    code = (
+        "from bluesky.callbacks.zmq import Proxy\n"
+        "proxy = Proxy('tcp://127.0.0.1', 'tcp://127.0.0.1')\n"
+        "print(proxy.in_port, proxy.out_port, flush=True)\n"
+        "proxy.start()\n"
+    )
+    proxy = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proxy.stdout.readline()  # type: ignore[union-attr]
+        proxy_in, proxy_out = (s.rsplit(":", 1)[-1] for s in line.split())
+        session = _session_with_a_scan(bus, "proxy")
+        d = dispatcher(f"tcp://127.0.0.1:{proxy_out}", stops=1000, deserializer="msgpack")
+        b = bridge("proxy", bind=None, connect=f"tcp://127.0.0.1:{proxy_in}", serializer="msgpack")
+        # The proxy's PUB side drops what comes before the dispatcher's subscription
+        # reached it: scans go until one arrives whole.
+        d.wait(lambda: _send_a_scan(session) and _first_whole_run(d.docs()) is not None)
+        run = _first_whole_run(d.docs())
+        assert _names(run) == ["start", "descriptor", "event_page", "stop"]
+        assert _column(run, "x") == [0.0, 1.0, 2.0]
+        assert b.statistics().runs >= 1
+    finally:
+        proxy.kill()
+        proxy.wait(10)
+
+
+def _first_whole_run(docs):
+    """The documents of the first run received from its start to its stop, or None."""
+    start = None
+    for i, (name, _) in enumerate(docs):
+        if name == "start":
+            start = i
+        elif name == "stop" and start is not None:
+            return docs[start : i + 1]
+    return None
+
+
+def _send_a_scan(session: databus.Session) -> bool:
+    with session.create_scan(type="ct") as scan:
+        x = scan.channel("x", "float64")
+        for i in range(3):
+            x.send(float(i))
+    time.sleep(0.1)
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -114,6 +114,7 @@ class ToBluesky:
         self._scans: dict[str, _Scan] = {}
         self._stop = databus.StopHandler()
         self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
         self._counts = {"documents": 0, "events": 0, "runs": 0, "failures": 0}
 
     @property
@@ -139,14 +140,24 @@ class ToBluesky:
                 self.bus.close()
 
     def start(self) -> ToBluesky:
-        """Run in a thread; returns once the bridge follows the session."""
+        """Run in a thread; returns once the bridge follows the session. If the thread
+        fails, the error is logged and ``close()`` raises it."""
         started = threading.Event()
         self._thread = threading.Thread(
-            target=self.run, args=(started,), name="databus-to-bluesky", daemon=True
+            target=self._run_thread, args=(started,), name="databus-to-bluesky", daemon=True
         )
         self._thread.start()
         started.wait(10)
         return self
+
+    def _run_thread(self, started: threading.Event) -> None:
+        try:
+            self.run(started)
+        except BaseException as exc:
+            log.error("the bridge stopped: %s: %s", type(exc).__name__, exc)
+            self._failure = exc
+        finally:
+            started.set()
 
     def stop(self) -> None:
         """Ask ``run()`` to return after the current document (from any thread or a
@@ -155,12 +166,15 @@ class ToBluesky:
         self.socket.stop()
 
     def close(self) -> None:
-        """Stop, and wait for ``start()``'s thread to finish sending and close."""
+        """Stop, and wait for ``start()``'s thread to finish sending and close; raises
+        what stopped that thread, if anything did."""
         self.stop()
         if self._thread is not None:
             self._thread.join()
         else:
             self.socket.close()
+        if self._failure is not None:
+            raise self._failure
 
     def __enter__(self) -> ToBluesky:
         return self
@@ -275,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"to-bluesky: session {args.session!r} -> {bridge.address}", flush=True)
     try:
         bridge.run()
+    except Exception as exc:
+        log.error("to-bluesky stopped: %s: %s", type(exc).__name__, exc)
+        return 1
     finally:
         bus.close()
         stats = bridge.statistics()
