@@ -179,7 +179,11 @@ def test_frames_in_files_as_stream_or_legacy_resources():
     assert [n for n, _ in docs] == ["stream_resource", "stream_datum", "stream_datum", "event_page"]
     resource = docs[0][1]
     assert resource["uri"] == "file://localhost/data/a.h5"
-    assert resource["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": [1, 4, 5]}
+    assert resource["parameters"] == {
+        "dataset": "/entry/data/data",
+        "chunk_shape": [1, 4, 5],
+        "multiplier": 1,
+    }
     assert docs[2][1]["indices"] == {"start": 2, "stop": 3}
     assert docs[2][1]["seq_nums"] == {"start": 3, "stop": 4}
     assert set(docs[3][1]["data"]) == {"x"}

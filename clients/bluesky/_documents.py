@@ -35,9 +35,11 @@ events
 frames in files
     A ``ref`` channel's data key is ``external: "STREAM:"``: a ``stream_resource`` per
     (file, dataset) (``uri`` ``file://localhost<path>``, ``application/x-hdf5``,
-    ``parameters`` ``dataset`` and ``chunk_shape``), a ``stream_datum`` per reference and
-    run (``indices`` = frames in the file, ``seq_nums`` = the rows), sent before the page
-    of those rows, whose ``data`` leaves the key out (as ophyd-async's detectors do).
+    ``parameters`` ``dataset``, ``chunk_shape`` and ``multiplier`` 1: one frame per row, so
+    bluesky's HDF5 consolidator stacks the frames instead of joining their first axes), a
+    ``stream_datum`` per reference and run (``indices`` = frames in the file, ``seq_nums``
+    = the rows), sent before the page of those rows, whose ``data`` leaves the key out (as
+    ophyd-async's detectors do).
     With ``resources="legacy"``: ``external: "FILESTORE:"``, a ``resource`` per (file,
     dataset) (spec ``AD_HDF5`` for ``/entry/data/data``, else ``HDF5_DATASET`` with the
     ``dataset`` in ``resource_kwargs``), a ``datum_page`` per run (``point_number`` = frame

@@ -88,6 +88,6 @@ class FileResources:
             "data_key": key,
             "mimetype": "application/x-hdf5",
             "uri": f"file://localhost{ref.file}",
-            "parameters": {"dataset": ref.dataset, "chunk_shape": [1, *shape]},
+            "parameters": {"dataset": ref.dataset, "chunk_shape": [1, *shape], "multiplier": 1},
         }
         return uid, ("stream_resource", doc)
