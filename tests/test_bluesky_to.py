@@ -250,8 +250,7 @@ def test_frames_in_files_arrive_as_resources_that_read_back(
 def test_gaps_and_an_aborted_end_are_in_the_stop_document(make_bus, admin, dispatcher):
     bus = make_bus(buffer_bytes=2 * 2**20)
     session = _session_with_a_scan(bus, "gaps")
-    b = ToBluesky("gaps", bind="tcp://127.0.0.1:*", bus=bus).start()
-    try:
+    with ToBluesky("gaps", bind="tcp://127.0.0.1:*", bus=bus).start() as b:
         d = dispatcher(b.address)
         scan = session.create_scan(type="timescan")
         x = scan.channel("x", "float64")
@@ -265,8 +264,6 @@ def test_gaps_and_an_aborted_end_are_in_the_stop_document(make_bus, admin, dispa
         x.send(21.0)  # two rows img never sends: incomplete at the end
         scan.end("aborted", error="a hook raised")
         docs = d.result()
-    finally:
-        b.close()
     dropped = scan.statistics().dropped_points
     assert dropped > 0
     stop = docs[-1][1]

@@ -99,12 +99,6 @@ class DocumentSocket:
             elif message[:1] == b"\x00":
                 self._topics.discard(message[1:])
 
-    @property
-    def subscribed(self) -> bool:
-        """Whether a subscriber is there (as far as the subscriptions read tell)."""
-        self._read_subscriptions(0)
-        return bool(self._topics)
-
     def send(self, name: str, payload: bytes) -> bool:
         """Send one document; waits for a subscriber, and for room (``lag``). False if
         ``stop()`` came first (the document was not sent)."""
