@@ -198,8 +198,8 @@ def test_frames_in_files_arrive_as_resources_that_read_back(
     with h5py.File(path, "w") as f:
         f["entry/data/data"] = frames
     session = _session_with_a_scan(bus, "frames")
-    b = bridge("frames", serializer="msgpack", resources=resources)
-    d = dispatcher(b.address, deserializer="msgpack")
+    b = bridge("frames", serializer="msgpack", resources=resources, prefix=b"bl01")
+    d = dispatcher(b.address, deserializer="msgpack", prefix="bl01")
     scan = session.create_scan(type="ct")
     x = scan.channel("x", "float64")
     image = scan.channel("lima:image", "uint16", (4, 5), kind="ref")
@@ -464,6 +464,23 @@ def test_the_cli_serves_a_dispatcher_and_stops_on_sigint(bus, dispatcher, tmp_pa
             proc.wait(10)
     assert f"session 'cli' -> {address}" in log.read_text()
     assert "events, 1 runs sent; 0 dropped, 0 not converted" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"bind": "tcp://127.0.0.1:*", "connect": "tcp://127.0.0.1:5"}, "exactly one of"),
+        ({"bind": "tcp://127.0.0.1:*", "prefix": b"a b"}, "without a space"),
+        ({"bind": "tcp://127.0.0.1:*", "on_slow": "wait"}, "'lag' or 'drop'"),
+        ({"bind": "tcp://127.0.0.1:*", "hwm": 0}, "hwm must be"),
+        ({"bind": "tcp://127.0.0.1:*", "serializer": "json"}, "choose one of"),
+        ({"bind": "tcp://127.0.0.1:*", "resources": "files"}, "'stream' or 'legacy'"),
+    ],
+)
+def test_bad_options_are_refused_by_name(bus, options, message):
+    _session_with_a_scan(bus, "opts")
+    with pytest.raises(ValueError, match=message):
+        ToBluesky("opts", bus=bus, **options)
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ def _address(address: str) -> str:
 
 class DocumentSocket:
     """An XPUB socket bound (``bind``) or connected (``connect``) at an address, sending
-    bluesky frames. ValueError for a bad address, a bad prefix or ``on_slow``."""
+    bluesky frames. ValueError for a bad address, a bad prefix, ``on_slow`` or ``hwm``."""
 
     def __init__(
         self,
@@ -56,6 +56,8 @@ class DocumentSocket:
             raise ValueError(f"prefix must be bytes without a space, got {prefix!r}")
         if on_slow not in ("lag", "drop"):
             raise ValueError(f"on_slow must be 'lag' or 'drop', not {on_slow!r}")
+        if not isinstance(hwm, int) or hwm < 1:
+            raise ValueError(f"hwm must be a number of documents >= 1, not {hwm!r}")
         self.prefix = prefix
         self.drop = on_slow == "drop"
         self.dropped = 0
