@@ -70,7 +70,7 @@ from typing import Any
 
 from databus import Descriptor
 
-from ._resources import Document, FileResources
+from ._resources import Document, FileResources, is_legacy
 from ._rows import StreamRows
 
 __all__ = ["RunDocuments"]
@@ -170,10 +170,8 @@ class RunDocuments:
         resources: str = "stream",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if resources not in ("stream", "legacy"):
-            raise ValueError(f"resources must be 'stream' or 'legacy', not {resources!r}")
+        self._legacy = is_legacy(resources)
         self.key = key
-        self._legacy = resources == "legacy"
         self._clock = clock
         self._info = dict(info)
         self._created = created if created is not None else clock()

@@ -12,6 +12,14 @@ from databus import FileRef
 Document = tuple[str, dict[str, Any]]
 
 
+def is_legacy(resources: str) -> bool:
+    """Whether ``resources`` names the legacy documents (``"legacy"``) rather than the
+    stream ones (``"stream"``); ValueError for anything else."""
+    if resources not in ("stream", "legacy"):
+        raise ValueError(f"resources must be 'stream' or 'legacy', not {resources!r}")
+    return resources == "legacy"
+
+
 class FileResources:
     """The resources of one run (``run_uid``), one per data key, file and dataset; their
     uids are uuid5s in ``namespace``, so a run sent again names them the same."""

@@ -33,7 +33,7 @@ import databus
 from databus import EventType
 
 from ._documents import RunDocuments
-from ._resources import Document
+from ._resources import Document, is_legacy
 from ._serializers import SERIALIZERS, get_serializer
 from ._wire import DocumentSocket
 
@@ -90,8 +90,7 @@ class ToBluesky:
         hwm: int = 1000,
         bus: databus.Bus | None = None,
     ) -> None:
-        if resources not in ("stream", "legacy"):
-            raise ValueError(f"resources must be 'stream' or 'legacy', not {resources!r}")
+        is_legacy(resources)
         self._dumps = get_serializer(serializer).dumps
         self._own_bus = bus is None
         self.bus = bus if bus is not None else databus.connect()
