@@ -4,10 +4,11 @@ document, what ``bluesky.callbacks.zmq.Publisher`` sends, on an XPUB socket.
 ``bind``: the socket listens at the address and an unmodified ``RemoteDispatcher(address)``
 connects to it directly. ``connect``: it connects to a bluesky ``Proxy``'s input port (the
 proxy's own PUB side drops for its slow subscribers, as it always does). Either way the
-socket waits for a first subscription before it sends anything, so nothing is published
-into the void; a dispatcher that subscribes later gets the documents from then on (the
-middle of a run, without its start: start the dispatchers first, or restart the bridge,
-which sends every running scan again from its start).
+socket waits for a subscription before it sends anything (and again whenever every
+subscriber has left, or the proxy went away), so nothing is published into the void. A
+dispatcher that subscribes later gets the documents from then on (the middle of a run,
+without its start: start the dispatchers first, or restart the bridge, which sends every
+running scan again from its start).
 
 Slow subscribers (``XPUB_NODROP`` is set): with ``on_slow="lag"`` a document that some
 subscriber's queue (``hwm`` messages, plus its receive queue and the kernel's buffers) has
