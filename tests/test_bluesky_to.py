@@ -428,7 +428,8 @@ def _cli(bus: databus.Bus, *args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, text=True, **kwargs)
 
 
-def test_the_cli_serves_a_dispatcher_and_stops_on_sigint(bus, dispatcher, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_the_cli_serves_a_dispatcher_and_stops_on_a_signal(bus, dispatcher, tmp_path, stop):
     session = _session_with_a_scan(bus, "cli")
     address = f"tcp://127.0.0.1:{_free_port()}"
     log = tmp_path / "bridge.log"
@@ -456,7 +457,7 @@ def test_the_cli_serves_a_dispatcher_and_stops_on_sigint(bus, dispatcher, tmp_pa
                 x.send(i * 1.5)
         docs = d.result()
         assert _column(docs, "x") == [i * 1.5 for i in range(5)]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(30) == 0, log.read_text()
     finally:
         if proc.poll() is None:
