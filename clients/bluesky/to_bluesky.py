@@ -16,6 +16,9 @@ A scan that is running when the bridge starts is sent whole, from its start (the
 it). Nothing is dropped by default: a slow dispatcher makes the bridge lag behind the bus;
 ``--drop-slow`` drops documents for a dispatcher whose queue is full instead (counted).
 What could not be converted is logged and counted; the counts are printed at exit.
+SIGINT/SIGTERM (or ``close()``) stop the bridge after its current document; the frames it
+handed to 0MQ still go out (linger), and a scan it was in the middle of stays without its
+stop document (a bridge started again sends running scans from their start).
 """
 
 from __future__ import annotations
