@@ -194,7 +194,10 @@ class ToBluesky:
                 if node.type in ("scan", "scan_group"):
                     self._scans[node.db_name] = _Scan(node)
                 elif node.parent.db_name in self._scans:
-                    self._scans[node.parent.db_name].descriptors.append(node.desc)
+                    scan = self._scans[node.parent.db_name]
+                    scan.descriptors.append(node.desc)
+                    if scan.run is not None:  # declared mid-run
+                        scan.run.add_channel(node.desc)
                 return
             of_scan = kind in (EventType.PREPARED_SCAN, EventType.END_SCAN)
             scan = self._scans.get(node.db_name if of_scan else node.parent.db_name)
