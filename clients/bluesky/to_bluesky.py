@@ -191,19 +191,13 @@ class ToBluesky:
         kind = event.type
         try:
             if kind is EventType.NEW_NODE:
-                if node.type in ("scan", "scan_group"):
-                    self._scans[node.db_name] = _Scan(node)
-                elif node.parent.db_name in self._scans:
-                    scan = self._scans[node.parent.db_name]
-                    scan.descriptors.append(node.desc)
-                    if scan.run is not None:  # declared mid-run
-                        scan.run.add_channel(node.desc)
+                self._on_node(node)
                 return
             of_scan = kind in (EventType.PREPARED_SCAN, EventType.END_SCAN)
             scan = self._scans.get(node.db_name if of_scan else node.parent.db_name)
             if scan is None:
                 return
-            run = self._run(scan)  # the start and descriptors go at PREPARED_SCAN
+            run = self._run(scan)  # the start goes at PREPARED_SCAN
             if kind is EventType.NEW_DATA:
                 data = event.data
                 self._send(run.data(node.desc.name, data.first_index, data.data, data.block_size))
@@ -219,6 +213,16 @@ class ToBluesky:
             log.error(
                 "could not convert %s of %s: %s: %s", kind.name, node, type(exc).__name__, exc
             )
+
+    def _on_node(self, node: Any) -> None:
+        """A new scan, or a channel of one (declared before its run opened, or since)."""
+        if node.type in ("scan", "scan_group"):
+            self._scans[node.db_name] = _Scan(node)
+        elif node.parent.db_name in self._scans:
+            scan = self._scans[node.parent.db_name]
+            scan.descriptors.append(node.desc)
+            if scan.run is not None:
+                scan.run.add_channel(node.desc)
 
     def _run(self, scan: _Scan) -> RunDocuments:
         """The scan's run, opened (start and descriptors sent) on first use."""
