@@ -344,6 +344,39 @@ def test_drop_mode_drops_for_the_slow_dispatcher_only(bus, bridge, dispatcher, c
     assert any("slow subscriber lost" in r.getMessage() for r in caplog.records)
 
 
+def test_a_runengine_run_comes_back_through_the_bus_as_it_was(bus, bridge, dispatcher):
+    from bluesky import RunEngine
+    from bluesky.plans import scan as step_scan
+    from ophyd.sim import det, motor
+
+    from databus.clients.bluesky.publisher import BusPublisher
+
+    _session_with_a_scan(bus, "rt")
+    b = bridge("rt", serializer="msgpack")
+    d = dispatcher(b.address, deserializer="msgpack", fields="motor,det")
+    sent: list = []
+    engine = RunEngine({})
+    engine.subscribe(lambda name, doc: sent.append((name, doc)))
+    with BusPublisher(session="rt", bus=bus) as publisher:
+        engine.subscribe(publisher)
+        engine(step_scan([det], motor, -1, 1, 5))
+    docs = d.result()
+    start, events = sent[0][1], [doc for name, doc in sent if name == "event"]
+    assert docs[0][1]["uid"] == start["uid"] and docs[0][1]["plan_name"] == "scan"
+    assert docs[0][1]["motors"] == ["motor"]
+    descriptor = docs[1][1]
+    assert descriptor["name"] == "primary"
+    assert set(descriptor["data_keys"]) == {"motor", "motor_setpoint", "det"}
+    for key in ("motor", "det"):
+        assert _column(docs, key) == [e["data"][key] for e in events]
+    page = _pages(docs)
+    assert [t for p in page for t in p["time"]] == [e["time"] for e in events]
+    stamps = [t for p in page for t in p["timestamps"]["det"]]
+    assert stamps == [e["timestamps"]["det"] for e in events]
+    assert docs[-1][1]["exit_status"] == "success"
+    assert docs[-1][1]["num_events"] == {"primary": 5}
+
+
 def test_what_cannot_be_converted_is_counted_and_logged_and_the_rest_goes_on(
     bus, bridge, dispatcher, caplog
 ):
