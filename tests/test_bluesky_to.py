@@ -353,15 +353,18 @@ def test_a_runengine_run_comes_back_through_the_bus_as_it_was(bus, bridge, dispa
 
     _session_with_a_scan(bus, "rt")
     b = bridge("rt", serializer="msgpack")
-    d = dispatcher(b.address, deserializer="msgpack", fields="motor,det")
     sent: list = []
     engine = RunEngine({})
     engine.subscribe(lambda name, doc: sent.append((name, doc)))
+    d = dispatcher(b.address, stops=2, deserializer="msgpack", fields="motor,det")
     with BusPublisher(session="rt", bus=bus) as publisher:
         engine.subscribe(publisher)
         engine(step_scan([det], motor, -1, 1, 5))
-    docs = d.result()
-    start, events = sent[0][1], [doc for name, doc in sent if name == "event"]
+        engine(abort_after_two(step_scan([det], motor, -1, 1, 5)))
+    everything = d.result()
+    docs = everything[: _names(everything).index("stop") + 1]
+    first = sent[: _names(sent).index("stop") + 1]
+    start, events = first[0][1], [doc for name, doc in first if name == "event"]
     assert docs[0][1]["uid"] == start["uid"] and docs[0][1]["plan_name"] == "scan"
     assert docs[0][1]["motors"] == ["motor"]
     descriptor = docs[1][1]
@@ -375,6 +378,23 @@ def test_a_runengine_run_comes_back_through_the_bus_as_it_was(bus, bridge, dispa
     assert stamps == [e["timestamps"]["det"] for e in events]
     assert docs[-1][1]["exit_status"] == "success"
     assert docs[-1][1]["num_events"] == {"primary": 5}
+    aborted = [doc for name, doc in sent if name == "stop"][1]
+    assert aborted["exit_status"] == "abort"
+    stop = everything[-1][1]
+    assert (stop["exit_status"], stop["reason"]) == ("abort", aborted["reason"])
+    assert stop["num_events"] == {"primary": 2} and stop["databus"]["end_reason"] == "stopped"
+
+
+def abort_after_two(plan):
+    """``plan``, aborted (``RequestAbort``, as ``RE.abort()``) after its second event."""
+    from bluesky.utils import RequestAbort
+
+    saves = 0
+    for msg in plan:
+        yield msg
+        saves += msg.command == "save"
+        if saves == 2:
+            raise RequestAbort()
 
 
 def test_what_cannot_be_converted_is_counted_and_logged_and_the_rest_goes_on(

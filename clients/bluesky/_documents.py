@@ -62,8 +62,10 @@ gaps
 stop
     ``exit_status``: ``success`` for finished and stopped scans (bluesky's ``RE.stop()``),
     ``abort`` for aborted and interrupted ones, ``fail`` for failed and lost ones (and any
-    reason this module does not know); ``reason`` = the end reason and error text;
-    ``num_events`` = rows sent per stream; ``databus`` = end reason, error, gaps, incomplete.
+    reason this module does not know); ``reason`` = the end reason and error text; a scan
+    that came from bluesky (its final info holds the run's ``stop``) keeps that stop's
+    ``exit_status`` and ``reason``. ``num_events`` = rows sent per stream; ``databus`` =
+    end reason, error, gaps, incomplete.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ _EXIT_STATUS = {
     "aborted": "abort",
     "interrupted": "abort",
 }
+_STATUSES = ("success", "abort", "fail")
 
 
 def _record_text(record: Any) -> str:
@@ -302,9 +305,14 @@ class RunDocuments:
     # ------------------------------------------------------------------ stop
 
     def close(
-        self, reason: str, error: str | None = None, ended: float | None = None
+        self,
+        reason: str,
+        error: str | None = None,
+        ended: float | None = None,
+        final_info: Mapping[str, Any] | None = None,
     ) -> list[Document]:
-        """The stop document, after the start and the descriptors not sent yet."""
+        """The stop document, after the start and the descriptors not sent yet;
+        ``final_info`` is the scan info as the scan ended."""
         docs = [] if self.opened else self.open()
         docs += [self._descriptor(s) for s in self._streams if s not in self._described]
         gaps = [
@@ -333,5 +341,9 @@ class RunDocuments:
                 "incomplete": {s: rows.incomplete for s, rows in self._streams.items()},
             },
         }
+        original = (final_info or {}).get("stop")
+        if isinstance(original, Mapping) and original.get("exit_status") in _STATUSES:
+            stop["exit_status"] = original["exit_status"]
+            stop["reason"] = str(original.get("reason") or "")
         docs.append(("stop", stop))
         return docs

@@ -28,7 +28,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,7 +206,8 @@ class ToBluesky:
                 self._send(run.gap(node.desc.name, gap.first_index, gap.block_size, gap.reason))
             elif kind is EventType.END_SCAN:
                 del self._scans[node.db_name]
-                self._send(run.close(str(event.data.reason), event.data.error, node.ended))
+                end = event.data
+                self._send(run.close(str(end.reason), end.error, node.ended, self._final(node)))
                 self._counts["runs"] += 1
         except Exception as exc:  # one scan's trouble never stops the bridge
             self._counts["failures"] += 1
@@ -223,6 +224,15 @@ class ToBluesky:
             scan.descriptors.append(node.desc)
             if scan.run is not None:
                 scan.run.add_channel(node.desc)
+
+    @staticmethod
+    def _final(node: Any) -> Mapping[str, Any]:
+        """The scan info as the scan ended (read again: the end may have added to it)."""
+        try:
+            return node.info.get_all()
+        except databus.DatabusError as exc:
+            log.warning("the final info of %s could not be read (%s)", node.db_name, exc)
+            return node.info
 
     def _run(self, scan: _Scan) -> RunDocuments:
         """The scan's run, opened (start and descriptors sent) on first use."""
