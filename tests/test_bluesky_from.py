@@ -302,6 +302,22 @@ def test_runs_at_once_are_scans_of_their_own_and_bad_parts_are_counted(bus, capl
     assert second["end"].error == "user abort"
 
 
+def test_close_ends_a_run_whose_stop_never_came_as_interrupted(bus):
+    pub = BusPublisher(session="openbs", bus=bus)
+    run = event_model.compose_run()
+    desc = run.compose_descriptor(
+        name="primary", data_keys={"x": {"source": "x", "dtype": "integer", "shape": []}}
+    )
+    pub("start", run.start_doc)
+    pub("descriptor", desc.descriptor_doc)
+    pub("event", desc.compose_event(data={"x": 7}, timestamps={"x": 0.0}, seq_num=1))
+    pub.close()
+    (scan,) = by_scan(followed(bus, "openbs", 1))
+    assert scan["end"].reason == "interrupted" and "stop" in scan["end"].error
+    assert scan["data"]["x"].tolist() == [7] and scan["data"]["x"].dtype == np.int64
+    assert pub.statistics().runs_ended == 1
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

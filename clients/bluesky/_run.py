@@ -6,7 +6,6 @@ sent as ``FileRef``s, and the end. Runs in the publisher's worker thread.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,8 +24,6 @@ from ._channels import (
     scan_info,
 )
 from ._files import Unmapped
-
-log = logging.getLogger("databus.bluesky")
 
 
 class Stream:

@@ -7,8 +7,9 @@ publishes them, in order, through the SDK. Creating a scan, declaring a channel 
 ending a scan are each a round trip to the server, and a server that is gone makes them
 wait for its reconnection: a plan never waits for any of it. When the queue is full
 (the server is gone or slower than the plan) documents are dropped, logged and counted;
-nothing is ever raised into the plan. Each run is a scan of its own, keyed by its start
-``uid`` (nested runs and several run keys at once are several scans).
+nothing is ever raised into the plan (``statistics()`` counts it all). A run whose stop
+was dropped ends ``interrupted`` at ``close()``. Each run is a scan of its own, keyed by
+its start ``uid`` (nested runs and several run keys at once are several scans).
 
 What goes where: the start document is the scan info (with ``title``, ``type``,
 ``npoints``... for databus' own tools: ``_channels.scan_info``); each descriptor's data
@@ -38,7 +39,7 @@ from ._files import FileSource, Unmapped, datum_ref, resource_source, stream_dat
 from ._files import stream_resource_source as stream_source
 from ._run import RunScan, Stream
 
-log = logging.getLogger("databus.bluesky")
+log = logging.getLogger(__name__)
 
 #: Documents waiting for the worker before the callback drops them.
 MAX_QUEUE = 100_000
