@@ -230,6 +230,12 @@ class Descriptor:
     entry_bytes: int = ENTRY_BYTES
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def block(self, value: Any) -> np.ndarray:
+        """``value`` (one point or a block) as the block ``send()`` would store; raises
+        its ``DtypeError``/``ShapeError``. Lets a client check every value of a row before
+        sending any of them."""
+        return coerce(self, value)
+
     @classmethod
     def create(
         cls,

@@ -272,13 +272,13 @@ def test_frames_in_hdf5_files_become_file_references(bus, tmp_path, caplog):
 
 def test_runs_at_once_are_scans_of_their_own_and_bad_parts_are_counted(bus, caplog):
     pub = BusPublisher(session="twobs", bus=bus)
-    keys = {"x": {"source": "x", "dtype": "number", "shape": []}}
+    keys = {k: {"source": k, "dtype": "number", "shape": []} for k in ("x", "y")}
     runs = [event_model.compose_run(metadata={"plan_name": f"p{i}"}) for i in range(2)]
     descs = [r.compose_descriptor(name="primary", data_keys=keys) for r in runs]
 
     def event(i, x, seq):
         doc = descs[i].compose_event(
-            data={"x": x}, timestamps={"x": 0.0}, seq_num=seq, validate=False
+            data={"y": 10.0 * seq, "x": x}, timestamps={"x": 0.0}, seq_num=seq, validate=False
         )
         return ("event", doc)
 
@@ -294,10 +294,11 @@ def test_runs_at_once_are_scans_of_their_own_and_bad_parts_are_counted(bus, capl
     stats = pub.statistics()
     assert (stats.unmapped, stats.failed, stats.runs_started, stats.runs_ended) == (2, 0, 2, 2)
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "'x' not sent" in messages and "never-declared" in messages
+    assert "1 row(s) left out: 'x' refused" in messages and "never-declared" in messages
     first, second = by_scan(followed(bus, "twobs", 2))
     assert first["node"].info["plan_name"] == "p0" and second["node"].info["plan_name"] == "p1"
     assert first["data"]["x"].tolist() == [1.0, 3.0, 5.0] and second["data"]["x"].tolist() == [2.0]
+    assert second["data"]["y"].tolist() == [20.0]  # the refused row is left out whole
     assert (first["end"].reason, second["end"].reason) == ("finished", "stopped")
     assert second["end"].error == "user abort"
 

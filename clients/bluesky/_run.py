@@ -76,53 +76,67 @@ class Stream:
         return self._declare(key, spec.with_value(first))
 
     def event(self, doc: Mapping[str, Any]) -> None:
-        """One event: one point per channel."""
-        for key, value in (doc.get("data") or {}).items():
-            writer = self.writer(key, value)
-            if writer is not None:
-                self._send(writer, key, value, many=False)
+        """One event: one point per channel, or none (see ``_rows``)."""
         stamps = doc.get("timestamps") or {}
-        if self.time is not None:
-            self.time.send(float(doc.get("time", np.nan)))
-        if self.timestamps is not None:
-            self.timestamps.send(np.array([stamps.get(k, np.nan) for k in self.stamped], float))
+        times = np.array([doc.get("time", np.nan)], dtype=np.float64)
+        columns = [[stamps.get(k, np.nan)] for k in self.stamped]
+        self._rows(doc, times, columns, many=False)
 
     def page(self, doc: Mapping[str, Any]) -> None:
-        """An event page of n rows: one block of n points per channel."""
-        for key, values in (doc.get("data") or {}).items():
-            writer = self.writer(key, values[0]) if len(values) else None
-            if writer is not None:
-                self._send(writer, key, values, many=True)
+        """An event page of n rows: one block of n points per channel, or none."""
         times = np.asarray(doc["time"], dtype=np.float64)
+        stamps = doc.get("timestamps") or {}
+        nan = [np.nan] * len(times)
+        self._rows(doc, times, [stamps.get(k, nan) for k in self.stamped], many=True)
+
+    def _rows(self, doc: Mapping[str, Any], times: Any, columns: list, many: bool) -> None:
+        """Send the rows of an event (``many``: of a page) to every channel, or to none:
+        every value is converted first, and one a channel refuses (wrong dtype or shape, a
+        datum of no mapped resource) leaves the whole event or page out, counted, so the
+        stream's channels keep the same rows."""
+        sends: list[tuple[ChannelWriter, Any]] = []
+        for key, value in (doc.get("data") or {}).items():
+            if many and not len(value):
+                continue
+            writer = self.writer(key, value[0] if many else value)
+            if writer is None:
+                continue
+            try:
+                sends.append((writer, self._block(writer, value, many)))
+            except (ValueError, TypeError) as exc:  # Unmapped, DtypeError, ShapeError...
+                rows = len(times)
+                self.run.unmapped(
+                    f"stream {self.name!r}: {rows} row(s) left out: {key!r} refused: {exc}"
+                )
+                return
+        for writer, block in sends:
+            if writer.desc.kind == "array":
+                writer.send(block)
+            else:
+                writer.extend(block)
         if self.time is not None:
-            self.time.send(times)
+            self.time.send(times if many else float(times[0]))
         if self.timestamps is not None:
-            stamps = doc.get("timestamps") or {}
-            nan = [np.nan] * len(times)
-            columns = [stamps.get(k, nan) for k in self.stamped]
             block = np.asarray(columns, dtype=np.float64).T.reshape(len(times), len(self.stamped))
             self.timestamps.send(block)
 
-    def _send(self, writer: ChannelWriter, key: str, value: Any, many: bool) -> None:
-        """Send ``value`` (``many``: a page's column of values) to ``key``'s channel. A
-        value the channel refuses (wrong dtype or shape, a datum of no mapped resource) is
-        counted and left out, so the event's other keys still go; that channel is then
-        behind the others by what it refused."""
+    def _block(self, writer: ChannelWriter, value: Any, many: bool) -> Any:
+        """``value`` as the channel takes it: an array block, or a list of records or
+        ``FileRef``s; raises what ``send()`` would."""
         desc = writer.desc
-        try:
-            if desc.kind == "ref":
-                refs = [self.run.datum_ref(v) for v in (value if many else [value])]
-                writer.extend(refs)
-            elif desc.kind == "json":
-                writer.extend(value if many else [value])
-            elif many:
-                writer.send(np.asarray(value))
-            elif isinstance(value, float) and desc.dtype == np.float64 and not desc.shape:
-                writer.send(float(value))  # a Python float takes send()'s fast path
-            else:
-                writer.send(value)
-        except (ValueError, TypeError) as exc:  # Unmapped, and the PointErrors of send()
-            self.run.unmapped(f"stream {self.name!r}: {key!r} not sent: {exc}")
+        values = value if many else [value]
+        if desc.kind == "ref":
+            refs = [self.run.datum_ref(v) for v in values]
+            for ref in refs:
+                problem = ref.problem()
+                if problem:
+                    raise ValueError(problem)
+            return refs
+        if desc.kind == "json":
+            return list(values)
+        if not many and type(value) is float and desc.dtype == np.float64 and not desc.shape:
+            return value  # a Python float takes send()'s fast path
+        return desc.block(np.asarray(value) if many else value)
 
 
 class RunScan:
