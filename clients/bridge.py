@@ -1,13 +1,21 @@
 """``databus bridge KIND ...``: connect the bus to another system's wire.
 
-Each bridge is a module with its own ``main(argv)`` and options (``databus bridge KIND -h``).
+Each bridge is a module with its own ``main(argv)`` and options (``databus bridge KIND -h``);
+``serve`` is the part every bridge's ``main`` shares.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import import_module
+from typing import Protocol, TypeVar
+
+import databus
+
+log = logging.getLogger(__name__)
 
 BRIDGES = {
     "to-bluesky": ("databus.clients.bluesky.to_bluesky", "bus scans as bluesky documents, 0MQ"),
@@ -30,3 +38,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"databus bridge: unknown kind {args[0]!r}\n{_usage()}", file=sys.stderr)
         return 2
     return int(import_module(BRIDGES[args[0]][0]).main(args[1:]))
+
+
+class Bridge(Protocol):
+    """What ``serve`` runs: ``run()`` until ``stop()``, then ``close()``."""
+
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+
+
+B = TypeVar("B", bound=Bridge)
+
+
+def serve(
+    name: str,
+    url: str | None,
+    build: Callable[[databus.Bus], B],
+    banner: Callable[[B], str],
+    summary: Callable[[B], str],
+) -> int:
+    """Connect, build a bridge and run it until SIGINT or SIGTERM; print ``banner`` once
+    it runs and ``summary`` (its counts) at exit. Exit code 2 for what ``build`` refuses
+    (a bad address or option, an unknown session), 1 if the bridge failed while running."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        bus = databus.connect(url)
+    except (ValueError, databus.DatabusError) as exc:
+        print(f"databus bridge {name}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        bridge = build(bus)
+    except (ValueError, databus.DatabusError) as exc:
+        bus.close()
+        print(f"databus bridge {name}: error: {exc}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: bridge.stop())
+    print(f"{name}: {banner(bridge)}", flush=True)
+    try:
+        bridge.run()
+    except Exception as exc:
+        log.error("%s stopped: %s: %s", name, type(exc).__name__, exc)
+        return 1
+    finally:
+        bridge.close()
+        bus.close()
+        print(f"{name}: {summary(bridge)}", flush=True)
+    return 0

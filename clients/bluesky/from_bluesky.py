@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import zmq
 
 import databus
 
+from ..bridge import serve
 from ._serializers import SERIALIZERS, get_serializer
 from ._wire import _address
 from .publisher import BusPublisher, PublisherStatistics
@@ -160,34 +159,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--url", default=None, help="the bus (default: DATABUS_URL or local)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        bus = databus.connect(args.url)
-        bridge = FromBluesky(
+    return serve(
+        "from-bluesky",
+        args.url,
+        lambda bus: FromBluesky(
             args.zmq,
             prefix=args.prefix.encode(),
             serializer=args.serializer,
             session=args.session,
             bus=bus,
-        )
-    except (ValueError, databus.DatabusError) as exc:
-        print(f"databus bridge from-bluesky: error: {exc}", file=sys.stderr)
-        return 2
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: bridge.stop())
-    print(f"from-bluesky: {bridge.address} -> session {args.session!r}", flush=True)
-    try:
-        bridge.run()
-    finally:
-        bridge.close()
-        bus.close()
-        stats = bridge.statistics()
-        p = stats.publisher
-        print(
-            f"from-bluesky: {stats.frames} frames, {stats.undecodable} undecodable; "
-            f"{p.published} documents published, {p.runs_started} runs started, "
-            f"{p.runs_ended} ended; {p.failed} failed, {p.unmapped} unmapped, "
-            f"{p.dropped} dropped",
-            flush=True,
-        )
-    return 0
+        ),
+        lambda bridge: f"{bridge.address} -> session {args.session!r}",
+        _summary,
+    )
+
+
+def _summary(bridge: FromBluesky) -> str:
+    stats = bridge.statistics()
+    p = stats.publisher
+    return (
+        f"{stats.frames} frames, {stats.undecodable} undecodable; {p.published} documents "
+        f"published, {p.runs_started} runs started, {p.runs_ended} ended; {p.failed} failed, "
+        f"{p.unmapped} unmapped, {p.dropped} dropped"
+    )

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from typing import Any
 import databus
 from databus import EventType
 
+from ..bridge import serve
 from ._documents import RunDocuments
 from ._resources import Document, is_legacy
 from ._serializers import SERIALIZERS, get_serializer
@@ -287,10 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--url", default=None, help="the bus (default: DATABUS_URL or local)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        bus = databus.connect(args.url)
-        bridge = ToBluesky(
+    return serve(
+        "to-bluesky",
+        args.url,
+        lambda bus: ToBluesky(
             args.session,
             bind=args.bind,
             connect=args.connect,
@@ -299,24 +298,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             resources="legacy" if args.legacy_resources else "stream",
             on_slow="drop" if args.drop_slow else "lag",
             bus=bus,
-        )
-    except (ValueError, databus.DatabusError) as exc:
-        print(f"databus bridge to-bluesky: error: {exc}", file=sys.stderr)
-        return 2
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: bridge.stop())
-    print(f"to-bluesky: session {args.session!r} -> {bridge.address}", flush=True)
-    try:
-        bridge.run()
-    except Exception as exc:
-        log.error("to-bluesky stopped: %s: %s", type(exc).__name__, exc)
-        return 1
-    finally:
-        bus.close()
-        stats = bridge.statistics()
-        print(
-            f"to-bluesky: {stats.documents} documents, {stats.events} events, {stats.runs} "
-            f"runs sent; {stats.dropped} dropped, {stats.failures} not converted",
-            flush=True,
-        )
-    return 0
+        ),
+        lambda bridge: f"session {args.session!r} -> {bridge.address}",
+        _summary,
+    )
+
+
+def _summary(bridge: ToBluesky) -> str:
+    stats = bridge.statistics()
+    return (
+        f"{stats.documents} documents, {stats.events} events, {stats.runs} runs sent; "
+        f"{stats.dropped} dropped, {stats.failures} not converted"
+    )
