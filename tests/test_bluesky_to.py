@@ -541,7 +541,6 @@ def test_bad_options_are_refused_by_name(bus, options, message):
     ("args", "message"),
     [
         (["--session", "cli2", "--bind", "nowhere://x"], "cannot bind to 'nowhere://x'"),
-        (["--session", "nobody", "--bind", "tcp://127.0.0.1:*"], "no session 'nobody'"),
     ],
 )
 def test_the_cli_says_what_is_wrong_and_exits_2(bus, args, message):
@@ -549,3 +548,20 @@ def test_the_cli_says_what_is_wrong_and_exits_2(bus, args, message):
     proc = _cli(bus, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and message in err, (out, err)
+
+
+def test_a_bridge_started_before_its_session_says_so_and_sends_its_first_scan(
+    bus, bridge, dispatcher, caplog
+):
+    b = bridge("newcomer")
+    assert "no session 'newcomer'" in caplog.text and "waiting for its first scan" in caplog.text
+    d = dispatcher(b.address)
+    scan = bus.session("newcomer").create_scan(type="ct", npoints=3)
+    x = scan.channel("x", "float64")
+    scan.prepare()
+    scan.start()
+    x.send(np.array([1.0, 2.0, 3.0]))
+    scan.end()
+    docs = d.result()
+    assert _names(docs)[0] == "start" and _names(docs)[-1] == "stop"
+    assert _column(docs, "x") == [1.0, 2.0, 3.0]

@@ -75,8 +75,8 @@ class ToBluesky:
     stream_datum) or ``legacy`` (resource, datum_page). on_slow: ``lag`` or ``drop``; hwm:
     documents queued per subscriber before it counts as full.
 
-    ValueError for a bad address, prefix, serializer or option, and for a session the bus
-    has never had a scan in.
+    ValueError for a bad address, prefix, serializer or option. A session the bus has
+    never had a scan in is logged (a misspelt name shows there) and waited for.
     """
 
     def __init__(
@@ -99,10 +99,12 @@ class ToBluesky:
         try:
             self.session = self.bus.session(session)
             known = self.bus.sessions()
-            if session not in known:
-                raise ValueError(
-                    f"no session {session!r} on {self.bus!r} (it has {', '.join(known) or 'none'});"
-                    f" a session exists once a scan was created in it"
+            if session not in known:  # a bridge may start before its session: say so, wait
+                log.warning(
+                    "no session %r on %r yet (it has %s): waiting for its first scan",
+                    session,
+                    self.bus,
+                    ", ".join(known) or "none",
                 )
             self.socket = DocumentSocket(
                 bind=bind, connect=connect, prefix=prefix, on_slow=on_slow, hwm=hwm
