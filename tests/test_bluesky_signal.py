@@ -7,6 +7,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -259,6 +260,20 @@ def test_subscribers_see_every_change_in_order_with_old_values(make_bus):
     remote.value = 99
     time.sleep(0.2)  # a change after destroy() must not reach the old subscriber
     assert len(calls) == 21
+
+
+def test_a_blocked_subscriber_does_not_hold_back_the_shared_channels(make_bus):
+    """Subscribers run in their own task: one waiting for another channel's change
+    would wait forever if it ran in the channel listener that delivers that change."""
+    bus, other = make_bus(), make_bus()
+    gate = threading.Event()
+    Channel("other", default_value=0, callback=lambda value: value and gate.set(), bus=bus)
+    released: list[bool] = []
+    slow = ChannelSignal("slow", default_value=0, bus=bus)
+    slow.subscribe(lambda value, **kw: value and released.append(gate.wait(10)), run=False)
+    Channel("slow", bus=other).value = 1
+    Channel("other", bus=other).value = 1
+    assert eventually(lambda: released, timeout=15) and released == [True]
 
 
 def test_bool_data_key_and_the_errors_that_name_the_fix(bus):
