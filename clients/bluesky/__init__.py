@@ -3,5 +3,6 @@ runs (a RunEngine callback or an existing 0MQ proxy) into the bus, and ophyd sig
 by shared channels for suspenders."""
 
 from .signal import ChannelSignal
+from .to_bluesky import ToBluesky, ToBlueskyStatistics
 
-__all__ = ["ChannelSignal"]
+__all__ = ["ChannelSignal", "ToBluesky", "ToBlueskyStatistics"]
