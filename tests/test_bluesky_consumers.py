@@ -20,6 +20,7 @@ import pytest
 from apstools.callbacks import NXWriter
 from bluesky.callbacks.tiled_writer import TiledWriter
 from bluesky.callbacks.zmq import RemoteDispatcher
+from conftest import eventually
 from tiled.client import from_uri
 from tiled.server import SimpleTiledServer
 
@@ -95,31 +96,34 @@ def dispatching(
 
 
 class BusScan:
-    """What one ascan on the bus sent: a motor, a detector and, when a file is given,
-    frames the detector wrote to that HDF5 file itself (a ref channel)."""
+    """What one ascan on the bus sent: a motor and a counter; with ``detectors``, also a
+    spectrum and frames a detector wrote to an HDF5 file itself (a ref channel). Frames
+    inline in the events would not do: TiledWriter refuses 2D arrays in events (pyarrow's
+    "Can only convert 1-dimensional array values"), from a RunEngine as from the bridge."""
 
-    def __init__(self, frames_file: Path | None = None) -> None:
+    def __init__(self, detectors: Path | None = None) -> None:
         self.robz = np.linspace(-1, 1, POINTS)
         self.diode = np.round(1000 * np.exp(-(self.robz**2) / 0.18))
+        self.spectra = np.arange(POINTS * 8, dtype="float32").reshape(POINTS, 8)
         self.frames = np.arange(POINTS * FRAME[0] * FRAME[1], dtype="uint16").reshape(
             POINTS, *FRAME
         )
-        self.file = frames_file
-        if frames_file is not None:
-            with h5py.File(frames_file, "w") as f:
+        self.file = None if detectors is None else detectors / "det.h5"
+        if self.file is not None:
+            with h5py.File(self.file, "w") as f:
                 f["entry/data/data"] = self.frames
 
-    @contextlib.contextmanager
-    def running(self, bus: databus.Bus, session: str) -> Iterator[Callable[[], None]]:
-        """Create and start the scan (so the session exists for the bridge), then give
-        a function that sends every point in blocks and ends the scan."""
+    def start(self, bus: databus.Bus, session: str) -> Callable[[], None]:
+        """Create and start the scan (so the session exists for the bridge); return a
+        function that sends every point in blocks and ends the scan."""
         scan = bus.session(session).create_scan(
             type="ascan", title="ascan robz -1 1 11 0.1", motors=["robz"], npoints=POINTS
         )
         robz = scan.channel("axis:robz", "float64", unit="mm")
         diode = scan.channel("simulation:diode", "float64", unit="counts")
-        image = None
+        mca = image = None
         if self.file is not None:
+            mca = scan.channel("mca:spectrum", "float32", (8,))
             image = scan.channel("lima:image", "uint16", FRAME, kind="ref")
         scan.prepare()
         scan.start()
@@ -128,12 +132,13 @@ class BusScan:
             for block in (slice(0, 5), slice(5, POINTS)):
                 robz.send(self.robz[block])
                 diode.send(self.diode[block])
-                if image is not None:
-                    image.send(FileRef(str(self.file), "/entry/data/data", block.start,
-                                       block.stop))  # fmt: skip
+                if mca is not None and image is not None:
+                    mca.send(self.spectra[block])
+                    ref = FileRef(str(self.file), "/entry/data/data", block.start, block.stop)
+                    image.send(ref)
             scan.end()
 
-        yield send_all
+        return send_all
 
 
 @contextlib.contextmanager
@@ -168,9 +173,9 @@ def tiled(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
 
 def test_tiled_writer_stores_a_bus_scan_that_reads_back_the_same(bus, tiled):
     client, detector = tiled
-    sent = BusScan(detector / "det.h5")
-    writer = TiledWriter(client)
-    with sent.running(bus, "tiled") as send_all, bridged(bus, "tiled", "pickle", writer) as got:
+    sent = BusScan(detector)
+    send_all = sent.start(bus, "tiled")
+    with bridged(bus, "tiled", "pickle", TiledWriter(client)) as got:
         send_all()
         bridge, refusals, received = got
         assert received.stopped.wait(30), received.names
@@ -183,6 +188,7 @@ def test_tiled_writer_stores_a_bus_scan_that_reads_back_the_same(bus, tiled):
     primary = run["primary"]
     np.testing.assert_array_equal(primary["robz"].read(), sent.robz)
     np.testing.assert_array_equal(primary["diode"].read(), sent.diode)
+    np.testing.assert_array_equal(primary["spectrum"].read(), sent.spectra)
     np.testing.assert_array_equal(primary["image"].read(), sent.frames)
 
 
@@ -193,14 +199,17 @@ def test_nxwriter_writes_a_bus_scan_as_nexus(bus, tmp_path, caplog):
     nxwriter.file_name = str(tmp_path / "scan.h5")
     nxwriter.warn_on_missing_content = False
     sent = BusScan()
+    send_all = sent.start(bus, "nexus")
     with (
         caplog.at_level(logging.ERROR, logger="apstools"),
-        sent.running(bus, "nexus") as send_all,
         bridged(bus, "nexus", "msgpack", nxwriter.receiver, pages=False) as got,
     ):
         send_all()
         bridge, refusals, received = got
         assert received.stopped.wait(30), received.names
+    # its thread marks itself active before it creates the file: once the file is
+    # there, wait_writer() cannot return before the thread is done
+    assert eventually(lambda: Path(nxwriter.file_name).exists(), timeout=30)
     nxwriter.wait_writer()
     assert refusals.refused == []
     assert received.names == ["start", "descriptor", *["event"] * POINTS, "stop"]
