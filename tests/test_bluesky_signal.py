@@ -21,7 +21,7 @@ from conftest import eventually
 from event_model import DocumentNames, schema_validators
 from ophyd.sim import SynAxis, SynGauss
 
-from databus import MetadataError
+from databus import InvalidName, MetadataError
 from databus.channels import Channel
 from databus.clients.bluesky import ChannelSignal
 
@@ -285,6 +285,8 @@ def test_bool_data_key_and_the_errors_that_name_the_fix(bus):
         unset.describe()
     with pytest.raises(MetadataError, match="never_set"):
         unset.put(object())
+    with pytest.raises(InvalidName, match="channel"):
+        ChannelSignal("bad\nname", bus=bus)
 
 
 GEVENT = """
