@@ -2,7 +2,17 @@
 runs (a RunEngine callback or an existing 0MQ proxy) into the bus, and ophyd signals backed
 by shared channels for suspenders."""
 
+from .from_bluesky import FromBluesky, FromBlueskyStatistics
+from .publisher import BusPublisher, PublisherStatistics
 from .signal import ChannelSignal
 from .to_bluesky import ToBluesky, ToBlueskyStatistics
 
-__all__ = ["ChannelSignal", "ToBluesky", "ToBlueskyStatistics"]
+__all__ = [
+    "BusPublisher",
+    "ChannelSignal",
+    "FromBluesky",
+    "FromBlueskyStatistics",
+    "PublisherStatistics",
+    "ToBluesky",
+    "ToBlueskyStatistics",
+]

@@ -50,7 +50,8 @@ def plain(value: Any) -> Any:
 @dataclasses.dataclass(frozen=True)
 class ChannelSpec:
     """What ``Scan.channel()`` is given for one data key; ``dtype`` None: taken from the
-    first value (a data key of dtype ``array`` without ``dtype_numpy``)."""
+    first value (a data key of dtype ``array`` without ``dtype_numpy``); ``copy`` False
+    for the arrays the publisher makes itself (nobody else holds them)."""
 
     name: str
     kind: str
@@ -58,6 +59,7 @@ class ChannelSpec:
     shape: tuple[int, ...]
     unit: str | None
     attrs: dict[str, Any]
+    copy: bool = True
 
     def with_value(self, value: Any) -> ChannelSpec:
         """The spec completed from a first ``value`` (its dtype and shape)."""
@@ -108,11 +110,17 @@ def channel_spec(stream: str, key: str, data_key: Mapping[str, Any], name: str) 
     return ChannelSpec(name, kind, dtype, tuple(shape), unit, attrs)
 
 
-def event_field_specs(stream: str, keys: list[str]) -> list[ChannelSpec]:
-    """The channels of a stream's event ``time`` and ``timestamps``."""
+def event_field_specs(stream: str, keys: list[str]) -> tuple[ChannelSpec, ChannelSpec | None]:
+    """The channels of a stream's event ``time`` and of the ``timestamps`` of its
+    ``keys`` (None without keys: a stream of external keys only)."""
     base = {"stream": stream}
-    return [
-        ChannelSpec(f"{stream}:time", "array", "float64", (), "s", base | {"event_field": "time"}),
+    time = ChannelSpec(
+        f"{stream}:time", "array", "float64", (), "s", base | {"event_field": "time"}, False
+    )
+    if not keys:
+        return time, None
+    return (
+        time,
         ChannelSpec(
             f"{stream}:timestamps",
             "array",
@@ -120,8 +128,9 @@ def event_field_specs(stream: str, keys: list[str]) -> list[ChannelSpec]:
             (len(keys),),
             "s",
             base | {"event_field": "timestamps", "keys": keys},
+            False,
         ),
-    ]
+    )
 
 
 def scan_info(start: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,9 @@ publishes them, in order, through the SDK. Creating a scan, declaring a channel 
 ending a scan are each a round trip to the server, and a server that is gone makes them
 wait for its reconnection: a plan never waits for any of it. When the queue is full
 (the server is gone or slower than the plan) documents are dropped, logged and counted;
-nothing is ever raised into the plan. Each run is a scan of its own, keyed by its start
-``uid`` (nested runs and several run keys at once are several scans).
+nothing is ever raised into the plan (``statistics()`` counts it all). A run whose stop
+was dropped ends ``interrupted`` at ``close()``. Each run is a scan of its own, keyed by
+its start ``uid`` (nested runs and several run keys at once are several scans).
 
 What goes where: the start document is the scan info (with ``title``, ``type``,
 ``npoints``... for databus' own tools: ``_channels.scan_info``); each descriptor's data
@@ -25,8 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +39,7 @@ from ._files import FileSource, Unmapped, datum_ref, resource_source, stream_dat
 from ._files import stream_resource_source as stream_source
 from ._run import RunScan, Stream
 
-log = logging.getLogger("databus.bluesky")
+log = logging.getLogger(__name__)
 
 #: Documents waiting for the worker before the callback drops them.
 MAX_QUEUE = 100_000
@@ -71,8 +73,10 @@ class PublisherStatistics:
 class BusPublisher:
     """Publishes the documents it is called with (``cb(name, doc)``) as bus scans in
     ``session``, on the bus at ``url`` (None: ``DATABUS_URL`` or the embedded server) or
-    on ``bus``. ``max_queue``: documents that may wait for the worker. Connecting is the
-    only thing that raises (``ServerUnavailable``, ``InvalidURL``...): construct it
+    on ``bus``. ``max_queue``: documents that may wait for the worker; when they are that
+    many the callback drops the next ones, or with ``wait`` waits for room (for a bridge,
+    whose socket buffers meanwhile; never for a RunEngine). Connecting is the only
+    thing that raises (``ServerUnavailable``, ``InvalidURL``...): construct it
     before the plan runs. ``close()`` (or a ``with`` block) ends it."""
 
     def __init__(
@@ -82,17 +86,19 @@ class BusPublisher:
         *,
         bus: databus.Bus | None = None,
         max_queue: int = MAX_QUEUE,
+        wait: bool = False,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, not {max_queue}")
         self._own_bus = bus is None
         self.bus = databus.connect(url) if bus is None else bus
         self.session = self.bus.session(session)
-        self._queue: queue.Queue[tuple[str, Mapping[str, Any]]] = queue.Queue(max_queue)
+        self._queue = _Documents(max_queue)
         self._counts = dict.fromkeys(
             ("received", "published", "dropped", "failed", "unmapped", "started", "ended"), 0
         )
         self._peak = 0
+        self._wait = wait
         self._runs: dict[str, RunScan | None] = {}  # by start uid; None: no scan (failed)
         self._streams: dict[str, Stream | None] = {}  # by uid; None: its run has no scan
         self._sources: dict[str, FileSource] = {}  # (stream) resource uid -> file
@@ -108,22 +114,19 @@ class BusPublisher:
     # ------------------------------------------------------------- the callback
 
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
-        """Queue one document; never blocks and never raises."""
+        """Queue one document; never raises, and never blocks unless made to ``wait``."""
         self._counts["received"] += 1
-        try:
-            self._queue.put_nowait((name, doc))
-        except queue.Full:
+        size = self._queue.put((name, doc), self._wait)
+        if size > self._peak:
+            self._peak = size
+        elif size < 0:
             self._counts["dropped"] += 1
             if self._counts["dropped"] == 1 or self._counts["dropped"] % 10_000 == 0:
                 log.error(
                     "bluesky -> bus: the queue is full (%d documents): %d dropped so far",
-                    self._queue.maxsize,
+                    self._queue.limit,
                     self._counts["dropped"],
                 )
-            return
-        size = self._queue.qsize()
-        if size > self._peak:
-            self._peak = size
 
     def statistics(self) -> PublisherStatistics:
         c = self._counts
@@ -135,7 +138,7 @@ class BusPublisher:
             c["unmapped"],
             c["started"],
             c["ended"],
-            self._queue.qsize(),
+            len(self._queue),
             self._peak,
         )
 
@@ -143,7 +146,7 @@ class BusPublisher:
         """Wait until every document queued so far is handled; False if ``timeout``
         (seconds; None: for ever) ran out first."""
         done = threading.Event()
-        self._queue.put(("", {"flush": done}))
+        self._queue.control(("", {"flush": done}))
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -153,7 +156,7 @@ class BusPublisher:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_CLOSE)
+        self._queue.control(_CLOSE)
         self._thread.join(timeout)
         if self._own_bus:
             self.bus.close()
@@ -180,6 +183,8 @@ class BusPublisher:
                 self._counts["published"] += 1
             except Unmapped as exc:
                 self._unmapped(f"{name}: {exc}")
+            except _NoScan:  # its run's start failed, and was logged
+                self._counts["failed"] += 1
             except Exception as exc:  # the plan goes on: logged and counted
                 self._counts["failed"] += 1
                 log.error("bluesky -> bus: %s %s not published: %s", name, _uid(doc), exc)
@@ -192,7 +197,8 @@ class BusPublisher:
         if name == "start":
             self._start(doc)
         elif name == "descriptor":
-            self._streams[doc["uid"]] = None
+            if doc.get("run_start") in self._runs:  # (if its scan failed: events count failed)
+                self._streams[doc["uid"]] = None
             self._streams[doc["uid"]] = self._run(doc.get("run_start")).descriptor(doc)
         elif name in ("event", "event_page"):
             stream = self._stream(doc.get("descriptor"))
@@ -225,7 +231,7 @@ class BusPublisher:
             raise Unmapped(f"run {uid!r} was never started here (its start was not seen)")
         run = self._runs[uid]
         if run is None:
-            raise RuntimeError(f"run {uid!r} has no scan (its start could not be published)")
+            raise _NoScan(uid)
         return run
 
     def _stream(self, uid: Any) -> Stream:
@@ -233,7 +239,7 @@ class BusPublisher:
             raise Unmapped(f"descriptor {uid!r} was never seen")
         stream = self._streams[uid]
         if stream is None:
-            raise RuntimeError(f"descriptor {uid!r} has no channels (its run has no scan)")
+            raise _NoScan(uid)
         return stream
 
     def _source(self, uid: Any) -> FileSource:
@@ -280,6 +286,50 @@ class BusPublisher:
                 self._counts["failed"] += 1
                 log.error("bluesky -> bus: run %s: %s", uid, exc)
         self._runs.clear()
+
+
+class _Documents:
+    """The documents waiting for the worker: at most ``limit`` (control items go in
+    beyond it). Putting takes no lock (``deque.append`` is atomic); the worker sleeps
+    on an event only when the queue is empty, and is woken only then."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[tuple[str, Mapping[str, Any]]] = deque()
+        self._ready = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: tuple[str, Mapping[str, Any]], wait: bool) -> int:
+        """Queue ``item``; the queue's length then, or -1 if it was full (and ``wait``
+        False; with ``wait`` it polls every millisecond for room)."""
+        while len(self._items) >= self.limit:
+            if not wait:
+                return -1
+            time.sleep(0.001)
+        return self.control(item)
+
+    def control(self, item: tuple[str, Mapping[str, Any]]) -> int:
+        """Queue ``item`` whatever the length."""
+        self._items.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+        return len(self._items)
+
+    def get(self) -> tuple[str, Mapping[str, Any]]:
+        """The oldest item, waiting for one."""
+        while True:
+            try:
+                return self._items.popleft()
+            except IndexError:
+                self._ready.clear()
+                if not self._items:  # (a put after the clear sets the event again)
+                    self._ready.wait()
+
+
+class _NoScan(Exception):
+    """A document of a run whose scan could not be created (counted, not logged again)."""
 
 
 def _uid(doc: Mapping[str, Any]) -> str:
