@@ -4,10 +4,12 @@ by shared channels for suspenders."""
 
 from .from_bluesky import FromBluesky, FromBlueskyStatistics
 from .publisher import BusPublisher, PublisherStatistics
+from .signal import ChannelSignal
 from .to_bluesky import ToBluesky, ToBlueskyStatistics
 
 __all__ = [
     "BusPublisher",
+    "ChannelSignal",
     "FromBluesky",
     "FromBlueskyStatistics",
     "PublisherStatistics",

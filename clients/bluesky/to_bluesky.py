@@ -2,6 +2,7 @@
 
     databus bridge to-bluesky --session S (--bind ADDR | --connect PROXY_IN)
         [--prefix B] [--serializer pickle|msgpack|msgpack-numpy] [--legacy-resources]
+        [--events]
         [--drop-slow] [--url URL]
 
 ``--bind tcp://127.0.0.1:5578``: an unmodified ``RemoteDispatcher("127.0.0.1:5578")``
@@ -26,7 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,10 @@ class ToBluesky:
     serializer: ``pickle`` (bluesky's default; runs no pickle here, but the dispatcher
     unpickles), ``msgpack`` or ``msgpack-numpy``. resources: ``stream`` (stream_resource,
     stream_datum) or ``legacy`` (resource, datum_page). on_slow: ``lag`` or ``drop``; hwm:
-    documents queued per subscriber before it counts as full.
+    documents queued per subscriber before it counts as full. pages: ``True`` sends
+    ``event_page`` documents; ``False`` one ``event`` per row instead, for callbacks that
+    take no pages (apstools' ``NXWriter`` and ``SpecWriterCallback`` log "unexpected key
+    event_page" and write no data).
 
     ValueError for a bad address, prefix, serializer or option. A session the bus has
     never had a scan in is logged (a misspelt name shows there) and waited for.
@@ -90,6 +94,7 @@ class ToBluesky:
         resources: str = "stream",
         on_slow: str = "lag",
         hwm: int = 1000,
+        pages: bool = True,
         bus: databus.Bus | None = None,
     ) -> None:
         is_legacy(resources)
@@ -114,6 +119,7 @@ class ToBluesky:
                 self.bus.close()
             raise
         self.resources = resources
+        self.pages = pages
         self._scans: dict[str, _Scan] = {}
         self._stop = databus.StopHandler()
         self._thread: threading.Thread | None = None
@@ -251,6 +257,8 @@ class ToBluesky:
         return scan.run
 
     def _send(self, docs: list[Document]) -> None:
+        if not self.pages:
+            docs = list(_one_event_per_row(docs))
         for name, doc in docs:
             try:
                 payload = self._dumps(doc)
@@ -265,6 +273,24 @@ class ToBluesky:
             self._counts["documents"] += 1
             if name == "event_page":
                 self._counts["events"] += len(doc["seq_num"])
+            elif name == "event":
+                self._counts["events"] += 1
+
+
+def _one_event_per_row(docs: list[Document]) -> Iterator[Document]:
+    """``docs`` with each ``event_page`` as its rows' ``event`` documents (what
+    ``event_model.unpack_event_page`` makes; the bridge does not need event-model)."""
+    for name, doc in docs:
+        if name != "event_page":
+            yield name, doc
+            continue
+        for row, uid in enumerate(doc["uid"]):
+            event = {"uid": uid, "descriptor": doc["descriptor"]}
+            event.update({field: doc[field][row] for field in ("time", "seq_num")})
+            for field in ("data", "timestamps", "filled"):
+                if field in doc:
+                    event[field] = {key: column[row] for key, column in doc[field].items()}
+            yield "event", event
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--legacy-resources", action="store_true", help="resource/datum instead of stream_*"
     )
     parser.add_argument(
+        "--events", action="store_true", help="an event per row instead of event pages"
+    )
+    parser.add_argument(
         "--drop-slow", action="store_true", help="drop documents for a full subscriber"
     )
     parser.add_argument("--url", default=None, help="the bus (default: DATABUS_URL or local)")
@@ -299,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serializer=args.serializer,
             resources="legacy" if args.legacy_resources else "stream",
             on_slow="drop" if args.drop_slow else "lag",
+            pages=not args.events,
             bus=bus,
         ),
         lambda bridge: f"session {args.session!r} -> {bridge.address}",
