@@ -7,11 +7,12 @@
 
 ``--bind tcp://127.0.0.1:5578``: an unmodified ``RemoteDispatcher("127.0.0.1:5578")``
 connects to the bridge; ``--connect``: the bridge feeds a bluesky ``Proxy``'s input port.
-The frames are those ``bluesky.callbacks.zmq.Publisher`` sends. ``--serializer pickle`` is
-bluesky's default (the dispatcher's default ``pickle.loads``); ``msgpack`` suits a
-dispatcher given ``deserializer=msgpack.unpackb``, ``msgpack-numpy`` one given
-``msgpack_numpy.unpackb`` (arrays stay numpy arrays). The documents are described in
-``_documents``; what slow and late dispatchers get, in ``_wire``.
+The frames are those ``bluesky.callbacks.zmq.Publisher`` sends. The default ``msgpack``
+suits a dispatcher given ``deserializer=msgpack.unpackb``, ``msgpack-numpy`` one given
+``msgpack_numpy.unpackb`` (arrays stay numpy arrays). ``--serializer pickle`` is bluesky's
+default wire (the dispatcher's default ``pickle.loads``): off unless asked for, since a
+dispatcher that unpickles runs whatever a sender on its network put in a frame. The
+documents are described in ``_documents``; what slow and late dispatchers get, in ``_wire``.
 
 A scan that is running when the bridge starts is sent whole, from its start (the bus holds
 it). Nothing is dropped by default: a slow dispatcher makes the bridge lag behind the bus;
@@ -71,8 +72,9 @@ class ToBluesky:
     thread), ``close()`` to stop. ``statistics()`` counts what it did.
 
     bind / connect: exactly one address (``tcp://host:port`` or bluesky's ``host:port``).
-    serializer: ``pickle`` (bluesky's default; runs no pickle here, but the dispatcher
-    unpickles), ``msgpack`` or ``msgpack-numpy``. resources: ``stream`` (stream_resource,
+    serializer: ``msgpack`` (the default), ``msgpack-numpy`` or, only when asked for,
+    ``pickle`` (bluesky's default wire: this side only dumps, but every dispatcher
+    unpickles what it gets). resources: ``stream`` (stream_resource,
     stream_datum) or ``legacy`` (resource, datum_page). on_slow: ``lag`` or ``drop``; hwm:
     documents queued per subscriber before it counts as full. pages: ``True`` sends
     ``event_page`` documents; ``False`` one ``event`` per row instead, for callbacks that
@@ -90,7 +92,7 @@ class ToBluesky:
         bind: str | None = None,
         connect: str | None = None,
         prefix: bytes = b"",
-        serializer: str = "pickle",
+        serializer: str = "msgpack",
         resources: str = "stream",
         on_slow: str = "lag",
         hwm: int = 1000,
@@ -305,7 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--bind", metavar="ADDR", help="listen for RemoteDispatchers here")
     where.add_argument("--connect", metavar="ADDR", help="a bluesky Proxy's input port")
     parser.add_argument("--prefix", default="", help="bytes every frame starts with")
-    parser.add_argument("--serializer", choices=sorted(SERIALIZERS), default="pickle")
+    parser.add_argument(
+        "--serializer",
+        choices=sorted(SERIALIZERS),
+        default="msgpack",
+        help="pickle (bluesky's default) only when every dispatcher's host is trusted",
+    )
     parser.add_argument(
         "--legacy-resources", action="store_true", help="resource/datum instead of stream_*"
     )

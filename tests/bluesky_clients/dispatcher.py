@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("address")
     parser.add_argument("out")
     parser.add_argument("stops", type=int)
-    parser.add_argument("--deserializer", default="pickle", choices=sorted(DESERIALIZERS))
+    parser.add_argument("--deserializer", default="msgpack", choices=sorted(DESERIALIZERS))
     parser.add_argument("--fields", default="")
     parser.add_argument("--slow", type=float, default=0.0)
     parser.add_argument("--prefix", default="")
