@@ -1,0 +1,286 @@
+"""Bus -> bluesky: every scan of a session as an event-model run on bluesky's 0MQ wire.
+
+    databus bridge to-bluesky --session S (--bind ADDR | --connect PROXY_IN)
+        [--prefix B] [--serializer pickle|msgpack|msgpack-numpy] [--legacy-resources]
+        [--drop-slow] [--url URL]
+
+``--bind tcp://127.0.0.1:5578``: an unmodified ``RemoteDispatcher("127.0.0.1:5578")``
+connects to the bridge; ``--connect``: the bridge feeds a bluesky ``Proxy``'s input port.
+The frames are those ``bluesky.callbacks.zmq.Publisher`` sends. ``--serializer pickle`` is
+bluesky's default (the dispatcher's default ``pickle.loads``); ``msgpack`` suits a
+dispatcher given ``deserializer=msgpack.unpackb``, ``msgpack-numpy`` one given
+``msgpack_numpy.unpackb`` (arrays stay numpy arrays). The documents are described in
+``_documents``; what slow and late dispatchers get, in ``_wire``.
+
+A scan that is running when the bridge starts is sent whole, from its start (the bus holds
+it). Nothing is dropped by default: a slow dispatcher makes the bridge lag behind the bus;
+``--drop-slow`` drops documents for a dispatcher whose queue is full instead (counted).
+What could not be converted is logged and counted; the counts are printed at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import databus
+from databus import EventType
+
+from ._documents import Document, RunDocuments
+from ._serializers import SERIALIZERS, get_serializer
+from ._wire import DocumentSocket
+
+__all__ = ["BridgeStatistics", "ToBluesky", "main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BridgeStatistics:
+    """What a ``ToBluesky`` bridge did so far."""
+
+    documents: int  #: documents sent
+    events: int  #: events sent (rows of event pages)
+    runs: int  #: runs sent to their stop document
+    dropped: int  #: documents a slow subscriber lost (``on_slow="drop"`` only)
+    failures: int  #: bus events or documents that could not be converted (logged)
+
+
+class _Scan:
+    """A scan being followed: its node, its channels' descriptors, then its run."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.descriptors: list[databus.Descriptor] = []
+        self.run: RunDocuments | None = None
+
+
+class ToBluesky:
+    """Follows session ``session`` of ``bus`` (``databus.connect()`` when None) and sends
+    each scan's documents to bluesky dispatchers: ``run()`` (blocking) or ``start()`` (a
+    thread), ``close()`` to stop. ``statistics()`` counts what it did.
+
+    bind / connect: exactly one address (``tcp://host:port`` or bluesky's ``host:port``).
+    serializer: ``pickle`` (bluesky's default; runs no pickle here, but the dispatcher
+    unpickles), ``msgpack`` or ``msgpack-numpy``. resources: ``stream`` (stream_resource,
+    stream_datum) or ``legacy`` (resource, datum_page). on_slow: ``lag`` or ``drop``; hwm:
+    documents queued per subscriber before it counts as full.
+
+    ValueError for a bad address, prefix, serializer or option, and for a session the bus
+    has never had a scan in.
+    """
+
+    def __init__(
+        self,
+        session: str,
+        *,
+        bind: str | None = None,
+        connect: str | None = None,
+        prefix: bytes = b"",
+        serializer: str = "pickle",
+        resources: str = "stream",
+        on_slow: str = "lag",
+        hwm: int = 1000,
+        bus: databus.Bus | None = None,
+    ) -> None:
+        if resources not in ("stream", "legacy"):
+            raise ValueError(f"resources must be 'stream' or 'legacy', not {resources!r}")
+        self._dumps = get_serializer(serializer).dumps
+        self._own_bus = bus is None
+        self.bus = bus if bus is not None else databus.connect()
+        try:
+            self.session = self.bus.session(session)
+            known = self.bus.sessions()
+            if session not in known:
+                raise ValueError(
+                    f"no session {session!r} on {self.bus!r} (it has {', '.join(known) or 'none'});"
+                    f" a session exists once a scan was created in it"
+                )
+            self.socket = DocumentSocket(
+                bind=bind, connect=connect, prefix=prefix, on_slow=on_slow, hwm=hwm
+            )
+        except BaseException:
+            if self._own_bus:
+                self.bus.close()
+            raise
+        self.resources = resources
+        self._scans: dict[str, _Scan] = {}
+        self._stop = databus.StopHandler()
+        self._thread: threading.Thread | None = None
+        self._counts = {"documents": 0, "events": 0, "runs": 0, "failures": 0}
+
+    @property
+    def address(self) -> str:
+        """The address the bridge is bound or connected to (the real port for ``:*``)."""
+        return self.socket.address
+
+    def statistics(self) -> BridgeStatistics:
+        """Counts so far (documents, events, runs, dropped, failures)."""
+        return BridgeStatistics(dropped=self.socket.dropped, **self._counts)
+
+    def run(self, started: threading.Event | None = None) -> None:
+        """Follow the session and send until ``close()``; ``started`` is set once the
+        bridge follows (scans from then on, and those running, will be sent). Errors of
+        the bus itself propagate; the socket is closed on the way out."""
+        try:
+            events = self.session.follow(stop_handler=self._stop, started_event=started)
+            for event in events:
+                self._on(event)
+        finally:
+            self.socket.close()
+            if self._own_bus:
+                self.bus.close()
+
+    def start(self) -> ToBluesky:
+        """Run in a thread; returns once the bridge follows the session."""
+        started = threading.Event()
+        self._thread = threading.Thread(
+            target=self.run, args=(started,), name="databus-to-bluesky", daemon=True
+        )
+        self._thread.start()
+        started.wait(10)
+        return self
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return after the current document (from any thread or a
+        signal handler)."""
+        self._stop.stop()
+        self.socket.stop()
+
+    def close(self) -> None:
+        """Stop, and wait for ``start()``'s thread to finish sending and close."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join()
+        else:
+            self.socket.close()
+
+    def __enter__(self) -> ToBluesky:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- events
+
+    def _on(self, event: databus.Event) -> None:
+        node = event.node
+        kind = event.type
+        try:
+            if kind is EventType.NEW_NODE:
+                if node.type in ("scan", "scan_group"):
+                    self._scans[node.db_name] = _Scan(node)
+                elif node.parent.db_name in self._scans:
+                    self._scans[node.parent.db_name].descriptors.append(node.desc)
+                return
+            scan = self._scans.get(
+                node.db_name if kind is EventType.END_SCAN else node.parent.db_name
+            )
+            if scan is None:
+                return
+            run = self._run(scan)
+            if kind is EventType.NEW_DATA:
+                data = event.data
+                self._send(run.data(node.desc.name, data.first_index, data.data, data.block_size))
+            elif kind is EventType.GAP:
+                gap = event.data
+                self._send(run.gap(node.desc.name, gap.first_index, gap.block_size, gap.reason))
+            elif kind is EventType.END_SCAN:
+                del self._scans[node.db_name]
+                self._send(run.close(str(event.data.reason), event.data.error, node.ended))
+                self._counts["runs"] += 1
+        except Exception as exc:  # one scan's trouble never stops the bridge
+            self._counts["failures"] += 1
+            log.error(
+                "could not convert %s of %s: %s: %s", kind.name, node, type(exc).__name__, exc
+            )
+
+    def _run(self, scan: _Scan) -> RunDocuments:
+        """The scan's run, opened (start and descriptors sent) on first use."""
+        if scan.run is None:
+            node = scan.node
+            scan.run = RunDocuments(
+                node.db_name,
+                node.number,
+                node.created,
+                node.info,
+                scan.descriptors,
+                resources=self.resources,
+            )
+            self._send(scan.run.open())
+        return scan.run
+
+    def _send(self, docs: list[Document]) -> None:
+        for name, doc in docs:
+            try:
+                payload = self._dumps(doc)
+            except Exception as exc:
+                self._counts["failures"] += 1
+                log.error(
+                    "could not serialize a %s document: %s: %s", name, type(exc).__name__, exc
+                )
+                continue
+            if not self.socket.send(name, payload):
+                return
+            self._counts["documents"] += 1
+            if name == "event_page":
+                self._counts["events"] += len(doc["seq_num"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``databus bridge to-bluesky``: send a session's scans until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="databus bridge to-bluesky",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--session", required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--bind", metavar="ADDR", help="listen for RemoteDispatchers here")
+    where.add_argument("--connect", metavar="ADDR", help="a bluesky Proxy's input port")
+    parser.add_argument("--prefix", default="", help="bytes every frame starts with")
+    parser.add_argument("--serializer", choices=sorted(SERIALIZERS), default="pickle")
+    parser.add_argument(
+        "--legacy-resources", action="store_true", help="resource/datum instead of stream_*"
+    )
+    parser.add_argument(
+        "--drop-slow", action="store_true", help="drop documents for a full subscriber"
+    )
+    parser.add_argument("--url", default=None, help="the bus (default: DATABUS_URL or local)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        bus = databus.connect(args.url)
+        bridge = ToBluesky(
+            args.session,
+            bind=args.bind,
+            connect=args.connect,
+            prefix=args.prefix.encode(),
+            serializer=args.serializer,
+            resources="legacy" if args.legacy_resources else "stream",
+            on_slow="drop" if args.drop_slow else "lag",
+            bus=bus,
+        )
+    except (ValueError, databus.DatabusError) as exc:
+        print(f"databus bridge to-bluesky: error: {exc}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: bridge.stop())
+    print(f"to-bluesky: session {args.session!r} -> {bridge.address}", flush=True)
+    try:
+        bridge.run()
+    finally:
+        bus.close()
+        stats = bridge.statistics()
+        print(
+            f"to-bluesky: {stats.documents} documents, {stats.events} events, {stats.runs} "
+            f"runs sent; {stats.dropped} dropped, {stats.failures} not converted",
+            flush=True,
+        )
+    return 0
