@@ -74,7 +74,6 @@ def create_entry(h5: Any, name: str, scan: Any, compression: dict[str, Any]) -> 
     ``instrument`` and ``measurement`` with an empty extensible dataset per channel
     (frames chunked one per chunk, with ``compression``), ``writer`` (channels, paths,
     progress, gaps) and the default plot."""
-    h5py = h5py_module()
     info = scan.info
     e = h5.create_group(name)
     e.attrs.update({"NX_class": "NXentry", "default": "plotselect"})
@@ -92,54 +91,12 @@ def create_entry(h5: Any, name: str, scan: Any, compression: dict[str, Any]) -> 
     positioners.attrs["NX_class"] = "NXcollection"
     measurement = e.create_group("measurement")
     measurement.attrs["NX_class"] = "NXcollection"
-    names, paths = [], []
-    for ch in scan.channels.values():
-        is_axis = ch.name.split(":")[0] in POSITIONER_PREFIXES
-        field = "value" if is_axis else "data"
-        group_name, short = slot(instrument, measurement, ch.name, field)
-        holder = instrument.require_group(group_name)
-        holder.attrs["NX_class"] = "NXpositioner" if is_axis else "NXdetector"
-        names.append(ch.name)
-        if ch.desc.kind == "ref":
-            paths.append("")  # linked to the detector's own file at the end
-            continue
-        if ch.desc.kind == "json":
-            ds = holder.create_dataset(
-                field, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(256,)
-            )
-        else:
-            shape = ch.shape
-            frame = len(shape) >= 2 or int(np.prod(shape)) * ch.dtype.itemsize >= 65536
-            chunks = (
-                (1, *shape)
-                if frame
-                else (max(1, 65536 // max(1, int(np.prod(shape)) * ch.dtype.itemsize)), *shape)
-            )
-            fill = np.nan if ch.dtype.kind in "fc" else 0
-            ds = holder.create_dataset(
-                field,
-                shape=(0, *shape),
-                maxshape=(None, *shape),
-                dtype=ch.dtype,
-                chunks=chunks,
-                fillvalue=fill,
-                **(compression if frame else {}),
-            )
-            if frame:
-                ds.attrs["interpretation"] = "image"
-        if ch.unit:
-            ds.attrs["units"] = h5_text(ch.unit)
-        ds.attrs["channel"] = hdf5_name(ch.name)
-        if is_axis:
-            positioners[group_name] = ds
-        measurement[short] = ds
-        paths.append(ds.name[len(e.name) + 1 :])
+    names = list(scan.channels)
+    paths = [channel_dataset(e, ch, compression) for ch in scan.channels.values()]
     w = e.create_group("writer")
     w.attrs["NX_class"] = "NXcollection"
     w.attrs["scan_created"] = scan.created or 0.0
-    w["channels"] = np.array([hdf5_name(n) for n in names], dtype=h5py.string_dtype())
-    w["paths"] = np.array(paths, dtype=h5py.string_dtype())
-    w.create_dataset("progress", data=np.zeros(len(names), dtype=np.int64))
+    channel_table(w, names, paths, np.zeros(len(names), dtype=np.int64))
     gaps = w.create_dataset(
         "gaps", shape=(0, 4), maxshape=(None, 4), dtype=np.int64, chunks=(64, 4)
     )
@@ -147,6 +104,66 @@ def create_entry(h5: Any, name: str, scan: Any, compression: dict[str, Any]) -> 
     gaps.attrs["reasons"] = list(GAP_REASONS)
     plotselect(e, info, names, paths, final=False)
     return e
+
+
+def channel_dataset(e: Any, ch: Any, compression: dict[str, Any]) -> str:
+    """The empty extensible dataset of channel ``ch`` (a ``ChannelNode``) in entry ``e``,
+    under ``instrument`` (NXpositioner or NXdetector) and linked from ``measurement``
+    (frames chunked one per chunk, with ``compression``); its path in ``e``, or "" for a
+    ref channel (its frames are linked from the detector's file at the end)."""
+    h5py = h5py_module()
+    instrument, measurement = e["instrument"], e["measurement"]
+    is_axis = ch.name.split(":")[0] in POSITIONER_PREFIXES
+    field = "value" if is_axis else "data"
+    group_name, short = slot(instrument, measurement, ch.name, field)
+    holder = instrument.require_group(group_name)
+    holder.attrs["NX_class"] = "NXpositioner" if is_axis else "NXdetector"
+    if ch.desc.kind == "ref":
+        return ""
+    if ch.desc.kind == "json":
+        ds = holder.create_dataset(
+            field, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(256,)
+        )
+    else:
+        shape = ch.shape
+        frame = len(shape) >= 2 or int(np.prod(shape)) * ch.dtype.itemsize >= 65536
+        chunks = (
+            (1, *shape)
+            if frame
+            else (max(1, 65536 // max(1, int(np.prod(shape)) * ch.dtype.itemsize)), *shape)
+        )
+        fill = np.nan if ch.dtype.kind in "fc" else 0
+        ds = holder.create_dataset(
+            field,
+            shape=(0, *shape),
+            maxshape=(None, *shape),
+            dtype=ch.dtype,
+            chunks=chunks,
+            fillvalue=fill,
+            **(compression if frame else {}),
+        )
+        if frame:
+            ds.attrs["interpretation"] = "image"
+    if ch.unit:
+        ds.attrs["units"] = h5_text(ch.unit)
+    ds.attrs["channel"] = hdf5_name(ch.name)
+    if is_axis:
+        instrument["positioners"][group_name] = ds
+    measurement[short] = ds
+    return str(ds.name[len(e.name) + 1 :])
+
+
+def channel_table(w: Any, names: list[str], paths: list[str], progress: Any) -> None:
+    """The ``writer`` group's per-channel rows, (re)written whole: ``channels`` (full
+    names), ``paths`` (datasets in the entry, "" for none) and ``progress`` (points
+    stored)."""
+    h5py = h5py_module()
+    for name in ("channels", "paths", "progress"):
+        if name in w:
+            del w[name]
+    w["channels"] = np.array([hdf5_name(n) for n in names], dtype=h5py.string_dtype())
+    w["paths"] = np.array(paths, dtype=h5py.string_dtype())
+    w.create_dataset("progress", data=np.asarray(progress, dtype=np.int64))
 
 
 def plotselect(

@@ -16,7 +16,7 @@ import databus
 from databus._encoding import text
 from databus._saving import hdf5_name, original_name
 
-from ._nexus import create_entry, h5_text, iso, plotselect
+from ._nexus import channel_dataset, channel_table, create_entry, h5_text, iso, plotselect
 from ._writer_entries import Channel, Entry
 from ._writer_files import OutputFile
 from ._writer_frames import TrustedRoots, link_frames
@@ -119,6 +119,30 @@ def entry_bytes(scan: Any) -> int:
     info = scan.info
     datasets = len(scan.channels) + len(info) + 16
     return datasets * DATASET_BYTES + len(repr(info))
+
+
+def add_channel(entry: Entry, node: Any, compression: dict[str, Any]) -> Channel:
+    """Add channel ``node``, declared after the entry was made (a bluesky stream that
+    starts mid-run), to ``entry``: its dataset, and a row of ``writer/channels``,
+    ``paths`` and ``progress`` (rewritten whole, with the file's structure open)."""
+    entry.store()
+    entry.file.check_room(4 * DATASET_BYTES)
+    h5 = entry.file.structural()
+    e = h5[entry.name]
+    path = channel_dataset(e, node, compression)
+    channels = list(entry.channels.values())
+    channel_table(
+        e["writer"],
+        [c.name for c in channels] + [node.name],
+        [c.path or "" for c in channels] + [path],
+        [c.stored for c in channels] + [0],
+    )
+    ch = Channel(
+        node, node.name, hdf5_name(node.name.rsplit(":", 1)[-1]), path or None, len(channels)
+    )
+    entry.channels[node.name] = ch
+    entry.file.live()
+    return ch
 
 
 class IncompleteEntry(OSError):

@@ -18,7 +18,15 @@ from databus._saving import scan_file
 from ._writer_entries import Entry
 from ._writer_files import OutputFile, no_space
 from ._writer_frames import TrustedRoots
-from ._writer_lifecycle import IncompleteEntry, end_entry, entry_bytes, entry_name, note, open_entry
+from ._writer_lifecycle import (
+    IncompleteEntry,
+    add_channel,
+    end_entry,
+    entry_bytes,
+    entry_name,
+    note,
+    open_entry,
+)
 
 log = logging.getLogger("databus.writer")
 
@@ -102,6 +110,9 @@ class ScanFiles:
         """Write ``event`` of ``scan`` to its entry, or keep its end while the scan is held."""
         key = scan.db_name
         kind = event.type
+        if kind is databus.EventType.NEW_NODE and event.node is not scan:
+            self.late_channels(scan)
+            return
         if key in self.refused or kind not in _WRITTEN:
             return
         entry = self.entries.get(key)
@@ -124,12 +135,32 @@ class ScanFiles:
         elif kind is databus.EventType.END_SCAN:
             self.finish(entry, event.data)
 
+    def late_channels(self, scan: Any) -> None:
+        """Add to ``scan``'s entry the channels declared after it was made (a stream that
+        starts mid-run); a channel declared before the entry is made comes with it, and
+        a scan whose file waits gets them once it is taken up again."""
+        entry = self.entries.get(scan.db_name)
+        if entry is None or entry.failed is not None or entry.file.blocked is not None:
+            return
+        try:
+            channels = scan.refresh().channels
+        except databus.UnknownScan:
+            return  # gone from Redis: its end says what is missing
+        late = [n for n in channels.values() if n.name not in entry.channels]
+        for node in late:
+            add_channel(entry, node, self.compression)
+            log.info("%s: channel %r added to %s", scan.db_name, node.name, entry.name)
+        if late:
+            where = {c.name: f"/{entry.name}/{c.path}" for c in entry.channels.values() if c.path}
+            note(scan.db_name, lambda: scan.record_file(str(entry.file.path), where))
+
     def open(self, scan: Any) -> Entry | None:
         """The scan's entry, created or taken up unfinished where the file says. None
         while its file waits (full disk, another writer: the scan is held), or if another
         writer finished it."""
         key = scan.db_name
-        if key in self.entries:
+        if key in self.entries:  # a scan held while its file waited, taken up again
+            self.late_channels(scan)
             return self.entries[key]
         held = self.held.get(key)
         if held is not None and held.file.blocked is not None:

@@ -384,15 +384,21 @@ class Scan:
             copying them; the caller must then not modify an array after sending it.
         attrs: extra JSON-like metadata stored in the descriptor.
 
+        A channel may be declared until the scan is sealed or ended, also while it runs
+        (a bluesky stream declared mid-run): readers get its NEW_NODE before its first
+        point, and a writer adds it to what it writes. Declare what you can before
+        ``prepare()``, so readers know the scan's shape from the start.
+
         Raises ``InvalidName`` for a name ``keys.check_name`` refuses (empty, over
         ``keys.MAX_CHANNEL_NAME`` characters, control characters), ``ChannelExists`` for a
-        second channel of the same name, ``ScanStateError`` once the scan is prepared.
+        second channel of the same name, ``ScanStateError`` once the scan is sealed or
+        has ended.
         """
-        if self.state >= ScanState.PREPARED or self.sealed:
+        if self.state is ScanState.ENDED or self.sealed:
             raise ScanStateError(
                 f"cannot add channel {name!r}: scan {self.key} is "
-                f"{'sealed' if self.sealed else self.state.name}; "
-                f"declare every channel before prepare() and seal()"
+                f"{'ENDED' if self.state is ScanState.ENDED else 'sealed'}; "
+                f"declare channels before seal() and end()"
             )
         if dtype is None and kind == "array":
             raise DtypeError(f"channel {name!r}: give a dtype (e.g. 'float64'), or kind='json'")

@@ -254,15 +254,21 @@ class TestBadInput:
         got = read_channel(bus, scan.key, "x")[0]
         assert np.isnan(got[0]) and got[1] == 1 and np.isnan(got[2])
 
-    def test_duplicate_channel_and_channel_after_prepare(self, bus):
+    def test_duplicate_channel_and_channel_after_seal_or_end(self, bus):
         scan = bus.session("dup").create_scan()
         scan.channel("x", "float64")
         with pytest.raises(databus.ChannelExists, match="already has a channel 'x'"):
             scan.channel("x", "int32")
         scan.prepare()
-        with pytest.raises(databus.ScanStateError, match=r"cannot add channel 'y'.*PREPARED"):
+        scan.start()
+        scan.channel("late", "float64").send(1.0)  # a stream declared mid-run
+        scan.seal()
+        with pytest.raises(databus.ScanStateError, match=r"cannot add channel 'y'.*sealed"):
             scan.channel("y", "float64")
         scan.end()
+        with pytest.raises(databus.ScanStateError, match=r"cannot add channel 'y'.*ENDED"):
+            scan.channel("y", "float64")
+        assert read_channel(bus, scan.key, "late")[0].tolist() == [1.0]
 
     def test_send_after_end_is_a_closed_error(self, bus):
         scan = bus.session("closed").create_scan()

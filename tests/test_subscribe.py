@@ -142,6 +142,29 @@ def test_late_join_delivers_the_running_scan_from_index_0(bus):
     assert data_of(events, "axis:robz").tolist() == [i / 10 for i in range(20)] + [99.0]
 
 
+def test_a_channel_declared_while_the_scan_runs_comes_as_a_new_node_before_its_data(bus):
+    session = bus.session("latech")
+    c = Collector(session.follow, until=ended)
+    scan = publish(session, n=5, end=False)
+    late = scan.channel("baseline:ring_current", "float64", attrs={"stream": "baseline"})
+    late.send(np.array([200.0, 199.5]))
+    scan.channels["axis:robz"].send(9.0)
+    scan.end()
+    live = c.join()
+    replayed = Collector(lambda **kw: session.follow(replay=True, **kw), until=ended).join()
+    for events in (live, replayed):
+        check_order(events)  # NEW_NODE of the late channel before its NEW_DATA
+        kinds = [(e.type.name, e.node.name) for e in events]
+        assert kinds.index(("PREPARED_SCAN", "1_ascan")) < kinds.index(
+            ("NEW_NODE", "baseline:ring_current")
+        )
+        assert data_of(events, "baseline:ring_current").tolist() == [200.0, 199.5]
+        assert data_of(events, "axis:robz").tolist() == [i / 10 for i in range(5)] + [9.0]
+    node = live[0].node.refresh()
+    assert node.channels["baseline:ring_current"].info["attrs"] == {"stream": "baseline"}
+    assert node.channels["baseline:ring_current"][:].tolist() == [200.0, 199.5]
+
+
 def test_exclude_existing_children_skips_the_running_scan(bus):
     session = bus.session("excl")
     first = publish(session, n=3, end=False)

@@ -319,3 +319,33 @@ def test_a_root_that_cannot_be_written_is_a_clear_error(bus, tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2 and f"cannot write to {blocker / 'sub'}" in proc.stderr
+
+
+def test_a_channel_declared_mid_scan_is_added_to_the_entry_being_written(beamline, tmp_path):
+    b = beamline
+    w = Running(b["bus"], tmp_path)
+    published = b["bus"].session("runner").create_scan(title="late streams")
+    x = published.channel("axis:x", "float64")
+    published.prepare()
+    published.start()
+    x.send(np.arange(3.0))
+    eventually(lambda: list((tmp_path / "runner").glob("*.h5")))  # the entry is made
+    time.sleep(0.3)  # ... and its first points stored
+    current = published.channel("baseline:current", "float64", unit="mA")
+    frames = published.channel("cam:image", "uint16", (4, 5))
+    current.send(np.array([200.0, 199.0]))
+    frames.send(np.ones((3, 4, 5), dtype=np.uint16))
+    x.send(np.arange(3.0, 6.0))
+    published.end()
+    w.wait_for(1)
+    w.stop()
+    assert not w.writer.errors
+    with h5py.File(the_file(tmp_path), "r") as f:
+        e = f["1.1"]
+        assert e["end_reason"][()] == b"finished"
+        assert e["measurement/x"][()].tolist() == [0, 1, 2, 3, 4, 5]
+        assert e["measurement/current"][()].tolist() == [200.0, 199.0]
+        assert e["measurement/current"].attrs["units"] == "mA"
+        assert e["measurement/image"].shape == (3, 4, 5)
+        assert e["writer/progress"][()].tolist() == [6, 2, 3]
+        same_as_published(b["bus"], published.key, e)
