@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,22 +48,29 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import msgpack_numpy
 import numpy as np
-from _server import bench_arguments
+from _server import bench_arguments, bench_server
+
+import databus
 
 PREFIX = "benchbluesky"
-SESSION = "bench_bluesky"
+SESSION = "bench_to_bluesky"
+FROM_SESSION = "bench_from_bluesky"
 CHANNELS = [f"c{i}" for i in range(4)]
 PAGE_ROWS = 1000
 IDLE_S = 2.0
-# name: (unit, target, comparison)
-TARGETS: dict[str, tuple[str, float | None, str]] = {
-    "peer_msgpack_events_per_s": ("events/s", None, ""),
-    "peer_pickle_events_per_s": ("events/s", None, ""),
-    "peer_msgpack_delivered_fraction": ("", None, ""),
-    "peer_pickle_delivered_fraction": ("", None, ""),
-    "peer_stop_received": ("", None, ""),
-    "peer_p50_ms_1khz": ("ms", None, ""),
-    "peer_p99_ms_1khz": ("ms", None, ""),
+# name: (unit, target, comparison, the peer's figure it compares with)
+FIGURES: dict[str, tuple[str, float | None, str, str | None]] = {
+    "to_bluesky_events_per_s": ("events/s", 100_000, ">=", "peer_msgpack_events_per_s"),
+    "delivered_fraction": ("", 1.0, "==", "peer_msgpack_delivered_fraction"),
+    "stop_received": ("", 1.0, "==", "peer_msgpack_stop_received"),
+    "to_bluesky_p50_ms_1khz": ("ms", None, "", "peer_p50_ms_1khz"),
+    "to_bluesky_p99_ms_1khz": ("ms", 2.0, "<=", "peer_p99_ms_1khz"),
+    "from_bluesky_events_per_s": ("events/s", 50_000, ">=", None),
+    "from_bluesky_page_events_per_s": ("events/s", None, "", None),
+    "from_bluesky_delivered_fraction": ("", 1.0, "==", None),
+    "peer_pickle_events_per_s": ("events/s", None, "", None),
+    "peer_pickle_delivered_fraction": ("", None, "", None),
+    "peer_pickle_stop_received": ("", None, "", None),
 }
 Send = Callable[[str, dict], None]
 
@@ -136,12 +143,20 @@ def dispatcher(address: str, serializer: str) -> None:
     remote.start()
 
 
+def bridge(url: str) -> None:
+    """ToBluesky with msgpack on a free loopback port: prints its address, then runs."""
+    from databus.clients.bluesky.to_bluesky import ToBluesky
+
+    bus = databus.connect(url, prefix=PREFIX)
+    to_bluesky = ToBluesky(SESSION, bind="tcp://127.0.0.1:*", serializer="msgpack", bus=bus)
+    print(to_bluesky.address, flush=True)
+    to_bluesky.run()
+
+
 def follower(url: str) -> None:
     """Follow the session; print "ready" at the first scan, then for each scan at its end
     one JSON line: points of its channel c0 and when the last came."""
-    import databus
-
-    events = databus.connect(url, prefix=PREFIX).session(SESSION).follow()
+    events = databus.connect(url, prefix=PREFIX).session(FROM_SESSION).follow()
     points, last, ready = 0, 0.0, False
     for event in events:
         kind = event.type
@@ -217,7 +232,7 @@ def figures(report: dict, sent: int, t0: float) -> dict[str, float]:
     }
 
 
-# ------------------------------------------------------------------------- peer
+# ------------------------------------- event-model runs: the peer's and BusPublisher's input
 
 
 class Run:
@@ -286,7 +301,6 @@ def feed_paced(send: Send, run: Run, count: int) -> None:
 def peer_round(peers: dict[str, tuple], points: int, seconds: float) -> dict[str, float]:
     """bluesky's own path: the flood with each serializer, the 1 kHz run with msgpack."""
     out: dict[str, float] = {}
-    stops = []
     for serializer, (publisher, child) in peers.items():
         run = Run("flood")
         docs = run.events(points)
@@ -294,8 +308,7 @@ def peer_round(peers: dict[str, tuple], points: int, seconds: float) -> dict[str
         got = figures(read_report(child), points, t0)
         out[f"peer_{serializer}_events_per_s"] = got["events_per_s"]
         out[f"peer_{serializer}_delivered_fraction"] = got["delivered"]
-        stops.append(got["stop"])
-    out["peer_stop_received"] = statistics.mean(stops)
+        out[f"peer_{serializer}_stop_received"] = got["stop"]
     publisher, child = peers["msgpack"]
     feed_paced(publisher, Run("1khz"), int(seconds * 1000))
     got = figures(read_report(child), 1, 0.0)
@@ -324,13 +337,122 @@ def peer_paths() -> Iterator[dict[str, tuple[Send, subprocess.Popen[str]]]]:
         yield paths
 
 
+# ---------------------------------------------------------------- bus -> bluesky
+
+
+def bus_scan(session: databus.Session, title: str, ticks: Iterable[int]) -> float:
+    """A scan of the 4 float channels, one send() per channel at each tick, all holding
+    the tick's time; returns the time of the first send."""
+    scan = session.create_scan(title=title)
+    s0, s1, s2, s3 = (scan.channel(c, "float64").send for c in CHANNELS)
+    scan.prepare()
+    scan.start()
+    now = time.monotonic
+    t0 = now()
+    for _ in ticks:
+        t = now()
+        s0(t)
+        s1(t)
+        s2(t)
+        s3(t)
+    scan.end()
+    return t0
+
+
+def to_bluesky_round(
+    session: databus.Session, child: subprocess.Popen[str], points: int, seconds: float
+) -> dict[str, float]:
+    """The flood, then the 1 kHz run, through the bridge to the dispatcher."""
+    t0 = bus_scan(session, "flood", range(points))
+    got = figures(read_report(child), points, t0)
+    out = {
+        "to_bluesky_events_per_s": got["events_per_s"],
+        "delivered_fraction": got["delivered"],
+        "stop_received": got["stop"],
+    }
+    bus_scan(session, "1khz", paced(int(seconds * 1000), 1000.0))
+    got = figures(read_report(child), 1, 0.0)
+    out["to_bluesky_p50_ms_1khz"], out["to_bluesky_p99_ms_1khz"] = got["p50"], got["p99"]
+    return out
+
+
+@contextlib.contextmanager
+def to_bluesky_path(session: databus.Session, url: str) -> Iterator[subprocess.Popen[str]]:
+    """The bridge and a msgpack RemoteDispatcher, each in its own process, the dispatcher
+    seen receiving; the session is made to exist first (the bridge wants one)."""
+    probe = functools.partial(bus_scan, session, "probe", range(1))
+    probe()
+    with spawned("--bridge", url) as to_bluesky:
+        assert to_bluesky.stdout is not None
+        address = to_bluesky.stdout.readline().strip()
+        with spawned("--dispatcher", address, "msgpack") as child:
+            wait_ready(child, probe)
+            yield child
+
+
+# ---------------------------------------------------------------- bluesky -> bus
+
+
+def from_bluesky_round(
+    publisher: Send, child: subprocess.Popen[str], points: int
+) -> dict[str, float]:
+    """Pre-composed runs into BusPublisher, as events and as event_pages, to the follower."""
+    out: dict[str, float] = {}
+    delivered = []
+    for figure, kind in (("events_per_s", "event"), ("page_events_per_s", "event_page")):
+        run = Run("flood")
+        docs = run.events(points) if kind == "event" else run.pages(points)
+        t0 = feed(publisher, run, kind, docs)
+        got = figures(read_report(child), points, t0)
+        out[f"from_bluesky_{figure}"] = got["events_per_s"]
+        delivered.append(got["delivered"])
+    out["from_bluesky_delivered_fraction"] = min(delivered)
+    return out
+
+
+@contextlib.contextmanager
+def from_bluesky_path(url: str) -> Iterator[tuple[Send, subprocess.Popen[str]]]:
+    """BusPublisher here (its own bus connection) and the follower in its own process,
+    the follower seen receiving."""
+    from databus.clients.bluesky.publisher import BusPublisher
+
+    with contextlib.ExitStack() as stack:
+        bus = databus.connect(url, prefix=PREFIX)
+        stack.callback(bus.close)
+        child = stack.enter_context(spawned("--follower", url))
+        publisher = stack.enter_context(BusPublisher(session=FROM_SESSION, bus=bus))
+        wait_ready(child, functools.partial(probe_run, publisher))
+        yield publisher, child
+
+
 # ------------------------------------------------------------------------- main
+
+
+def table(out: dict[str, float]) -> None:
+    """Print each figure with its unit, target, the peer's figure and ours / peer."""
+    print(
+        f"{'figure':<32}{'value':>14}  {'unit':<9}{'target':>11}  {'met':<4}"
+        f"{'bluesky 0MQ':>13}{'ours/peer':>11}"
+    )
+    for name, (unit, target, op, peer) in FIGURES.items():
+        value = out[name]
+        met = shown = ""
+        if target is not None:
+            ok = {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
+            met, shown = ("yes" if ok else "NO"), f"{op} {target:,g}"
+        theirs = ratio = ""
+        if peer is not None:
+            theirs = f"{out[peer]:,.3f}"
+            ratio = f"{value / out[peer]:.2f}" if out[peer] else "-"
+        print(f"{name:<32}{value:>14,.3f}  {unit:<9}{shown:>11}  {met:<4}{theirs:>13}{ratio:>11}")
 
 
 def main() -> int:
     parser = bench_arguments(__doc__, "runs")
     parser.add_argument("--proxy", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--dispatcher", nargs=2, metavar=("ADDRESS", "SER"), help=argparse.SUPPRESS)
+    parser.add_argument("--dispatcher", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--bridge", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--follower", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.proxy:
         proxy()
@@ -338,25 +460,35 @@ def main() -> int:
     if args.dispatcher:
         dispatcher(*args.dispatcher)
         return 0
+    if args.bridge:
+        bridge(args.bridge)
+        return 0
+    if args.follower:
+        follower(args.follower)
+        return 0
     runs = args.runs or (1 if args.quick else 3)
     points = 20_000 if args.quick else 100_000
     seconds = 2.0 if args.quick else 10.0
-    with peer_paths() as peers:
-        results = [peer_round(peers, points, seconds) for _ in range(runs)]
-    out = {k: statistics.median(r[k] for r in results) for k in TARGETS}
+    results = []
+    with bench_server(args.url) as url, contextlib.ExitStack() as stack:
+        bus = databus.connect(url, prefix=PREFIX)
+        stack.callback(bus.close)
+        session = bus.session(SESSION)
+        peers = stack.enter_context(peer_paths())
+        to_bluesky = stack.enter_context(to_bluesky_path(session, url))
+        publisher, bus_follower = stack.enter_context(from_bluesky_path(url))
+        for _ in range(runs):
+            out = peer_round(peers, points, seconds)
+            out.update(to_bluesky_round(session, to_bluesky, points, seconds))
+            out.update(from_bluesky_round(publisher, bus_follower, points))
+            results.append(out)
+    out = {k: statistics.median(r[k] for r in results) for k in results[0]}
     print(
-        f"databus bluesky bench: {runs} run(s), medians; {points} points x {len(CHANNELS)} channels"
+        f"databus bluesky bench: {runs} run(s), medians; {points:,} points x "
+        f"{len(CHANNELS)} float64 channels; 1 kHz for {seconds:g} s"
     )
-    print(f"{'figure':<34}{'value':>14}  {'unit':<9}{'target':>10}  met")
-    for name, (unit, target, op) in TARGETS.items():
-        value = out[name]
-        if target is None:
-            met, shown = "", ""
-        else:
-            ok = {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
-            met, shown = ("yes" if ok else "NO"), f"{op} {target:g}"
-        print(f"{name:<34}{value:>14,.3f}  {unit:<9}{shown:>10}  {met}")
-    print(json.dumps({k: round(v, 4) for k, v in out.items()}))
+    table(out)
+    print(json.dumps({k: round(v, 4) for k, v in sorted(out.items())}))
     return 0
 
 
