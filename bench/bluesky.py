@@ -59,6 +59,7 @@ FROM_SESSION = "bench_from_bluesky"
 CHANNELS = [f"c{i}" for i in range(4)]
 PAGE_ROWS = 1000
 IDLE_S = 2.0
+PROBE = "probe"  # the plan name (scan type) of the runs that only check a path works
 # name: (unit, target, comparison, the peer's figure it compares with)
 FIGURES: dict[str, tuple[str, float | None, str, str | None]] = {
     "to_bluesky_events_per_s": ("events/s", 100_000, ">=", "peer_msgpack_events_per_s"),
@@ -91,7 +92,8 @@ def proxy() -> None:
 def dispatcher(address: str, serializer: str) -> None:
     """An unmodified RemoteDispatcher whose callback counts rows and their latency;
     prints "ready" at the first start, then one JSON line per run at its stop (or after
-    IDLE_S without a document, a run whose stop was lost)."""
+    IDLE_S without a document, a run whose stop was lost). A run of plan "probe" (the
+    scan type on the bus) is reported as a probe."""
     import pickle
 
     from bluesky.callbacks.zmq import RemoteDispatcher
@@ -102,11 +104,11 @@ def dispatcher(address: str, serializer: str) -> None:
     ready = False
 
     def reset() -> None:
-        run.update(rows=0, lat=[], last=0.0, key=CHANNELS[0])
+        run.update(rows=0, lat=[], last=0.0, key=CHANNELS[0], open=False, probe=False)
 
     def report(stopped: bool) -> None:
         lat = np.concatenate([np.atleast_1d(x) for x in run["lat"]]) * 1000 if run["lat"] else [0]
-        fields = {"rows": run["rows"], "last": run["last"], "stop": stopped}
+        fields = {"rows": run["rows"], "last": run["last"], "stop": stopped, "probe": run["probe"]}
         fields.update(p50=float(np.percentile(lat, 50)), p99=float(np.percentile(lat, 99)))
         print(json.dumps(fields), flush=True)
         reset()
@@ -116,6 +118,7 @@ def dispatcher(address: str, serializer: str) -> None:
         now = time.monotonic()
         if name == "start":
             reset()
+            run.update(open=True, probe=doc.get("plan_name") == PROBE)
             if not ready:
                 ready = True
                 print("ready", flush=True)
@@ -134,7 +137,7 @@ def dispatcher(address: str, serializer: str) -> None:
         run["last"] = now
 
     def watch() -> None:
-        if run["rows"] and time.monotonic() - run["last"] > IDLE_S:
+        if (run["open"] or run["rows"]) and time.monotonic() - run["last"] > IDLE_S:
             report(False)
         remote.loop.call_later(0.2, watch)
 
@@ -156,7 +159,7 @@ def bridge(url: str) -> None:
 
 def follower(url: str) -> None:
     """Follow the session; print "ready" at the first scan, then for each scan at its end
-    one JSON line: points of its channel c0 and when the last came."""
+    one JSON line: points of its channel c0, when the last came, whether it is a probe."""
     events = databus.connect(url, prefix=PREFIX).session(FROM_SESSION).follow()
     points, last, ready = 0, 0.0, False
     for event in events:
@@ -168,7 +171,8 @@ def follower(url: str) -> None:
             points += len(event.data.data)
             last = time.monotonic()
         elif kind is databus.EventType.END_SCAN:
-            print(json.dumps({"points": points, "last": last}), flush=True)
+            probe = event.node.info.get("type") == PROBE
+            print(json.dumps({"points": points, "last": last, "probe": probe}), flush=True)
             points = 0
 
 
@@ -184,14 +188,14 @@ def spawned(*args: str) -> Iterator[subprocess.Popen[str]]:
 
 
 def read_report(child: subprocess.Popen[str]) -> dict:
-    """The child's next report of a measured run (probe runs, one row, are skipped)."""
+    """The child's next report of a measured run (probe runs are skipped)."""
     assert child.stdout is not None
     while True:
         line = child.stdout.readline()
         if not line:
             raise RuntimeError(f"{child.args[2:]} exited")
         report = json.loads(line)
-        if report.get("rows", report.get("points", 0)) > 1:
+        if not report["probe"]:
             return report
 
 
@@ -273,7 +277,8 @@ class Run:
 
 
 def probe_run(send: Send) -> None:
-    run = Run("probe")
+    """A run of one event, to see that the path delivers."""
+    run = Run(PROBE)
     for name, doc in [("start", run.start), ("descriptor", run.descriptor)]:
         send(name, doc)
     send("event", run.event(0, time.monotonic()))
@@ -345,7 +350,7 @@ def peer_paths() -> Iterator[dict[str, tuple[Send, subprocess.Popen[str]]]]:
 def bus_scan(session: databus.Session, title: str, ticks: Iterable[int]) -> float:
     """A scan of the 4 float channels, one send() per channel at each tick, all holding
     the tick's time; returns the time of the first send."""
-    scan = session.create_scan(title=title)
+    scan = session.create_scan(title=title, type=title)
     s0, s1, s2, s3 = (scan.channel(c, "float64").send for c in CHANNELS)
     scan.prepare()
     scan.start()
@@ -382,7 +387,7 @@ def to_bluesky_round(
 def to_bluesky_path(session: databus.Session, url: str) -> Iterator[subprocess.Popen[str]]:
     """The bridge and a msgpack RemoteDispatcher, each in its own process, the dispatcher
     seen receiving; the session is made to exist first (the bridge wants one)."""
-    probe = functools.partial(bus_scan, session, "probe", range(1))
+    probe = functools.partial(bus_scan, session, PROBE, range(1))
     probe()
     with spawned("--bridge", url) as to_bluesky:
         assert to_bluesky.stdout is not None
@@ -482,12 +487,14 @@ def main() -> int:
         stack.callback(bus.close)
         session = bus.session(SESSION)
         peers = stack.enter_context(peer_paths())
-        to_bluesky = stack.enter_context(to_bluesky_path(session, url))
-        publisher, bus_follower = stack.enter_context(from_bluesky_path(url))
         for _ in range(runs):
             out = peer_round(peers, points, seconds)
-            out.update(to_bluesky_round(session, to_bluesky, points, seconds))
-            out.update(from_bluesky_round(publisher, bus_follower, points))
+            # One path at a time: a sender paces its flushes by the readers waiting on
+            # the server, whatever they wait for (FlushPolicy.pace).
+            with to_bluesky_path(session, url) as dispatcher_child:
+                out.update(to_bluesky_round(session, dispatcher_child, points, seconds))
+            with from_bluesky_path(url) as (publisher, follower_child):
+                out.update(from_bluesky_round(publisher, follower_child, points))
             results.append(out)
     out = {k: combined(k, [r[k] for r in results]) for k in results[0]}
     for name, (_, _, _, peer) in FIGURES.items():
