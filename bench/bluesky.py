@@ -392,6 +392,8 @@ def to_bluesky_path(session: databus.Session, url: str) -> Iterator[subprocess.P
     with spawned("--bridge", url) as to_bluesky:
         assert to_bluesky.stdout is not None
         address = to_bluesky.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the bridge did not start (its error is above)")
         with spawned("--dispatcher", address, "msgpack") as child:
             wait_ready(child, probe)
             yield child
