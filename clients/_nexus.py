@@ -184,6 +184,8 @@ def plotselect(
     ]
     if not counters:
         return
+    detectors = {str(d) for d in info.get("detectors") or []}  # a bluesky run's detectors first
+    counters.sort(key=lambda n: n.rsplit(":", 1)[-1] not in detectors)
     if "plotselect" in e:
         del e["plotselect"]
     nxdata = e.create_group("plotselect")

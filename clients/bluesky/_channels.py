@@ -108,11 +108,17 @@ def channel_spec(stream: str, key: str, data_key: Mapping[str, Any], name: str) 
     return ChannelSpec(name, kind, dtype, tuple(shape), unit, attrs)
 
 
-def event_field_specs(stream: str, keys: list[str]) -> list[ChannelSpec]:
-    """The channels of a stream's event ``time`` and ``timestamps``."""
+def event_field_specs(stream: str, keys: list[str]) -> tuple[ChannelSpec, ChannelSpec | None]:
+    """The channels of a stream's event ``time`` and of the ``timestamps`` of its
+    ``keys`` (None without keys: a stream of external keys only)."""
     base = {"stream": stream}
-    return [
-        ChannelSpec(f"{stream}:time", "array", "float64", (), "s", base | {"event_field": "time"}),
+    time = ChannelSpec(
+        f"{stream}:time", "array", "float64", (), "s", base | {"event_field": "time"}
+    )
+    if not keys:
+        return time, None
+    return (
+        time,
         ChannelSpec(
             f"{stream}:timestamps",
             "array",
@@ -121,7 +127,7 @@ def event_field_specs(stream: str, keys: list[str]) -> list[ChannelSpec]:
             "s",
             base | {"event_field": "timestamps", "keys": keys},
         ),
-    ]
+    )
 
 
 def scan_info(start: Mapping[str, Any]) -> dict[str, Any]:

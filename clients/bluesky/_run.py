@@ -55,7 +55,7 @@ class Stream:
         self.stamped = [k for k, dk in data_keys.items() if not dk.get("external")]
         time_spec, stamps_spec = event_field_specs(self.name, self.stamped)
         self.time = run.declare(time_spec)
-        self.timestamps = run.declare(stamps_spec)
+        self.timestamps = None if stamps_spec is None else run.declare(stamps_spec)
 
     def _declare(self, key: str, spec: ChannelSpec) -> ChannelWriter | None:
         writer = self.run.declare(spec)

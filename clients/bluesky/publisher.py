@@ -71,8 +71,10 @@ class PublisherStatistics:
 class BusPublisher:
     """Publishes the documents it is called with (``cb(name, doc)``) as bus scans in
     ``session``, on the bus at ``url`` (None: ``DATABUS_URL`` or the embedded server) or
-    on ``bus``. ``max_queue``: documents that may wait for the worker. Connecting is the
-    only thing that raises (``ServerUnavailable``, ``InvalidURL``...): construct it
+    on ``bus``. ``max_queue``: documents that may wait for the worker; when they are that
+    many the callback drops the next ones, or with ``wait`` waits for room (for a bridge,
+    whose socket buffers meanwhile; never for a RunEngine). Connecting is the only
+    thing that raises (``ServerUnavailable``, ``InvalidURL``...): construct it
     before the plan runs. ``close()`` (or a ``with`` block) ends it."""
 
     def __init__(
@@ -82,6 +84,7 @@ class BusPublisher:
         *,
         bus: databus.Bus | None = None,
         max_queue: int = MAX_QUEUE,
+        wait: bool = False,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, not {max_queue}")
@@ -93,6 +96,7 @@ class BusPublisher:
             ("received", "published", "dropped", "failed", "unmapped", "started", "ended"), 0
         )
         self._peak = 0
+        self._wait = wait
         self._runs: dict[str, RunScan | None] = {}  # by start uid; None: no scan (failed)
         self._streams: dict[str, Stream | None] = {}  # by uid; None: its run has no scan
         self._sources: dict[str, FileSource] = {}  # (stream) resource uid -> file
@@ -108,10 +112,10 @@ class BusPublisher:
     # ------------------------------------------------------------- the callback
 
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
-        """Queue one document; never blocks and never raises."""
+        """Queue one document; never raises, and never blocks unless made to ``wait``."""
         self._counts["received"] += 1
         try:
-            self._queue.put_nowait((name, doc))
+            self._queue.put((name, doc), block=self._wait)
         except queue.Full:
             self._counts["dropped"] += 1
             if self._counts["dropped"] == 1 or self._counts["dropped"] % 10_000 == 0:
@@ -180,6 +184,8 @@ class BusPublisher:
                 self._counts["published"] += 1
             except Unmapped as exc:
                 self._unmapped(f"{name}: {exc}")
+            except _NoScan:  # its run's start failed, and was logged
+                self._counts["failed"] += 1
             except Exception as exc:  # the plan goes on: logged and counted
                 self._counts["failed"] += 1
                 log.error("bluesky -> bus: %s %s not published: %s", name, _uid(doc), exc)
@@ -225,7 +231,7 @@ class BusPublisher:
             raise Unmapped(f"run {uid!r} was never started here (its start was not seen)")
         run = self._runs[uid]
         if run is None:
-            raise RuntimeError(f"run {uid!r} has no scan (its start could not be published)")
+            raise _NoScan(uid)
         return run
 
     def _stream(self, uid: Any) -> Stream:
@@ -233,7 +239,7 @@ class BusPublisher:
             raise Unmapped(f"descriptor {uid!r} was never seen")
         stream = self._streams[uid]
         if stream is None:
-            raise RuntimeError(f"descriptor {uid!r} has no channels (its run has no scan)")
+            raise _NoScan(uid)
         return stream
 
     def _source(self, uid: Any) -> FileSource:
@@ -280,6 +286,10 @@ class BusPublisher:
                 self._counts["failed"] += 1
                 log.error("bluesky -> bus: run %s: %s", uid, exc)
         self._runs.clear()
+
+
+class _NoScan(Exception):
+    """A document of a run whose scan could not be created (counted, not logged again)."""
 
 
 def _uid(doc: Mapping[str, Any]) -> str:
