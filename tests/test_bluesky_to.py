@@ -198,8 +198,8 @@ def test_frames_in_files_arrive_as_resources_that_read_back(
     with h5py.File(path, "w") as f:
         f["entry/data/data"] = frames
     session = _session_with_a_scan(bus, "frames")
-    b = bridge("frames", serializer="msgpack", resources=resources)
-    d = dispatcher(b.address, deserializer="msgpack")
+    b = bridge("frames", serializer="msgpack", resources=resources, prefix=b"bl01")
+    d = dispatcher(b.address, deserializer="msgpack", prefix="bl01")
     scan = session.create_scan(type="ct")
     x = scan.channel("x", "float64")
     image = scan.channel("lima:image", "uint16", (4, 5), kind="ref")
@@ -250,8 +250,7 @@ def test_frames_in_files_arrive_as_resources_that_read_back(
 def test_gaps_and_an_aborted_end_are_in_the_stop_document(make_bus, admin, dispatcher):
     bus = make_bus(buffer_bytes=2 * 2**20)
     session = _session_with_a_scan(bus, "gaps")
-    b = ToBluesky("gaps", bind="tcp://127.0.0.1:*", bus=bus).start()
-    try:
+    with ToBluesky("gaps", bind="tcp://127.0.0.1:*", bus=bus).start() as b:
         d = dispatcher(b.address)
         scan = session.create_scan(type="timescan")
         x = scan.channel("x", "float64")
@@ -265,8 +264,6 @@ def test_gaps_and_an_aborted_end_are_in_the_stop_document(make_bus, admin, dispa
         x.send(21.0)  # two rows img never sends: incomplete at the end
         scan.end("aborted", error="a hook raised")
         docs = d.result()
-    finally:
-        b.close()
     dropped = scan.statistics().dropped_points
     assert dropped > 0
     stop = docs[-1][1]
@@ -322,16 +319,22 @@ def test_drop_mode_drops_for_the_slow_dispatcher_only(bus, bridge, dispatcher, c
     x = scan.channel("x", "float64")
     spectrum = scan.channel("spectrum", "float64", (4096,))
     scan.prepare()
-    n = 3000
-    # A page of 32 KiB per point or so: more documents than the slow one's queues hold
-    # (the bridge's 20, its 1000, the kernel's buffers).
-    with caplog.at_level(logging.WARNING, logger="databus.clients.bluesky._wire"):
-        for i in range(n):
-            x.send(float(i))
-            spectrum.send(np.full(4096, i, "float64"))
-            time.sleep(0.001)
-        scan.end()
-        docs = fast.result()
+    n = 1000
+    # The slow one is frozen during the flood (slower than any callback), so its queues fill
+    # for certain: the bridge's 20 documents and the kernel's buffers (its 0MQ thread is
+    # frozen too), ~300 pages of 32 KiB. The fast one's receive queue alone (1000) holds
+    # every document of the flood, so it loses none even when it falls behind.
+    slow.proc.send_signal(signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, logger="databus.clients.bluesky._wire"):
+            for i in range(n):
+                x.send(float(i))
+                spectrum.send(np.full(4096, i, "float64"))
+                time.sleep(0.001)
+            scan.end()
+            docs = fast.result()
+    finally:
+        slow.proc.send_signal(signal.SIGCONT)
     flood = docs[4:]
     assert _names(docs[:4]) == ["start", "descriptor", "event_page", "stop"]
     assert _seq(flood) == list(range(1, n + 1))
@@ -339,7 +342,131 @@ def test_drop_mode_drops_for_the_slow_dispatcher_only(bus, bridge, dispatcher, c
     assert [int(s[0]) for s in _column(flood, "spectrum")] == list(range(n))
     assert b.statistics().dropped > 0
     assert any("slow subscriber lost" in r.getMessage() for r in caplog.records)
-    assert len(slow.docs()) < len(docs)
+
+
+def test_a_runengine_run_comes_back_through_the_bus_as_it_was(bus, bridge, dispatcher):
+    from bluesky import RunEngine
+    from bluesky.plans import scan as step_scan
+    from ophyd.sim import det, motor
+
+    from databus.clients.bluesky.publisher import BusPublisher
+
+    _session_with_a_scan(bus, "rt")
+    b = bridge("rt", serializer="msgpack")
+    sent: list = []
+    engine = RunEngine({})
+    engine.subscribe(lambda name, doc: sent.append((name, doc)))
+    d = dispatcher(b.address, stops=2, deserializer="msgpack", fields="motor,det")
+    with BusPublisher(session="rt", bus=bus) as publisher:
+        engine.subscribe(publisher)
+        engine(step_scan([det], motor, -1, 1, 5))
+        engine(abort_after_two(step_scan([det], motor, -1, 1, 5)))
+    everything = d.result()
+    docs = everything[: _names(everything).index("stop") + 1]
+    first = sent[: _names(sent).index("stop") + 1]
+    start, events = first[0][1], [doc for name, doc in first if name == "event"]
+    assert docs[0][1]["uid"] == start["uid"] and docs[0][1]["plan_name"] == "scan"
+    assert docs[0][1]["motors"] == ["motor"]
+    descriptor = docs[1][1]
+    assert descriptor["name"] == "primary"
+    assert set(descriptor["data_keys"]) == {"motor", "motor_setpoint", "det"}
+    for key in ("motor", "det"):
+        assert _column(docs, key) == [e["data"][key] for e in events]
+    page = _pages(docs)
+    assert [t for p in page for t in p["time"]] == [e["time"] for e in events]
+    stamps = [t for p in page for t in p["timestamps"]["det"]]
+    assert stamps == [e["timestamps"]["det"] for e in events]
+    assert docs[-1][1]["exit_status"] == "success"
+    assert docs[-1][1]["num_events"] == {"primary": 5}
+    aborted = [doc for name, doc in sent if name == "stop"][1]
+    assert aborted["exit_status"] == "abort"
+    stop = everything[-1][1]
+    assert (stop["exit_status"], stop["reason"]) == ("abort", aborted["reason"])
+    assert stop["num_events"] == {"primary": 2} and stop["databus"]["end_reason"] == "stopped"
+
+
+def abort_after_two(plan):
+    """``plan``, aborted (``RequestAbort``, as ``RE.abort()``) after its second event."""
+    from bluesky.utils import RequestAbort
+
+    saves = 0
+    for msg in plan:
+        yield msg
+        saves += msg.command == "save"
+        if saves == 2:
+            raise RequestAbort()
+
+
+def test_what_cannot_be_converted_is_counted_and_logged_and_the_rest_goes_on(
+    bus, bridge, dispatcher, caplog
+):
+    session = _session_with_a_scan(bus, "bad")
+    b = bridge("bad", serializer="msgpack")
+    d = dispatcher(b.address, stops=2, deserializer="msgpack")
+    with caplog.at_level(logging.ERROR, logger="databus.clients.bluesky.to_bluesky"):
+        with session.create_scan(type="ct") as scan:  # msgpack has no complex numbers
+            scan.channel("z", "complex128").send(1 + 2j)
+        with session.create_scan(type="ct") as scan:
+            scan.channel("x", "float64").send(4.5)
+        docs = d.result()
+    assert _names(docs) == [
+        "start",
+        "descriptor",
+        "stop",
+        "start",
+        "descriptor",
+        "event_page",
+        "stop",
+    ]
+    assert _column(docs, "x") == [4.5]
+    assert b.statistics().failures == 1
+    assert any("could not serialize a event_page" in r.getMessage() for r in caplog.records)
+
+
+def test_connected_to_a_bluesky_proxy_its_dispatchers_get_the_runs(bus, bridge, dispatcher):
+    code = (
+        "from bluesky.callbacks.zmq import Proxy\n"
+        "proxy = Proxy('tcp://127.0.0.1', 'tcp://127.0.0.1')\n"
+        "print(proxy.in_port, proxy.out_port, flush=True)\n"
+        "proxy.start()\n"
+    )
+    proxy = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proxy.stdout.readline()  # type: ignore[union-attr]
+        proxy_in, proxy_out = (s.rsplit(":", 1)[-1] for s in line.split())
+        session = _session_with_a_scan(bus, "proxy")
+        d = dispatcher(f"tcp://127.0.0.1:{proxy_out}", stops=1000, deserializer="msgpack")
+        b = bridge("proxy", bind=None, connect=f"tcp://127.0.0.1:{proxy_in}", serializer="msgpack")
+        # The proxy's PUB side drops what comes before the dispatcher's subscription
+        # reached it: scans go until one arrives whole.
+        d.wait(lambda: _send_a_scan(session) and _first_whole_run(d.docs()) is not None)
+        run = _first_whole_run(d.docs())
+        assert _names(run) == ["start", "descriptor", "event_page", "stop"]
+        assert _column(run, "x") == [0.0, 1.0, 2.0]
+        assert b.statistics().runs >= 1
+    finally:
+        proxy.kill()
+        proxy.wait(10)
+
+
+def _first_whole_run(docs):
+    """The documents of the first run received from its start to its stop, or None."""
+    start = None
+    for i, (name, _) in enumerate(docs):
+        if name == "start":
+            start = i
+        elif name == "stop" and start is not None:
+            return docs[start : i + 1]
+    return None
+
+
+def _send_a_scan(session: databus.Session) -> bool:
+    with session.create_scan(type="ct") as scan:
+        x = scan.channel("x", "float64")
+        for i in range(3):
+            x.send(float(i))
+    time.sleep(0.1)
+    return True
 
 
 def _free_port() -> int:
@@ -354,7 +481,8 @@ def _cli(bus: databus.Bus, *args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, text=True, **kwargs)
 
 
-def test_the_cli_serves_a_dispatcher_and_stops_on_sigint(bus, dispatcher, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_the_cli_serves_a_dispatcher_and_stops_on_a_signal(bus, dispatcher, tmp_path, stop):
     session = _session_with_a_scan(bus, "cli")
     address = f"tcp://127.0.0.1:{_free_port()}"
     log = tmp_path / "bridge.log"
@@ -382,7 +510,7 @@ def test_the_cli_serves_a_dispatcher_and_stops_on_sigint(bus, dispatcher, tmp_pa
                 x.send(i * 1.5)
         docs = d.result()
         assert _column(docs, "x") == [i * 1.5 for i in range(5)]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(30) == 0, log.read_text()
     finally:
         if proc.poll() is None:
@@ -390,6 +518,23 @@ def test_the_cli_serves_a_dispatcher_and_stops_on_sigint(bus, dispatcher, tmp_pa
             proc.wait(10)
     assert f"session 'cli' -> {address}" in log.read_text()
     assert "events, 1 runs sent; 0 dropped, 0 not converted" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"bind": "tcp://127.0.0.1:*", "connect": "tcp://127.0.0.1:5"}, "exactly one of"),
+        ({"bind": "tcp://127.0.0.1:*", "prefix": b"a b"}, "without a space"),
+        ({"bind": "tcp://127.0.0.1:*", "on_slow": "wait"}, "'lag' or 'drop'"),
+        ({"bind": "tcp://127.0.0.1:*", "hwm": 0}, "hwm must be"),
+        ({"bind": "tcp://127.0.0.1:*", "serializer": "json"}, "choose one of"),
+        ({"bind": "tcp://127.0.0.1:*", "resources": "files"}, "'stream' or 'legacy'"),
+    ],
+)
+def test_bad_options_are_refused_by_name(bus, options, message):
+    _session_with_a_scan(bus, "opts")
+    with pytest.raises(ValueError, match=message):
+        ToBluesky("opts", bus=bus, **options)
 
 
 @pytest.mark.parametrize(

@@ -4,5 +4,6 @@ by shared channels for suspenders."""
 
 from .from_bluesky import FromBluesky
 from .publisher import BusPublisher
+from .to_bluesky import ToBluesky, ToBlueskyStatistics
 
-__all__ = ["BusPublisher", "FromBluesky"]
+__all__ = ["BusPublisher", "FromBluesky", "ToBluesky", "ToBlueskyStatistics"]

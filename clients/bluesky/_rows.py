@@ -66,9 +66,9 @@ class Gap:
 
 @dataclass
 class StreamRows:
-    """The rows of the channels ``channels`` (names), in index order."""
+    """The rows of the channels ``channels`` (names), in index order; ``join`` adds one."""
 
-    channels: tuple[str, ...]
+    channels: list[str]
     done: int = 0  # rows below this were handed out or skipped
     emitted: int = 0  # rows handed out
     gaps: list[Gap] = field(default_factory=list)
@@ -78,6 +78,12 @@ class StreamRows:
     def __post_init__(self) -> None:
         self._pieces = {name: deque() for name in self.channels}
         self._next = dict.fromkeys(self.channels, 0)
+
+    def join(self, channel: str) -> None:
+        """Add a channel, from index 0: rows complete from then on wait for it too."""
+        self.channels.append(channel)
+        self._pieces[channel] = deque()
+        self._next[channel] = 0
 
     def add(self, channel: str, first: int, payload: Any, count: int) -> None:
         """Points ``first .. first + count - 1`` of ``channel``; a hole before them (which

@@ -4,10 +4,11 @@ document, what ``bluesky.callbacks.zmq.Publisher`` sends, on an XPUB socket.
 ``bind``: the socket listens at the address and an unmodified ``RemoteDispatcher(address)``
 connects to it directly. ``connect``: it connects to a bluesky ``Proxy``'s input port (the
 proxy's own PUB side drops for its slow subscribers, as it always does). Either way the
-socket waits for a first subscription before it sends anything, so nothing is published
-into the void; a dispatcher that subscribes later gets the documents from then on (the
-middle of a run, without its start: start the dispatchers first, or restart the bridge,
-which sends every running scan again from its start).
+socket waits for a subscription before it sends anything (and again whenever every
+subscriber has left, or the proxy went away), so nothing is published into the void. A
+dispatcher that subscribes later gets the documents from then on (the middle of a run,
+without its start: start the dispatchers first, or restart the bridge, which sends every
+running scan again from its start).
 
 Slow subscribers (``XPUB_NODROP`` is set): with ``on_slow="lag"`` a document that some
 subscriber's queue (``hwm`` messages, plus its receive queue and the kernel's buffers) has
@@ -39,7 +40,7 @@ def _address(address: str) -> str:
 
 class DocumentSocket:
     """An XPUB socket bound (``bind``) or connected (``connect``) at an address, sending
-    bluesky frames. ValueError for a bad address, a bad prefix or ``on_slow``."""
+    bluesky frames. ValueError for a bad address, a bad prefix, ``on_slow`` or ``hwm``."""
 
     def __init__(
         self,
@@ -56,6 +57,8 @@ class DocumentSocket:
             raise ValueError(f"prefix must be bytes without a space, got {prefix!r}")
         if on_slow not in ("lag", "drop"):
             raise ValueError(f"on_slow must be 'lag' or 'drop', not {on_slow!r}")
+        if not isinstance(hwm, int) or hwm < 1:
+            raise ValueError(f"hwm must be a number of documents >= 1, not {hwm!r}")
         self.prefix = prefix
         self.drop = on_slow == "drop"
         self.dropped = 0
@@ -98,12 +101,6 @@ class DocumentSocket:
                 self._topics.add(message[1:])
             elif message[:1] == b"\x00":
                 self._topics.discard(message[1:])
-
-    @property
-    def subscribed(self) -> bool:
-        """Whether a subscriber is there (as far as the subscriptions read tell)."""
-        self._read_subscriptions(0)
-        return bool(self._topics)
 
     def send(self, name: str, payload: bytes) -> bool:
         """Send one document; waits for a subscriber, and for room (``lag``). False if

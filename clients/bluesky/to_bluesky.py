@@ -16,6 +16,9 @@ A scan that is running when the bridge starts is sent whole, from its start (the
 it). Nothing is dropped by default: a slow dispatcher makes the bridge lag behind the bus;
 ``--drop-slow`` drops documents for a dispatcher whose queue is full instead (counted).
 What could not be converted is logged and counted; the counts are printed at exit.
+SIGINT/SIGTERM (or ``close()``) stop the bridge after its current document; the frames it
+handed to 0MQ still go out (linger), and a scan it was in the middle of stays without its
+stop document (a bridge started again sends running scans from their start).
 """
 
 from __future__ import annotations
@@ -25,24 +28,25 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import databus
 from databus import EventType
 
-from ._documents import Document, RunDocuments
+from ._documents import RunDocuments
+from ._resources import Document, is_legacy
 from ._serializers import SERIALIZERS, get_serializer
 from ._wire import DocumentSocket
 
-__all__ = ["BridgeStatistics", "ToBluesky", "main"]
+__all__ = ["ToBluesky", "ToBlueskyStatistics", "main"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BridgeStatistics:
+class ToBlueskyStatistics:
     """What a ``ToBluesky`` bridge did so far."""
 
     documents: int  #: documents sent
@@ -89,8 +93,7 @@ class ToBluesky:
         hwm: int = 1000,
         bus: databus.Bus | None = None,
     ) -> None:
-        if resources not in ("stream", "legacy"):
-            raise ValueError(f"resources must be 'stream' or 'legacy', not {resources!r}")
+        is_legacy(resources)
         self._dumps = get_serializer(serializer).dumps
         self._own_bus = bus is None
         self.bus = bus if bus is not None else databus.connect()
@@ -113,6 +116,7 @@ class ToBluesky:
         self._scans: dict[str, _Scan] = {}
         self._stop = databus.StopHandler()
         self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
         self._counts = {"documents": 0, "events": 0, "runs": 0, "failures": 0}
 
     @property
@@ -120,9 +124,9 @@ class ToBluesky:
         """The address the bridge is bound or connected to (the real port for ``:*``)."""
         return self.socket.address
 
-    def statistics(self) -> BridgeStatistics:
+    def statistics(self) -> ToBlueskyStatistics:
         """Counts so far (documents, events, runs, dropped, failures)."""
-        return BridgeStatistics(dropped=self.socket.dropped, **self._counts)
+        return ToBlueskyStatistics(dropped=self.socket.dropped, **self._counts)
 
     def run(self, started: threading.Event | None = None) -> None:
         """Follow the session and send until ``close()``; ``started`` is set once the
@@ -138,14 +142,24 @@ class ToBluesky:
                 self.bus.close()
 
     def start(self) -> ToBluesky:
-        """Run in a thread; returns once the bridge follows the session."""
+        """Run in a thread; returns once the bridge follows the session. If the thread
+        fails, the error is logged and ``close()`` raises it."""
         started = threading.Event()
         self._thread = threading.Thread(
-            target=self.run, args=(started,), name="databus-to-bluesky", daemon=True
+            target=self._run_thread, args=(started,), name="databus-to-bluesky", daemon=True
         )
         self._thread.start()
         started.wait(10)
         return self
+
+    def _run_thread(self, started: threading.Event) -> None:
+        try:
+            self.run(started)
+        except BaseException as exc:
+            log.error("the bridge stopped: %s: %s", type(exc).__name__, exc)
+            self._failure = exc
+        finally:
+            started.set()
 
     def stop(self) -> None:
         """Ask ``run()`` to return after the current document (from any thread or a
@@ -154,12 +168,15 @@ class ToBluesky:
         self.socket.stop()
 
     def close(self) -> None:
-        """Stop, and wait for ``start()``'s thread to finish sending and close."""
+        """Stop, and wait for ``start()``'s thread to finish sending and close; raises
+        what stopped that thread, if anything did."""
         self.stop()
         if self._thread is not None:
             self._thread.join()
         else:
             self.socket.close()
+        if self._failure is not None:
+            raise self._failure
 
     def __enter__(self) -> ToBluesky:
         return self
@@ -174,17 +191,13 @@ class ToBluesky:
         kind = event.type
         try:
             if kind is EventType.NEW_NODE:
-                if node.type in ("scan", "scan_group"):
-                    self._scans[node.db_name] = _Scan(node)
-                elif node.parent.db_name in self._scans:
-                    self._scans[node.parent.db_name].descriptors.append(node.desc)
+                self._on_node(node)
                 return
-            scan = self._scans.get(
-                node.db_name if kind is EventType.END_SCAN else node.parent.db_name
-            )
+            of_scan = kind in (EventType.PREPARED_SCAN, EventType.END_SCAN)
+            scan = self._scans.get(node.db_name if of_scan else node.parent.db_name)
             if scan is None:
                 return
-            run = self._run(scan)
+            run = self._run(scan)  # the start goes at PREPARED_SCAN
             if kind is EventType.NEW_DATA:
                 data = event.data
                 self._send(run.data(node.desc.name, data.first_index, data.data, data.block_size))
@@ -193,13 +206,33 @@ class ToBluesky:
                 self._send(run.gap(node.desc.name, gap.first_index, gap.block_size, gap.reason))
             elif kind is EventType.END_SCAN:
                 del self._scans[node.db_name]
-                self._send(run.close(str(event.data.reason), event.data.error, node.ended))
+                end = event.data
+                self._send(run.close(str(end.reason), end.error, node.ended, self._final(node)))
                 self._counts["runs"] += 1
         except Exception as exc:  # one scan's trouble never stops the bridge
             self._counts["failures"] += 1
             log.error(
                 "could not convert %s of %s: %s: %s", kind.name, node, type(exc).__name__, exc
             )
+
+    def _on_node(self, node: Any) -> None:
+        """A new scan, or a channel of one (declared before its run opened, or since)."""
+        if node.type in ("scan", "scan_group"):
+            self._scans[node.db_name] = _Scan(node)
+        elif node.parent.db_name in self._scans:
+            scan = self._scans[node.parent.db_name]
+            scan.descriptors.append(node.desc)
+            if scan.run is not None:
+                scan.run.add_channel(node.desc)
+
+    @staticmethod
+    def _final(node: Any) -> Mapping[str, Any]:
+        """The scan info as the scan ended (read again: the end may have added to it)."""
+        try:
+            return node.info.get_all()
+        except databus.DatabusError as exc:
+            log.warning("the final info of %s could not be read (%s)", node.db_name, exc)
+            return node.info
 
     def _run(self, scan: _Scan) -> RunDocuments:
         """The scan's run, opened (start and descriptors sent) on first use."""
@@ -275,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"to-bluesky: session {args.session!r} -> {bridge.address}", flush=True)
     try:
         bridge.run()
+    except Exception as exc:
+        log.error("to-bluesky stopped: %s: %s", type(exc).__name__, exc)
+        return 1
     finally:
         bus.close()
         stats = bridge.statistics()

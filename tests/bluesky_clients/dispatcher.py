@@ -1,7 +1,7 @@
 """An unmodified bluesky ``RemoteDispatcher`` with ``LiveTable`` and a recording callback.
 
 Usage: dispatcher.py ADDRESS OUT STOPS [--deserializer pickle|msgpack|msgpack-numpy]
-[--fields a,b] [--slow SECONDS]. Every (name, doc) it gets is appended to OUT as
+[--fields a,b] [--slow SECONDS] [--prefix P]. Every (name, doc) it gets is appended to OUT as
 msgpack-numpy (flushed per document); LiveTable prints the ``fields`` of the primary stream
 to stdout; ``--slow`` sleeps that long in every document. Prints READY once its loop runs,
 and exits 0 after the STOPS-th stop document.
@@ -33,11 +33,14 @@ def main() -> None:
     parser.add_argument("--deserializer", default="pickle", choices=sorted(DESERIALIZERS))
     parser.add_argument("--fields", default="")
     parser.add_argument("--slow", type=float, default=0.0)
+    parser.add_argument("--prefix", default="")
     args = parser.parse_args()
+    prefix = args.prefix.encode()
     if args.deserializer == "pickle":
-        dispatcher = RemoteDispatcher(args.address)
+        dispatcher = RemoteDispatcher(args.address, prefix=prefix)
     else:
-        dispatcher = RemoteDispatcher(args.address, deserializer=DESERIALIZERS[args.deserializer])
+        deserializer = DESERIALIZERS[args.deserializer]
+        dispatcher = RemoteDispatcher(args.address, prefix=prefix, deserializer=deserializer)
     out = open(args.out, "wb")  # noqa: SIM115 (open for the whole run)
     stops = 0
 
