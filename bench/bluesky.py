@@ -89,40 +89,35 @@ def proxy() -> None:
     forwarder.start()
 
 
-def dispatcher(address: str, serializer: str) -> None:
-    """An unmodified RemoteDispatcher whose callback counts rows and their latency;
-    prints "ready" at the first start, then one JSON line per run at its stop (or after
-    IDLE_S without a document, a run whose stop was lost). A run of plan "probe" (the
-    scan type on the bus) is reported as a probe."""
-    import pickle
+class RowCounter:
+    """A bluesky callback that counts each run's rows and their latency (now minus the
+    value of data key c0, its send time), run by run since runs may interleave. Prints
+    "ready" at the first start, then one JSON line per run at its stop, or once it had no
+    document for IDLE_S (its stop was lost): rows, last arrival, stop, p50/p99 and whether
+    it is a probe (plan name, the scan type on the bus, "probe")."""
 
-    from bluesky.callbacks.zmq import RemoteDispatcher
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}  # by start uid
+        self.run_of: dict[str, str] = {}  # descriptor uid -> start uid
+        self.ready = False
 
-    loads = msgpack_numpy.loads if serializer == "msgpack" else pickle.loads
-    remote = RemoteDispatcher(address, deserializer=loads)
-    run: dict[str, Any] = {}
-    ready = False
-
-    def reset() -> None:
-        run.update(rows=0, lat=[], last=0.0, key=CHANNELS[0], open=False, probe=False)
-
-    def report(stopped: bool) -> None:
-        lat = np.concatenate([np.atleast_1d(x) for x in run["lat"]]) * 1000 if run["lat"] else [0]
-        fields = {"rows": run["rows"], "last": run["last"], "stop": stopped, "probe": run["probe"]}
-        fields.update(p50=float(np.percentile(lat, 50)), p99=float(np.percentile(lat, 99)))
-        print(json.dumps(fields), flush=True)
-        reset()
-
-    def on_document(name: str, doc: dict) -> None:
-        nonlocal ready
+    def __call__(self, name: str, doc: dict) -> None:
         now = time.monotonic()
         if name == "start":
-            reset()
-            run.update(open=True, probe=doc.get("plan_name") == PROBE)
-            if not ready:
-                ready = True
+            probe = doc.get("plan_name") == PROBE
+            self.runs[doc["uid"]] = {"rows": 0, "lat": [], "last": now, "probe": probe}
+            if not self.ready:
+                self.ready = True
                 print("ready", flush=True)
-        elif name == "descriptor":
+            return
+        events = name in ("event", "event_page")
+        uid = self.run_of.get(doc["descriptor"]) if events else doc.get("run_start")
+        run = self.runs.get(uid)  # type: ignore[arg-type]
+        if run is None:
+            return  # a run whose start this dispatcher never had: not measured
+        run["last"] = now
+        if name == "descriptor":
+            self.run_of[doc["uid"]] = str(uid)
             run["key"] = next(k for k in doc["data_keys"] if k.endswith(CHANNELS[0]))
         elif name == "event":
             run["rows"] += 1
@@ -131,18 +126,38 @@ def dispatcher(address: str, serializer: str) -> None:
             run["rows"] += len(doc["seq_num"])
             run["lat"].append(now - np.asarray(doc["data"][run["key"]]))
         elif name == "stop":
-            run["last"] = now
-            report(True)
-            return
-        run["last"] = now
+            self.report(self.runs.pop(str(uid)), stopped=True)
+
+    def watch(self) -> None:
+        """Report the runs that had no document for IDLE_S."""
+        now = time.monotonic()
+        for uid, run in list(self.runs.items()):
+            if now - run["last"] > IDLE_S:
+                self.report(self.runs.pop(uid), stopped=False)
+
+    @staticmethod
+    def report(run: dict[str, Any], stopped: bool) -> None:
+        lat = np.concatenate([np.atleast_1d(x) for x in run["lat"]]) * 1000 if run["lat"] else [0]
+        fields = {k: run[k] for k in ("rows", "last", "probe")}
+        fields.update(stop=stopped, p50=np.percentile(lat, 50), p99=np.percentile(lat, 99))
+        print(json.dumps(fields, default=float), flush=True)
+
+
+def dispatcher(address: str, serializer: str) -> None:
+    """An unmodified RemoteDispatcher with a RowCounter, until killed."""
+    import pickle
+
+    from bluesky.callbacks.zmq import RemoteDispatcher
+
+    loads = msgpack_numpy.loads if serializer == "msgpack" else pickle.loads
+    remote = RemoteDispatcher(address, deserializer=loads)
+    counter = RowCounter()
 
     def watch() -> None:
-        if (run["open"] or run["rows"]) and time.monotonic() - run["last"] > IDLE_S:
-            report(False)
+        counter.watch()
         remote.loop.call_later(0.2, watch)
 
-    reset()
-    remote.subscribe(on_document)
+    remote.subscribe(counter)
     remote.loop.call_later(0.2, watch)
     remote.start()
 
@@ -161,19 +176,23 @@ def follower(url: str) -> None:
     """Follow the session; print "ready" at the first scan, then for each scan at its end
     one JSON line: points of its channel c0, when the last came, whether it is a probe."""
     events = databus.connect(url, prefix=PREFIX).session(FROM_SESSION).follow()
-    points, last, ready = 0, 0.0, False
+    scans: dict[str, dict[str, Any]] = {}  # by scan key: scans may overlap
+    ready = False
     for event in events:
-        kind = event.type
-        if kind is databus.EventType.NEW_NODE and not ready:
-            ready = True
-            print("ready", flush=True)
-        elif kind is databus.EventType.NEW_DATA and event.node.name.endswith(CHANNELS[0]):
-            points += len(event.data.data)
-            last = time.monotonic()
+        kind, node = event.type, event.node
+        if kind is databus.EventType.NEW_NODE and node.type == "scan":
+            if not ready:
+                ready = True
+                print("ready", flush=True)
+            scans[node.db_name] = {"points": 0, "last": 0.0}
+        elif kind is databus.EventType.NEW_DATA and node.name.endswith(CHANNELS[0]):
+            scan = scans[node.parent.db_name]
+            scan["points"] += len(event.data.data)
+            scan["last"] = time.monotonic()
         elif kind is databus.EventType.END_SCAN:
-            probe = event.node.info.get("type") == PROBE
-            print(json.dumps({"points": points, "last": last, "probe": probe}), flush=True)
-            points = 0
+            scan = scans.pop(node.db_name)
+            scan["probe"] = node.info.get("type") == PROBE
+            print(json.dumps(scan), flush=True)
 
 
 @contextlib.contextmanager
