@@ -370,17 +370,15 @@ def bus_scan(session: databus.Session, title: str, ticks: Iterable[int]) -> floa
     """A scan of the 4 float channels, one send() per channel at each tick, all holding
     the tick's time; returns the time of the first send."""
     scan = session.create_scan(title=title, type=title)
-    s0, s1, s2, s3 = (scan.channel(c, "float64").send for c in CHANNELS)
+    sends = [scan.channel(c, "float64").send for c in CHANNELS]
     scan.prepare()
     scan.start()
     now = time.monotonic
     t0 = now()
     for _ in ticks:
         t = now()
-        s0(t)
-        s1(t)
-        s2(t)
-        s3(t)
+        for send in sends:
+            send(t)
     scan.end()
     return t0
 
