@@ -270,6 +270,54 @@ def test_frames_in_hdf5_files_become_file_references(bus, tmp_path, caplog):
     np.testing.assert_array_equal(node[:], frames)  # read from the detector's file
 
 
+def test_runs_at_once_are_scans_of_their_own_and_bad_parts_are_counted(bus, caplog):
+    pub = BusPublisher(session="twobs", bus=bus)
+    keys = {"x": {"source": "x", "dtype": "number", "shape": []}}
+    runs = [event_model.compose_run(metadata={"plan_name": f"p{i}"}) for i in range(2)]
+    descs = [r.compose_descriptor(name="primary", data_keys=keys) for r in runs]
+
+    def event(i, x, seq):
+        doc = descs[i].compose_event(
+            data={"x": x}, timestamps={"x": 0.0}, seq_num=seq, validate=False
+        )
+        return ("event", doc)
+
+    docs = [("start", r.start_doc) for r in runs]
+    docs += [("descriptor", d.descriptor_doc) for d in descs]
+    docs += [event(0, 1.0, 1), event(1, "not a number", 1), event(1, 2.0, 2), event(0, 3.0, 2)]
+    docs += [("event", {**docs[-1][1], "descriptor": "never-declared"})]
+    docs += [("stop", runs[1].compose_stop(exit_status="abort", reason="user abort"))]
+    docs += [event(0, 5.0, 3), ("stop", runs[0].compose_stop())]
+    for name, doc in docs:
+        pub(name, doc)
+    assert pub.flush(10)
+    stats = pub.statistics()
+    assert (stats.unmapped, stats.failed, stats.runs_started, stats.runs_ended) == (2, 0, 2, 2)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "'x' not sent" in messages and "never-declared" in messages
+    first, second = by_scan(followed(bus, "twobs", 2))
+    assert first["node"].info["plan_name"] == "p0" and second["node"].info["plan_name"] == "p1"
+    assert first["data"]["x"].tolist() == [1.0, 3.0, 5.0] and second["data"]["x"].tolist() == [2.0]
+    assert (first["end"].reason, second["end"].reason) == ("finished", "stopped")
+    assert second["end"].error == "user abort"
+
+
+def test_close_ends_a_run_whose_stop_never_came_as_interrupted(bus):
+    pub = BusPublisher(session="openbs", bus=bus)
+    run = event_model.compose_run()
+    desc = run.compose_descriptor(
+        name="primary", data_keys={"x": {"source": "x", "dtype": "integer", "shape": []}}
+    )
+    pub("start", run.start_doc)
+    pub("descriptor", desc.descriptor_doc)
+    pub("event", desc.compose_event(data={"x": 7}, timestamps={"x": 0.0}, seq_num=1))
+    pub.close()
+    (scan,) = by_scan(followed(bus, "openbs", 1))
+    assert scan["end"].reason == "interrupted" and "stop" in scan["end"].error
+    assert scan["data"]["x"].tolist() == [7] and scan["data"]["x"].dtype == np.int64
+    assert pub.statistics().runs_ended == 1
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -289,20 +337,27 @@ def proxy():
         proc.wait(10)
 
 
-def test_from_bluesky_bridge_publishes_what_a_bluesky_publisher_sends(bus, proxy, tmp_path):
+@pytest.mark.parametrize("serializer", ["msgpack", "pickle"])
+def test_from_bluesky_bridge_publishes_what_a_bluesky_publisher_sends(bus, proxy, serializer):
+    import pickle
+
     import msgpack_numpy
     from bluesky.callbacks.zmq import Publisher
+
+    dumps = msgpack_numpy.packb if serializer == "msgpack" else pickle.dumps
 
     env = {**os.environ, "DATABUS_PREFIX": bus.settings.prefix}
     bridge = subprocess.Popen(
         [sys.executable, "-m", "databus", "bridge", "from-bluesky", "--zmq",
-         f"tcp://127.0.0.1:{proxy[1]}", "--session", "zmqbs", "--url", bus.url],
+         f"tcp://127.0.0.1:{proxy[1]}", "--session", "zmqbs", "--url", bus.url,
+         "--serializer", serializer],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
+    sender = None
     try:
         assert bridge.stdout.readline().startswith("from-bluesky: tcp://")
         RE = RunEngine({})
-        sender = Publisher(f"127.0.0.1:{proxy[0]}", serializer=msgpack_numpy.packb)
+        sender = Publisher(f"127.0.0.1:{proxy[0]}", serializer=dumps)
         RE.subscribe(sender)
         rec = Recorder()
         RE.subscribe(rec)
@@ -312,15 +367,22 @@ def test_from_bluesky_bridge_publishes_what_a_bluesky_publisher_sends(bus, proxy
             return len(list(bus.session("zmqbs").node.scans()))
 
         assert eventually(until_received, timeout=15)  # the slow joiner is subscribed now
+        rec.docs.clear()
         RE(bp.scan([det], motor, 0, 1, 4))
-        scans = by_scan(followed(bus, "zmqbs", len(rec.of("start"))))
-        last = scans[-1]
-        assert last["node"].info["uid"] == rec.of("start")[-1]["uid"]
-        assert last["end"].reason == "finished"
-        assert last["data"]["axis:motor"].tolist() == np.linspace(0, 1, 4).tolist()
-        np.testing.assert_array_equal(last["data"]["det"], column(rec, "primary", "det")[-4:])
-        sender.close()  # (its context would block whichever thread collects it)
+        uid = rec.of("start")[0]["uid"]
+
+        def published():
+            return [n for n in bus.session("zmqbs").node.scans() if n.info.get("uid") == uid]
+
+        assert eventually(published, timeout=15)
+        (node,) = published()
+        assert node.wait_end(15).reason == "finished"
+        channels = node.refresh().channels
+        assert channels["axis:motor"][:].tolist() == np.linspace(0, 1, 4).tolist()
+        np.testing.assert_array_equal(channels["det"][:], column(rec, "primary", "det"))
     finally:
+        if sender is not None:
+            sender.close()  # (its context would block whichever thread collects it)
         bridge.send_signal(signal.SIGTERM)
         out, _ = bridge.communicate(timeout=20)
     assert bridge.returncode == 0, out
@@ -364,3 +426,47 @@ def test_a_frozen_or_gone_server_never_reaches_the_plan_and_losses_are_counted(t
         pub.close()
         lost_bus.close()
         server.stop()
+
+
+def test_the_mapping_rules_without_a_server():
+    from databus.clients.bluesky._channels import channel_name, channel_spec, end_of
+    from databus.clients.bluesky._files import (
+        Unmapped,
+        datum_ref,
+        resource_source,
+        stream_resource_source,
+    )
+
+    assert end_of({"exit_status": "success", "reason": ""}) == ("finished", None)
+    assert end_of({"exit_status": "abort", "reason": "RE.abort"}) == ("stopped", "RE.abort")
+    assert end_of({"exit_status": "fail", "reason": "boom"}) == ("failed", "boom")
+    assert end_of({"exit_status": "odd"})[0] == "failed"
+    assert channel_name("primary", "m", {"m"}) == "axis:m"
+    assert channel_name("primary", "det", {"m"}) == "det"
+    assert channel_name("baseline", "m", {"m"}) == "baseline:m"
+    spec = channel_spec("primary", "s", {"dtype": "string", "shape": [], "source": "x"}, "s")
+    assert (spec.kind, spec.dtype, spec.attrs["source"]) == ("json", None, "x")
+    spec = channel_spec("primary", "a", {"dtype": "array", "shape": [2, 3]}, "a")
+    assert spec.dtype is None and spec.with_value(np.zeros((2, 3), "i2")).dtype == "<i2"
+    with pytest.raises(Unmapped, match="not fixed"):
+        channel_spec("primary", "v", {"dtype": "array", "shape": [None]}, "v")
+    source = resource_source(
+        {"spec": "AD_HDF5_SWMR", "root": "/data", "resource_path": "a/b.h5",
+         "resource_kwargs": {"frame_per_point": 3}}
+    )  # fmt: skip
+    frames = FileRef("/data/a/b.h5", "/entry/data/data", 6, 9)
+    assert datum_ref(source, {"point_number": 2}) == frames
+    for bad in (
+        {"spec": "TIFF", "root": "/", "resource_path": "x"},
+        {"spec": "AD_HDF5", "root": "", "resource_path": "relative.h5"},
+    ):
+        with pytest.raises(Unmapped):
+            resource_source(bad)
+    with pytest.raises(Unmapped, match="file:// URI"):
+        stream_resource_source(
+            {
+                "mimetype": "application/x-hdf5",
+                "uri": "http://x/y.h5",
+                "parameters": {"dataset": "d"},
+            }
+        )

@@ -2,8 +2,15 @@
 runs (a RunEngine callback or an existing 0MQ proxy) into the bus, and ophyd signals backed
 by shared channels for suspenders."""
 
-from .from_bluesky import FromBluesky
-from .publisher import BusPublisher
+from .from_bluesky import FromBluesky, FromBlueskyStatistics
+from .publisher import BusPublisher, PublisherStatistics
 from .to_bluesky import ToBluesky, ToBlueskyStatistics
 
-__all__ = ["BusPublisher", "FromBluesky", "ToBluesky", "ToBlueskyStatistics"]
+__all__ = [
+    "BusPublisher",
+    "FromBluesky",
+    "FromBlueskyStatistics",
+    "PublisherStatistics",
+    "ToBluesky",
+    "ToBlueskyStatistics",
+]

@@ -50,7 +50,8 @@ def plain(value: Any) -> Any:
 @dataclasses.dataclass(frozen=True)
 class ChannelSpec:
     """What ``Scan.channel()`` is given for one data key; ``dtype`` None: taken from the
-    first value (a data key of dtype ``array`` without ``dtype_numpy``)."""
+    first value (a data key of dtype ``array`` without ``dtype_numpy``); ``copy`` False
+    for the arrays the publisher makes itself (nobody else holds them)."""
 
     name: str
     kind: str
@@ -58,6 +59,7 @@ class ChannelSpec:
     shape: tuple[int, ...]
     unit: str | None
     attrs: dict[str, Any]
+    copy: bool = True
 
     def with_value(self, value: Any) -> ChannelSpec:
         """The spec completed from a first ``value`` (its dtype and shape)."""
@@ -113,7 +115,7 @@ def event_field_specs(stream: str, keys: list[str]) -> tuple[ChannelSpec, Channe
     ``keys`` (None without keys: a stream of external keys only)."""
     base = {"stream": stream}
     time = ChannelSpec(
-        f"{stream}:time", "array", "float64", (), "s", base | {"event_field": "time"}
+        f"{stream}:time", "array", "float64", (), "s", base | {"event_field": "time"}, False
     )
     if not keys:
         return time, None
@@ -126,6 +128,7 @@ def event_field_specs(stream: str, keys: list[str]) -> tuple[ChannelSpec, Channe
             (len(keys),),
             "s",
             base | {"event_field": "timestamps", "keys": keys},
+            False,
         ),
     )
 

@@ -6,7 +6,6 @@ sent as ``FileRef``s, and the end. Runs in the publisher's worker thread.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,8 +24,6 @@ from ._channels import (
     scan_info,
 )
 from ._files import Unmapped
-
-log = logging.getLogger("databus.bluesky")
 
 
 class Stream:
@@ -79,18 +76,11 @@ class Stream:
         return self._declare(key, spec.with_value(first))
 
     def event(self, doc: Mapping[str, Any]) -> None:
-        """One event: one point per channel (a Python float takes ``send()``'s fast path)."""
+        """One event: one point per channel."""
         for key, value in (doc.get("data") or {}).items():
             writer = self.writer(key, value)
-            if writer is None:
-                continue
-            desc = writer.desc
-            if desc.kind == "ref":
-                writer.send(self.run.datum_ref(value))
-            elif isinstance(value, float) and desc.dtype == np.float64 and not desc.shape:
-                writer.send(float(value))
-            else:
-                writer.send(value)
+            if writer is not None:
+                self._send(writer, key, value, many=False)
         stamps = doc.get("timestamps") or {}
         if self.time is not None:
             self.time.send(float(doc.get("time", np.nan)))
@@ -101,15 +91,8 @@ class Stream:
         """An event page of n rows: one block of n points per channel."""
         for key, values in (doc.get("data") or {}).items():
             writer = self.writer(key, values[0]) if len(values) else None
-            if writer is None:
-                continue
-            kind = writer.desc.kind
-            if kind == "ref":
-                writer.extend(self.run.datum_ref(v) for v in values)
-            elif kind == "json":
-                writer.extend(values)
-            else:
-                writer.send(np.asarray(values, dtype=writer.desc.dtype))
+            if writer is not None:
+                self._send(writer, key, values, many=True)
         times = np.asarray(doc["time"], dtype=np.float64)
         if self.time is not None:
             self.time.send(times)
@@ -119,6 +102,27 @@ class Stream:
             columns = [stamps.get(k, nan) for k in self.stamped]
             block = np.asarray(columns, dtype=np.float64).T.reshape(len(times), len(self.stamped))
             self.timestamps.send(block)
+
+    def _send(self, writer: ChannelWriter, key: str, value: Any, many: bool) -> None:
+        """Send ``value`` (``many``: a page's column of values) to ``key``'s channel. A
+        value the channel refuses (wrong dtype or shape, a datum of no mapped resource) is
+        counted and left out, so the event's other keys still go; that channel is then
+        behind the others by what it refused."""
+        desc = writer.desc
+        try:
+            if desc.kind == "ref":
+                refs = [self.run.datum_ref(v) for v in (value if many else [value])]
+                writer.extend(refs)
+            elif desc.kind == "json":
+                writer.extend(value if many else [value])
+            elif many:
+                writer.send(np.asarray(value))
+            elif isinstance(value, float) and desc.dtype == np.float64 and not desc.shape:
+                writer.send(float(value))  # a Python float takes send()'s fast path
+            else:
+                writer.send(value)
+        except (ValueError, TypeError) as exc:  # Unmapped, and the PointErrors of send()
+            self.run.unmapped(f"stream {self.name!r}: {key!r} not sent: {exc}")
 
 
 class RunScan:
@@ -152,6 +156,7 @@ class RunScan:
                 unit=spec.unit,
                 kind=spec.kind,  # type: ignore[arg-type]
                 attrs=spec.attrs,
+                copy=spec.copy,
             )
         except (ValueError, TypeError) as exc:  # a name taken or refused, attrs msgpack refuses
             self.unmapped(f"run {self.uid}: channel {spec.name!r} not declared: {exc}")

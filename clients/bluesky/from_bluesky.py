@@ -34,7 +34,7 @@ from ._serializers import SERIALIZERS, get_serializer
 from ._wire import _address
 from .publisher import BusPublisher, PublisherStatistics
 
-__all__ = ["FromBluesky", "main"]
+__all__ = ["FromBluesky", "FromBlueskyStatistics", "main"]
 
 log = logging.getLogger(__name__)
 

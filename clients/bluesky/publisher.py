@@ -7,8 +7,9 @@ publishes them, in order, through the SDK. Creating a scan, declaring a channel 
 ending a scan are each a round trip to the server, and a server that is gone makes them
 wait for its reconnection: a plan never waits for any of it. When the queue is full
 (the server is gone or slower than the plan) documents are dropped, logged and counted;
-nothing is ever raised into the plan. Each run is a scan of its own, keyed by its start
-``uid`` (nested runs and several run keys at once are several scans).
+nothing is ever raised into the plan (``statistics()`` counts it all). A run whose stop
+was dropped ends ``interrupted`` at ``close()``. Each run is a scan of its own, keyed by
+its start ``uid`` (nested runs and several run keys at once are several scans).
 
 What goes where: the start document is the scan info (with ``title``, ``type``,
 ``npoints``... for databus' own tools: ``_channels.scan_info``); each descriptor's data
@@ -25,8 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +39,7 @@ from ._files import FileSource, Unmapped, datum_ref, resource_source, stream_dat
 from ._files import stream_resource_source as stream_source
 from ._run import RunScan, Stream
 
-log = logging.getLogger("databus.bluesky")
+log = logging.getLogger(__name__)
 
 #: Documents waiting for the worker before the callback drops them.
 MAX_QUEUE = 100_000
@@ -91,7 +93,7 @@ class BusPublisher:
         self._own_bus = bus is None
         self.bus = databus.connect(url) if bus is None else bus
         self.session = self.bus.session(session)
-        self._queue: queue.Queue[tuple[str, Mapping[str, Any]]] = queue.Queue(max_queue)
+        self._queue = _Documents(max_queue)
         self._counts = dict.fromkeys(
             ("received", "published", "dropped", "failed", "unmapped", "started", "ended"), 0
         )
@@ -114,20 +116,17 @@ class BusPublisher:
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
         """Queue one document; never raises, and never blocks unless made to ``wait``."""
         self._counts["received"] += 1
-        try:
-            self._queue.put((name, doc), block=self._wait)
-        except queue.Full:
+        size = self._queue.put((name, doc), self._wait)
+        if size > self._peak:
+            self._peak = size
+        elif size < 0:
             self._counts["dropped"] += 1
             if self._counts["dropped"] == 1 or self._counts["dropped"] % 10_000 == 0:
                 log.error(
                     "bluesky -> bus: the queue is full (%d documents): %d dropped so far",
-                    self._queue.maxsize,
+                    self._queue.limit,
                     self._counts["dropped"],
                 )
-            return
-        size = self._queue.qsize()
-        if size > self._peak:
-            self._peak = size
 
     def statistics(self) -> PublisherStatistics:
         c = self._counts
@@ -139,7 +138,7 @@ class BusPublisher:
             c["unmapped"],
             c["started"],
             c["ended"],
-            self._queue.qsize(),
+            len(self._queue),
             self._peak,
         )
 
@@ -147,7 +146,7 @@ class BusPublisher:
         """Wait until every document queued so far is handled; False if ``timeout``
         (seconds; None: for ever) ran out first."""
         done = threading.Event()
-        self._queue.put(("", {"flush": done}))
+        self._queue.control(("", {"flush": done}))
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -157,7 +156,7 @@ class BusPublisher:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_CLOSE)
+        self._queue.control(_CLOSE)
         self._thread.join(timeout)
         if self._own_bus:
             self.bus.close()
@@ -198,7 +197,8 @@ class BusPublisher:
         if name == "start":
             self._start(doc)
         elif name == "descriptor":
-            self._streams[doc["uid"]] = None
+            if doc.get("run_start") in self._runs:  # (if its scan failed: events count failed)
+                self._streams[doc["uid"]] = None
             self._streams[doc["uid"]] = self._run(doc.get("run_start")).descriptor(doc)
         elif name in ("event", "event_page"):
             stream = self._stream(doc.get("descriptor"))
@@ -286,6 +286,46 @@ class BusPublisher:
                 self._counts["failed"] += 1
                 log.error("bluesky -> bus: run %s: %s", uid, exc)
         self._runs.clear()
+
+
+class _Documents:
+    """The documents waiting for the worker: at most ``limit`` (control items go in
+    beyond it). Putting takes no lock (``deque.append`` is atomic); the worker sleeps
+    on an event only when the queue is empty, and is woken only then."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[tuple[str, Mapping[str, Any]]] = deque()
+        self._ready = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: tuple[str, Mapping[str, Any]], wait: bool) -> int:
+        """Queue ``item``; the queue's length then, or -1 if it was full (and ``wait``
+        False; with ``wait`` it polls every millisecond for room)."""
+        while len(self._items) >= self.limit:
+            if not wait:
+                return -1
+            time.sleep(0.001)
+        return self.control(item)
+
+    def control(self, item: tuple[str, Mapping[str, Any]]) -> int:
+        """Queue ``item`` whatever the length."""
+        self._items.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+        return len(self._items)
+
+    def get(self) -> tuple[str, Mapping[str, Any]]:
+        """The oldest item, waiting for one."""
+        while True:
+            try:
+                return self._items.popleft()
+            except IndexError:
+                self._ready.clear()
+                if not self._items:  # (a put after the clear sets the event again)
+                    self._ready.wait()
 
 
 class _NoScan(Exception):
