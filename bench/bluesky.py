@@ -70,6 +70,7 @@ FIGURES: dict[str, tuple[str, float | None, str, str | None]] = {
     "from_bluesky_events_per_s": ("events/s", 50_000, ">=", None),
     "from_bluesky_page_events_per_s": ("events/s", None, "", None),
     "from_bluesky_delivered_fraction": ("", 1.0, "==", None),
+    "from_bluesky_dropped_documents": ("", 0, "==", None),
     "peer_pickle_events_per_s": ("events/s", None, "", None),
     "peer_pickle_delivered_fraction": ("", None, "", None),
     "peer_pickle_stop_received": ("", None, "", None),
@@ -420,35 +421,42 @@ def to_bluesky_path(session: databus.Session, url: str) -> Iterator[subprocess.P
 
 
 def from_bluesky_round(
-    publisher: Send, child: subprocess.Popen[str], points: int
+    bus: databus.Bus, child: subprocess.Popen[str], points: int
 ) -> dict[str, float]:
-    """Pre-composed runs into BusPublisher, as events and as event_pages, to the follower."""
+    """Pre-composed runs, as events and as event_pages, each into a BusPublisher of its
+    own (as a RunEngine would hold one), to the follower. Its close() publishes what is
+    queued and ends a run whose stop it dropped (its queue was full: counted)."""
+    from databus.clients.bluesky.publisher import BusPublisher
+
     out: dict[str, float] = {}
-    delivered = []
+    delivered, dropped = [], 0
     for figure, kind in (("events_per_s", "event"), ("page_events_per_s", "event_page")):
         run = Run("flood")
         docs = run.events(points) if kind == "event" else run.pages(points)
-        t0 = feed(publisher, run, kind, docs)
+        with BusPublisher(session=FROM_SESSION, bus=bus) as publisher:
+            t0 = feed(publisher, run, kind, docs)
+        dropped += publisher.statistics().dropped
         got = figures(read_report(child), points, t0)
         out[f"from_bluesky_{figure}"] = got["events_per_s"]
         delivered.append(got["delivered"])
     out["from_bluesky_delivered_fraction"] = min(delivered)
+    out["from_bluesky_dropped_documents"] = dropped
     return out
 
 
 @contextlib.contextmanager
-def from_bluesky_path(url: str) -> Iterator[tuple[Send, subprocess.Popen[str]]]:
-    """BusPublisher here (its own bus connection) and the follower in its own process,
-    the follower seen receiving."""
+def from_bluesky_path(url: str) -> Iterator[tuple[databus.Bus, subprocess.Popen[str]]]:
+    """A bus connection for BusPublishers here and the follower in its own process, the
+    follower seen receiving."""
     from databus.clients.bluesky.publisher import BusPublisher
 
     with contextlib.ExitStack() as stack:
         bus = databus.connect(url, prefix=PREFIX)
         stack.callback(bus.close)
         child = stack.enter_context(spawned("--follower", url))
-        publisher = stack.enter_context(BusPublisher(session=FROM_SESSION, bus=bus))
-        wait_ready(child, functools.partial(probe_run, publisher))
-        yield publisher, child
+        with BusPublisher(session=FROM_SESSION, bus=bus) as publisher:
+            wait_ready(child, functools.partial(probe_run, publisher))
+        yield bus, child
 
 
 # ------------------------------------------------------------------------- main
@@ -512,8 +520,8 @@ def main() -> int:
             # the server, whatever they wait for (FlushPolicy.pace).
             with to_bluesky_path(session, url) as dispatcher_child:
                 out.update(to_bluesky_round(session, dispatcher_child, points, seconds))
-            with from_bluesky_path(url) as (publisher, follower_child):
-                out.update(from_bluesky_round(publisher, follower_child, points))
+            with from_bluesky_path(url) as (from_bus, follower_child):
+                out.update(from_bluesky_round(from_bus, follower_child, points))
             results.append(out)
     out = {k: combined(k, [r[k] for r in results]) for k in results[0]}
     for name, (_, _, _, peer) in FIGURES.items():
