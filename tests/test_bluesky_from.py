@@ -417,6 +417,9 @@ def test_a_frozen_or_gone_server_never_reaches_the_plan_and_losses_are_counted(t
         # the plan went on while the worker waited on the frozen server: the queue overflowed
         assert frozen.dropped > 0
         assert frozen.dropped + frozen.failed + frozen.published == frozen.received
+        (scan,) = by_scan(followed(lost_bus, "gonebs", 1))
+        assert scan["end"].reason == "finished"  # events were dropped, never the stop
+        assert len(scan["data"]["det"]) == 50 - frozen.dropped
         server.stop()  # gone: every round trip is refused
         RE(bp.count([det], num=5))
         assert pub.flush(60)
@@ -471,3 +474,28 @@ def test_the_mapping_rules_without_a_server():
                 "parameters": {"dataset": "d"},
             }
         )
+
+
+def test_events_published_together_leave_out_only_the_one_a_channel_refuses(bus):
+    pub = BusPublisher(session="coalesce", bus=bus)
+    run = event_model.compose_run()
+    keys = {k: {"source": k, "dtype": "number", "shape": []} for k in ("x", "y")}
+    desc = run.compose_descriptor(name="primary", data_keys=keys)
+    docs = [("start", run.start_doc), ("descriptor", desc.descriptor_doc)]
+    for seq in range(1, 201):  # queued faster than the worker creates the scan: one page
+        x = "bad" if seq == 77 else float(seq)
+        doc = desc.compose_event(
+            data={"x": x, "y": -seq}, timestamps={"x": 0.0, "y": 0.0}, seq_num=seq, validate=False
+        )
+        docs.append(("event", doc))
+    docs.append(("stop", run.compose_stop()))
+    for name, doc in docs:
+        pub(name, doc)
+    assert pub.flush(10)
+    stats = pub.statistics()
+    assert (stats.unmapped, stats.failed, stats.runs_ended) == (1, 0, 1), stats
+    (scan,) = by_scan(followed(bus, "coalesce", 1))
+    kept = [s for s in range(1, 201) if s != 77]
+    assert scan["data"]["x"].tolist() == [float(s) for s in kept]
+    assert scan["data"]["y"].tolist() == [-s for s in kept]
+    pub.close()

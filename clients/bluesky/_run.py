@@ -6,7 +6,7 @@ sent as ``FileRef``s, and the end. Runs in the publisher's worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,20 +80,29 @@ class Stream:
         stamps = doc.get("timestamps") or {}
         times = np.array([doc.get("time", np.nan)], dtype=np.float64)
         columns = [[stamps.get(k, np.nan)] for k in self.stamped]
-        self._rows(doc, times, columns, many=False)
+        refused = self._rows(doc, times, columns, many=False)
+        if refused:
+            self.run.unmapped(refused)
 
-    def page(self, doc: Mapping[str, Any]) -> None:
-        """An event page of n rows: one block of n points per channel, or none."""
+    def page(self, doc: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -> None:
+        """An event page of n rows: one block of n points per channel, or none. ``events``:
+        the events the page was packed from; if a channel refuses the page, they go one at
+        a time, so only the events it refuses are left out."""
         times = np.asarray(doc["time"], dtype=np.float64)
         stamps = doc.get("timestamps") or {}
         nan = [np.nan] * len(times)
-        self._rows(doc, times, [stamps.get(k, nan) for k in self.stamped], many=True)
+        refused = self._rows(doc, times, [stamps.get(k, nan) for k in self.stamped], many=True)
+        if refused and events:
+            for event in events:
+                self.event(event)
+        elif refused:
+            self.run.unmapped(refused)
 
-    def _rows(self, doc: Mapping[str, Any], times: Any, columns: list, many: bool) -> None:
+    def _rows(self, doc: Mapping[str, Any], times: Any, columns: list, many: bool) -> str | None:
         """Send the rows of an event (``many``: of a page) to every channel, or to none:
         every value is converted first, and one a channel refuses (wrong dtype or shape, a
-        datum of no mapped resource) leaves the whole event or page out, counted, so the
-        stream's channels keep the same rows."""
+        datum of no mapped resource) leaves them all out, so the stream's channels keep the
+        same rows. Returns why, when refused."""
         sends: list[tuple[ChannelWriter, Any]] = []
         for key, value in (doc.get("data") or {}).items():
             if many and not len(value):
@@ -104,11 +113,7 @@ class Stream:
             try:
                 sends.append((writer, self._block(writer, value, many)))
             except (ValueError, TypeError) as exc:  # Unmapped, DtypeError, ShapeError...
-                rows = len(times)
-                self.run.unmapped(
-                    f"stream {self.name!r}: {rows} row(s) left out: {key!r} refused: {exc}"
-                )
-                return
+                return f"stream {self.name!r}: {len(times)} row(s) left out: {key!r} refused: {exc}"
         for writer, block in sends:
             if writer.desc.kind == "array":
                 writer.send(block)
@@ -119,6 +124,7 @@ class Stream:
         if self.timestamps is not None:
             block = np.asarray(columns, dtype=np.float64).T.reshape(len(times), len(self.stamped))
             self.timestamps.send(block)
+        return None
 
     def _block(self, writer: ChannelWriter, value: Any, many: bool) -> Any:
         """``value`` as the channel takes it: an array block, or a list of records or

@@ -5,11 +5,15 @@
 The RunEngine's thread only puts each document on a bounded queue; one worker thread
 publishes them, in order, through the SDK. Creating a scan, declaring a channel and
 ending a scan are each a round trip to the server, and a server that is gone makes them
-wait for its reconnection: a plan never waits for any of it. When the queue is full
-(the server is gone or slower than the plan) documents are dropped, logged and counted;
-nothing is ever raised into the plan (``statistics()`` counts it all). A run whose stop
-was dropped ends ``interrupted`` at ``close()``. Each run is a scan of its own, keyed by
-its start ``uid`` (nested runs and several run keys at once are several scans).
+wait for its reconnection: a plan never waits for any of it. The worker publishes the
+events of one descriptor waiting behind each other as one page (a flood of single
+events costs one ``send()`` per channel and page). When the queue is full (the server
+is gone or slower than the plan) events and event pages are dropped, logged and
+counted; the other documents (a run's start, descriptors, resources, stop) always go
+in, so every run keeps its frame and its end. Nothing is ever raised into the plan
+(``statistics()`` counts it all). A run whose stop never came ends ``interrupted`` at
+``close()``. Each run is a scan of its own, keyed by its start ``uid`` (nested runs and
+several run keys at once are several scans).
 
 What goes where: the start document is the scan info (with ``title``, ``type``,
 ``npoints``... for databus' own tools: ``_channels.scan_info``); each descriptor's data
@@ -29,8 +33,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import event_model
 
 import databus
 from databus import FileRef
@@ -43,7 +49,11 @@ log = logging.getLogger(__name__)
 
 #: Documents waiting for the worker before the callback drops them.
 MAX_QUEUE = 100_000
+#: Waiting events of one descriptor the worker publishes together, as one event page.
+COALESCE = 1000
 _CLOSE: tuple[str, Mapping[str, Any]] = ("", {})
+#: The documents a full queue drops (counted); every other one goes in beyond the limit.
+_DATA = frozenset(("event", "event_page"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +84,8 @@ class BusPublisher:
     """Publishes the documents it is called with (``cb(name, doc)``) as bus scans in
     ``session``, on the bus at ``url`` (None: ``DATABUS_URL`` or the embedded server) or
     on ``bus``. ``max_queue``: documents that may wait for the worker; when they are that
-    many the callback drops the next ones, or with ``wait`` waits for room (for a bridge,
-    whose socket buffers meanwhile; never for a RunEngine). Connecting is the only
+    many the callback drops the next events and pages, or with ``wait`` waits for room
+    (for a bridge, whose socket buffers meanwhile; never for a RunEngine). Connecting is the only
     thing that raises (``ServerUnavailable``, ``InvalidURL``...): construct it
     before the plan runs. ``close()`` (or a ``with`` block) ends it."""
 
@@ -116,7 +126,10 @@ class BusPublisher:
     def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
         """Queue one document; never raises, and never blocks unless made to ``wait``."""
         self._counts["received"] += 1
-        size = self._queue.put((name, doc), self._wait)
+        if name in _DATA:
+            size = self._queue.put((name, doc), self._wait)
+        else:  # a run's frame (start, descriptors, resources, stop) is never dropped
+            size = self._queue.control((name, doc))
         if size > self._peak:
             self._peak = size
         elif size < 0:
@@ -178,22 +191,47 @@ class BusPublisher:
                     continue
                 self._end_unstopped()
                 return
-            try:
-                self._publish(name, doc)
-                self._counts["published"] += 1
-            except Unmapped as exc:
-                self._unmapped(f"{name}: {exc}")
-            except _NoScan:  # its run's start failed, and was logged
-                self._counts["failed"] += 1
-            except Exception as exc:  # the plan goes on: logged and counted
-                self._counts["failed"] += 1
-                log.error("bluesky -> bus: %s %s not published: %s", name, _uid(doc), exc)
+            if name == "event":
+                events = self._queue.take_events(doc, COALESCE)
+                if len(events) > 1:
+                    self._handle_page(events)
+                    continue
+            self._handle(name, doc)
+
+    def _handle_page(self, events: list[Mapping[str, Any]]) -> None:
+        """Events of one descriptor with the same keys, published as one event page: a
+        flood then costs one ``send()`` per channel and page, not per event."""
+        try:
+            page = event_model.pack_event_page(*events)  # type: ignore[arg-type]  # (Mapping)
+        except Exception:  # not one page after all: one at a time
+            for doc in events:
+                self._handle("event", doc)
+            return
+        self._handle("event_page", page, events)
+
+    def _handle(
+        self, name: str, doc: Mapping[str, Any], events: list[Mapping[str, Any]] | None = None
+    ) -> None:
+        """Publish one document (a page packed from ``events``: counted as those)."""
+        count = len(events) if events else 1
+        try:
+            self._publish(name, doc, events or ())
+            self._counts["published"] += count
+        except Unmapped as exc:
+            self._unmapped(f"{name}: {exc}")
+        except _NoScan:  # its run's start failed, and was logged
+            self._counts["failed"] += count
+        except Exception as exc:  # the plan goes on: logged and counted
+            self._counts["failed"] += count
+            log.error("bluesky -> bus: %s %s not published: %s", name, _uid(doc), exc)
 
     def _unmapped(self, message: str) -> None:
         self._counts["unmapped"] += 1
         log.warning("bluesky -> bus: %s", message)
 
-    def _publish(self, name: str, doc: Mapping[str, Any]) -> None:
+    def _publish(
+        self, name: str, doc: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
         if name == "start":
             self._start(doc)
         elif name == "descriptor":
@@ -202,7 +240,10 @@ class BusPublisher:
             self._streams[doc["uid"]] = self._run(doc.get("run_start")).descriptor(doc)
         elif name in ("event", "event_page"):
             stream = self._stream(doc.get("descriptor"))
-            (stream.event if name == "event" else stream.page)(doc)
+            if name == "event":
+                stream.event(doc)
+            else:
+                stream.page(doc, events)
         elif name == "resource":
             self._sources[doc["uid"]] = resource_source(doc)
         elif name in ("datum", "datum_page"):
@@ -316,6 +357,22 @@ class _Documents:
         if not self._ready.is_set():
             self._ready.set()
         return len(self._items)
+
+    def take_events(self, first: Mapping[str, Any], limit: int) -> list[Mapping[str, Any]]:
+        """``first`` (an event) and the events of its descriptor, with the same keys,
+        already waiting right behind it: at most ``limit``, never waiting for more (the
+        worker alone takes items, so a peek then a pop see the same item)."""
+        events = [first]
+        keys = (first.get("data") or {}).keys()
+        items = self._items
+        while items and len(events) < limit:
+            name, doc = items[0]
+            if name != "event" or doc.get("descriptor") != first.get("descriptor"):
+                break
+            if (doc.get("data") or {}).keys() != keys:
+                break
+            events.append(items.popleft()[1])
+        return events
 
     def get(self) -> tuple[str, Mapping[str, Any]]:
         """The oldest item, waiting for one."""
