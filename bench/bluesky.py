@@ -16,7 +16,10 @@
 - from_bluesky_events_per_s: pre-composed event-model documents (start, descriptor,
   100,000 events one at a time, stop) fed to BusPublisher with no RunEngine, to a bus
   follower in its own process, from the first document to the follower's last point;
-  from_bluesky_page_events_per_s: the same as event_pages of 1,000 rows.
+  from_bluesky_page_events_per_s: the same as event_pages of 1,000 rows. The feed waits
+  for room in the publisher's queue (``wait=True``, as the from-bluesky bridge does): a
+  loop that composes documents outruns the worker while it creates the scan, which a
+  RunEngine does not, and with ``wait=False`` events past ``max_queue`` are dropped.
 - The peer: bluesky's Publisher (this process) -> Proxy (its own process) ->
   RemoteDispatcher (its own process), the same flood as events one at a time with msgpack
   and with pickle, and the same 1 kHz latency with msgpack. Its SUB/PUB sockets drop at
@@ -433,7 +436,7 @@ def from_bluesky_round(
     for figure, kind in (("events_per_s", "event"), ("page_events_per_s", "event_page")):
         run = Run("flood")
         docs = run.events(points) if kind == "event" else run.pages(points)
-        with BusPublisher(session=FROM_SESSION, bus=bus) as publisher:
+        with BusPublisher(session=FROM_SESSION, bus=bus, wait=True) as publisher:
             t0 = feed(publisher, run, kind, docs)
         dropped += publisher.statistics().dropped
         got = figures(read_report(child), points, t0)
