@@ -565,3 +565,14 @@ def test_a_bridge_started_before_its_session_says_so_and_sends_its_first_scan(
     docs = d.result()
     assert _names(docs)[0] == "start" and _names(docs)[-1] == "stop"
     assert _column(docs, "x") == [1.0, 2.0, 3.0]
+
+
+def test_databus_bridge_lists_its_kinds_and_refuses_an_unknown_one(capsys):
+    from databus._cli import main as databus_main
+
+    assert databus_main(["bridge", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "to-bluesky" in out and "from-bluesky" in out
+    assert databus_main(["bridge"]) == 2
+    assert databus_main(["bridge", "to-nowhere"]) == 2
+    assert "unknown kind 'to-nowhere'" in capsys.readouterr().err
