@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import databus
-from databus._saving import scan_file
+from databus._saving import Layout, scan_file
 
 from ._writer_entries import Entry
 from ._writer_files import OutputFile, no_space
@@ -57,7 +57,7 @@ class ScanFiles:
     def __init__(
         self,
         root: Path,
-        layout: str,
+        layout: Layout,
         compression: dict[str, Any],
         flush_s: float,
         trusted: TrustedRoots,

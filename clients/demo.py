@@ -92,6 +92,7 @@ def run(
 
     print(f"\ndone in {time.monotonic() - started:.1f} s:", file=out)
     for s in (align, loop, mesh):
+        assert s.key is not None and s.end_reason is not None  # each has run
         node = bus.scan(s.key)
         sizes = ", ".join(
             f"{c.short_name}{list(c.shape) if c.shape else ''} x{len(c)}"

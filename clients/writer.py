@@ -42,10 +42,10 @@ import signal
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import databus
-from databus._saving import file_name, original_name
+from databus._saving import Layout, file_name, original_name
 from databus._subscribe import scan_exists
 
 from ._nexus import h5py_module
@@ -99,7 +99,7 @@ class NexusWriter:
         )
         self._scans = ScanFiles(
             self.root,
-            layout,
+            cast(Layout, layout),  # checked above
             compression_options(compression),
             flush_s,
             trusted,
