@@ -6,6 +6,7 @@ Each bridge is a module with its own ``main(argv)`` and options (``databus bridg
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -38,6 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"databus bridge: unknown kind {args[0]!r}\n{_usage()}", file=sys.stderr)
         return 2
     return int(import_module(BRIDGES[args[0]][0]).main(args[1:]))
+
+
+def argument_parser(kind: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``databus bridge KIND``, with the options every bridge has:
+    ``--session`` (required) and ``--url``."""
+    parser = argparse.ArgumentParser(
+        prog=f"databus bridge {kind}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--session", required=True)
+    parser.add_argument("--url", default=None, help="the bus (default: DATABUS_URL or local)")
+    return parser
 
 
 class Bridge(Protocol):

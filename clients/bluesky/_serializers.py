@@ -20,6 +20,7 @@ refuse the pickled object arrays msgpack-numpy can carry (``b"kind": b"O"``).
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -128,3 +129,12 @@ def get_serializer(name: str) -> Serializer:
     except (KeyError, TypeError):
         choices = ", ".join(sorted(SERIALIZERS))
         raise ValueError(f"unknown serializer {name!r}: choose one of {choices}") from None
+
+
+def add_wire_arguments(parser: argparse.ArgumentParser, prefix: str, serializer: str) -> None:
+    """``--prefix`` and ``--serializer`` (msgpack by default), the options of bluesky's
+    0MQ wire both bluesky bridges take; the texts say what each means for that bridge."""
+    parser.add_argument("--prefix", default="", help=prefix)
+    parser.add_argument(
+        "--serializer", choices=sorted(SERIALIZERS), default="msgpack", help=serializer
+    )

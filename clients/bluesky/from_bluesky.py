@@ -18,7 +18,6 @@ it received is published, runs left open end ``interrupted``, and the counts are
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 from collections.abc import Sequence
@@ -28,8 +27,8 @@ import zmq
 
 import databus
 
-from ..bridge import serve
-from ._serializers import SERIALIZERS, get_serializer
+from ..bridge import argument_parser, serve
+from ._serializers import add_wire_arguments, get_serializer
 from ._wire import _address
 from .publisher import BusPublisher, PublisherStatistics
 
@@ -143,21 +142,13 @@ class FromBluesky:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``databus bridge from-bluesky``: publish a proxy's runs until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="databus bridge from-bluesky",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser("from-bluesky", __doc__)
     parser.add_argument("--zmq", required=True, metavar="ADDR", help="the proxy's output port")
-    parser.add_argument("--session", required=True)
-    parser.add_argument("--prefix", default="", help="only frames with this prefix")
-    parser.add_argument(
-        "--serializer",
-        choices=sorted(SERIALIZERS),
-        default="msgpack",
-        help="as given to the RunEngine's Publisher; pickle only on a trusted network",
+    add_wire_arguments(
+        parser,
+        "only frames with this prefix",
+        "as given to the RunEngine's Publisher; pickle only on a trusted network",
     )
-    parser.add_argument("--url", default=None, help="the bus (default: DATABUS_URL or local)")
     args = parser.parse_args(argv)
     return serve(
         "from-bluesky",

@@ -25,7 +25,6 @@ stop document (a bridge started again sends running scans from their start).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,10 +34,10 @@ from typing import Any
 import databus
 from databus import EventType
 
-from ..bridge import serve
+from ..bridge import argument_parser, serve
 from ._documents import RunDocuments
 from ._resources import Document, is_legacy
-from ._serializers import SERIALIZERS, get_serializer
+from ._serializers import add_wire_arguments, get_serializer
 from ._wire import DocumentSocket
 
 __all__ = ["ToBluesky", "ToBlueskyStatistics", "main"]
@@ -297,21 +296,14 @@ def _one_event_per_row(docs: list[Document]) -> Iterator[Document]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``databus bridge to-bluesky``: send a session's scans until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="databus bridge to-bluesky",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--session", required=True)
+    parser = argument_parser("to-bluesky", __doc__)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--bind", metavar="ADDR", help="listen for RemoteDispatchers here")
     where.add_argument("--connect", metavar="ADDR", help="a bluesky Proxy's input port")
-    parser.add_argument("--prefix", default="", help="bytes every frame starts with")
-    parser.add_argument(
-        "--serializer",
-        choices=sorted(SERIALIZERS),
-        default="msgpack",
-        help="pickle (bluesky's default) only when every dispatcher's host is trusted",
+    add_wire_arguments(
+        parser,
+        "bytes every frame starts with",
+        "pickle (bluesky's default) only when every dispatcher's host is trusted",
     )
     parser.add_argument(
         "--legacy-resources", action="store_true", help="resource/datum instead of stream_*"
@@ -322,7 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--drop-slow", action="store_true", help="drop documents for a full subscriber"
     )
-    parser.add_argument("--url", default=None, help="the bus (default: DATABUS_URL or local)")
     args = parser.parse_args(argv)
     return serve(
         "to-bluesky",
