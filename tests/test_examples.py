@@ -112,3 +112,18 @@ def test_databus_demo(bus):
     assert "loopscan 50 0.005: finished after 50 points" in out
     assert "amesh robz -1 1 6 roby -1 1 4 0.01: finished after 24 points" in out
     assert "image[1024, 1024] x24" in out and "The data is in Redis at" in out
+
+
+def test_bluesky_live_table_and_runengine(bus):
+    table = start(
+        "bluesky_live_table.py", bus, "--scans", "1", "--fields", "motor,det", session="bx"
+    )
+    ran = run("bluesky_runengine.py", bus, "--session", "bx", "--points", "5")
+    assert "published to session 'bx'" in ran.stdout and "0 dropped" in ran.stdout
+    (node,) = bus.session("bx").node.scans()
+    assert node.wait_end(30).reason == "finished" and node.info["plan_name"] == "scan"
+    assert node.channels["axis:motor"][:].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    tabled, _ = table.communicate(timeout=30)
+    rows = [line.split("|") for line in tabled.splitlines() if line.strip()[:2] == "| "]
+    motors = [float(r[3]) for r in rows if r[1].strip().isdigit()]
+    assert motors == [-1.0, -0.5, 0.0, 0.5, 1.0], tabled
