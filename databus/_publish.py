@@ -267,6 +267,18 @@ class ChannelWriter:
         """Points accepted so far (acknowledged, queued or dropped)."""
         return self.queue.accepted
 
+    def skip(self, count: int) -> None:
+        """Announce that the next ``count`` points will never come (the producer lost
+        them): readers get a ``dropped`` GAP there, the end info counts them as dropped,
+        and the next point sent follows them. ``ClosedError`` once sealed."""
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"channel {self.name!r}: skip() takes a count >= 1, not {count!r}")
+        if self._sealing:
+            raise ClosedError(
+                f"channel {self.name!r} of {self.scan.key} is sealed: it takes no more points"
+            )
+        self._sink.lose(self.queue, count)
+
     @property
     def sealed(self) -> bool:
         """The channel's seal is written: readers know it has all its points."""

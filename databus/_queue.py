@@ -21,7 +21,8 @@ from ._encoding import Descriptor, FileRef
 
 @dataclasses.dataclass
 class Gap:
-    """Points a lossy channel dropped behind still-queued ones."""
+    """Points dropped behind still-queued ones (by a lossy channel, or lost before
+    ``send()``: ``ChannelWriter.skip``)."""
 
     count: int
 
@@ -89,6 +90,7 @@ class ChannelQueue:
         self._acked_end = 0
         self._acked = 0
         self._dropped = 0
+        self._gap_items = 0  # Gap items queued (the scalar fast path of _pop takes none)
         self._expiring = False
         #: The server acknowledged the channel's seal (``Sink.seal``): no point follows.
         self.sealed = False
@@ -170,7 +172,9 @@ class ChannelQueue:
         old = self.items.popleft()
         count = point_count(old)
         self._head += count
-        if type(old) is not Gap:
+        if type(old) is Gap:
+            self._gap_items -= 1
+        else:
             self._dropped += count
         nbytes = item_bytes(old)
         self._queued_bytes -= nbytes
@@ -187,7 +191,15 @@ class ChannelQueue:
                 self.items[-1].count += count
             else:
                 # Keep index order: the dropped point sits behind what is queued.
+                self._gap_items += 1
                 self.items.append(Gap(count))
+
+    def lose(self, count: int) -> None:
+        """Queue a gap of ``count`` points the producer lost (under ``lock``): counted as
+        dropped, written as a ``dropped`` gap marker in index order."""
+        self._dropped += count
+        self._gap_items += 1
+        self.items.append(Gap(count))
 
     def skip(self, count: int, *, gap: bool) -> None:
         """Leave the next ``count`` indices to entries written by other means (a test's
@@ -218,21 +230,25 @@ class ChannelQueue:
         first, sent_from = self._head, self._sent_end
         with self.lock:
             n = len(queue)
-            only_scalars = self._queued_bytes == 0 and self.desc.kind == "array"
+            only_scalars = (
+                self._queued_bytes == 0 and self._gap_items == 0 and self.desc.kind == "array"
+            )
         if only_scalars and self.drop_lock is None:
             return Taken([pop() for _ in range(n)], first, n, 0, 0, sent_from)
         items: list[Any] = []
-        count = nbytes = gaps = 0
+        count = nbytes = gaps = gap_items = 0
         while queue and (not items or nbytes < budget):
             item = pop()
             items.append(item)
             if type(item) is Gap:
                 gaps += item.count
+                gap_items += 1
             else:
                 count += point_count(item)
                 nbytes += item_bytes(item)
         with self.lock:
             self._queued_bytes -= nbytes
+            self._gap_items -= gap_items
         return Taken(items, first, count, nbytes, gaps, sent_from)
 
     def expire_once(self) -> bool:

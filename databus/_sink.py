@@ -234,6 +234,18 @@ class Sink:
         if self.idle:
             self._wake.set()
 
+    def lose(self, queue: ChannelQueue, count: int) -> None:
+        """Queue a gap of ``count`` lost points in ``queue``, behind what it holds."""
+        self.check()
+        with self._lock:
+            if queue.drop_lock is None:
+                queue.lose(count)
+            else:  # a lossy channel's gaps are also made under its drop lock
+                with queue.drop_lock:
+                    queue.lose(count)
+        if self.idle:
+            self._wake.set()
+
     def wait_room(self, queue: ChannelQueue) -> None:
         """Block while ``queue``'s fast path is full."""
         while queue.full():

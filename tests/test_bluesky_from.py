@@ -417,9 +417,13 @@ def test_a_frozen_or_gone_server_never_reaches_the_plan_and_losses_are_counted(t
         # the plan went on while the worker waited on the frozen server: the queue overflowed
         assert frozen.dropped > 0
         assert frozen.dropped + frozen.failed + frozen.published == frozen.received
-        (scan,) = by_scan(followed(lost_bus, "gonebs", 1))
+        events = followed(lost_bus, "gonebs", 1)
+        (scan,) = by_scan(events)
         assert scan["end"].reason == "finished"  # events were dropped, never the stop
         assert len(scan["data"]["det"]) == 50 - frozen.dropped
+        gaps = [e.data for e in events if e.type is EventType.GAP and e.node.name == "det"]
+        assert {g.reason for g in gaps} == {"dropped"}  # announced where they were
+        assert sum(g.block_size for g in gaps) == frozen.dropped
         server.stop()  # gone: every round trip is refused
         RE(bp.count([det], num=5))
         assert pub.flush(60)

@@ -363,6 +363,46 @@ class TestSink:
         lost = {i for g in gaps for i in range(g.first, g.first + g.count)}
         assert len(lost) == dropped and lost.isdisjoint(int(f[0]) for f in got)
 
+    @pytest.mark.parametrize("dtype", ["float64", "int32"])  # fast-path scalars, and not
+    def test_skip_announces_points_that_will_never_come(self, bus, dtype):
+        scan = bus.session(f"skip{dtype}").create_scan()
+        x = scan.channel("x", dtype)
+        scan.prepare()
+        scan.start()
+        scalar = float if dtype == "float64" else int  # Python scalars: the fast path
+        x.send(scalar(0))
+        x.send(scalar(1))
+        x.skip(3)
+        x.skip(1)
+        x.send(np.array([6], dtype))
+        x.flush()
+        x.skip(2)  # trailing: written before the seal
+        with pytest.raises(ValueError, match="count >= 1"):
+            x.skip(0)
+        scan.end()
+        seen = []
+        for event in bus.scan(scan.key).walk_events():
+            if event.type is databus.EventType.NEW_DATA:
+                d = event.data
+                seen += [(i, "data") for i in range(d.first_index, d.first_index + d.block_size)]
+            elif event.type is databus.EventType.GAP:
+                d = event.data
+                seen += [(i, d.reason) for i in range(d.first_index, d.first_index + d.block_size)]
+            elif event.type is databus.EventType.END_SCAN:
+                break
+        assert seen == [(0, "data"), (1, "data")] + [(i, "dropped") for i in range(2, 6)] + [
+            (6, "data"),
+            (7, "dropped"),
+            (8, "dropped"),
+        ]
+        node = bus.scan(scan.key)
+        assert node.channels["x"][6] == 6 and len(node.channels["x"]) == 9
+        with pytest.raises(databus.DataLost, match="dropped"):
+            node.channels["x"][3]
+        assert scan.statistics().dropped_points == 6
+        with pytest.raises(databus.ClosedError):
+            x.skip(1)
+
     def test_a_server_error_is_raised_by_the_next_send_and_by_end(self, make_bus):
         bus = make_bus()
         scan = bus.session("err").create_scan()

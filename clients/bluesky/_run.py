@@ -98,6 +98,14 @@ class Stream:
         elif refused:
             self.run.unmapped(refused)
 
+    def skip(self, rows: int) -> None:
+        """``rows`` rows that will never come (dropped before publishing): a ``dropped``
+        gap in every channel of the stream, so the rows after keep their indices. A key
+        still waiting for its first value (no channel yet) has nothing to skip."""
+        for writer in (*self.writers.values(), self.time, self.timestamps):
+            if writer is not None:
+                writer.skip(rows)
+
     def _rows(self, doc: Mapping[str, Any], times: Any, columns: list, many: bool) -> str | None:
         """Send the rows of an event (``many``: of a page) to every channel, or to none:
         every value is converted first, and one a channel refuses (wrong dtype or shape, a

@@ -9,11 +9,12 @@ wait for its reconnection: a plan never waits for any of it. The worker publishe
 events of one descriptor waiting behind each other as one page (a flood of single
 events costs one ``send()`` per channel and page). When the queue is full (the server
 is gone or slower than the plan) events and event pages are dropped, logged and
-counted; the other documents (a run's start, descriptors, resources, stop) always go
-in, so every run keeps its frame and its end. Nothing is ever raised into the plan
-(``statistics()`` counts it all). A run whose stop never came ends ``interrupted`` at
-``close()``. Each run is a scan of its own, keyed by its start ``uid`` (nested runs and
-several run keys at once are several scans).
+counted, and their rows become ``dropped`` gaps of their stream's channels (readers get
+GAP events there; later rows keep their indices); the other documents (a run's start,
+descriptors, resources, stop) always go in, so every run keeps its frame and its end.
+Nothing is ever raised into the plan (``statistics()`` counts it all). A run whose stop
+never came ends ``interrupted`` at ``close()``. Each run is a scan of its own, keyed by
+its start ``uid`` (nested runs and several run keys at once are several scans).
 
 What goes where: the start document is the scan info (with ``title``, ``type``,
 ``npoints``... for databus' own tools: ``_channels.scan_info``); each descriptor's data
@@ -133,6 +134,7 @@ class BusPublisher:
         if size > self._peak:
             self._peak = size
         elif size < 0:
+            self._queue.lost(doc.get("descriptor"), _rows(name, doc))
             self._counts["dropped"] += 1
             if self._counts["dropped"] == 1 or self._counts["dropped"] % 10_000 == 0:
                 log.error(
@@ -189,6 +191,9 @@ class BusPublisher:
                 if "flush" in doc:
                     doc["flush"].set()
                     continue
+                if "lost" in doc:
+                    self._skip(doc["lost"].descriptor, self._queue.taken(doc["lost"]))
+                    continue
                 self._end_unstopped()
                 return
             if name == "event":
@@ -197,6 +202,18 @@ class BusPublisher:
                     self._handle_page(events)
                     continue
             self._handle(name, doc)
+
+    def _skip(self, descriptor: Any, rows: int) -> None:
+        """Announce ``rows`` rows of ``descriptor``'s stream the full queue dropped: each of
+        its channels gets a ``dropped`` gap there, so readers see them and later rows keep
+        their indices."""
+        stream = self._streams.get(descriptor)
+        if stream is None:
+            return
+        try:
+            stream.skip(rows)
+        except Exception as exc:  # its run ended meanwhile: the drops stay counted
+            log.error("bluesky -> bus: %d dropped rows not announced: %s", rows, exc)
 
     def _handle_page(self, events: list[Mapping[str, Any]]) -> None:
         """Events of one descriptor with the same keys, published as one event page: a
@@ -338,6 +355,7 @@ class _Documents:
         self.limit = limit
         self._items: deque[tuple[str, Mapping[str, Any]]] = deque()
         self._ready = threading.Event()
+        self._lost_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -374,6 +392,26 @@ class _Documents:
             events.append(items.popleft()[1])
         return events
 
+    def lost(self, descriptor: Any, rows: int) -> None:
+        """Queue (beyond the limit) that ``rows`` rows of ``descriptor`` were dropped: one
+        small item per run of drops, so a full queue grows by little."""
+        with self._lost_lock:
+            try:
+                name, doc = self._items[-1]
+            except IndexError:
+                name, doc = "x", {}
+            marker = doc.get("lost") if name == "" else None
+            if marker is not None and marker.descriptor == descriptor and not marker.taken:
+                marker.rows += rows
+                return
+        self.control(("", {"lost": _Lost(descriptor, rows)}))
+
+    def taken(self, marker: _Lost) -> int:
+        """The rows of ``marker``, which the worker took: no drop is added to it after."""
+        with self._lost_lock:
+            marker.taken = True
+            return marker.rows
+
     def get(self) -> tuple[str, Mapping[str, Any]]:
         """The oldest item, waiting for one."""
         while True:
@@ -383,6 +421,21 @@ class _Documents:
                 self._ready.clear()
                 if not self._items:  # (a put after the clear sets the event again)
                     self._ready.wait()
+
+
+def _rows(name: str, doc: Mapping[str, Any]) -> int:
+    """Rows of an event (one) or an event page."""
+    return 1 if name == "event" else len(doc.get("time") or ())
+
+
+@dataclasses.dataclass
+class _Lost:
+    """Rows of one descriptor dropped in a row, as one queue item; ``taken`` once the
+    worker has read it (drops after that make a new one)."""
+
+    descriptor: Any
+    rows: int
+    taken: bool = False
 
 
 class _NoScan(Exception):
