@@ -5,9 +5,9 @@ Session), ``keys`` (every key name), ``encoding`` (bytes on the wire, pure), ``s
 (scan lifecycle), ``sink`` (the batching flusher), ``publish`` (Scan, ChannelWriter),
 ``events`` (Event types), ``assembler`` (pure event ordering), ``subscribe`` (nodes,
 channel data, walks), ``feed`` (new scans across sessions), ``cursor`` (new points of
-several channels), ``node`` (the classic BLISS API), ``runners`` (threads or gevent),
-``errors`` (every exception), ``cli`` (the command). Everything a user needs is
-re-exported here.
+several channels), ``share`` (points handed out once across a group of processes),
+``node`` (the classic BLISS API), ``runners`` (threads or gevent), ``errors`` (every
+exception), ``cli`` (the command). Everything a user needs is re-exported here.
 """
 
 from ._bus import Bus, Session, connect, default_bus, set_default_bus
@@ -43,6 +43,7 @@ from ._errors import (
 from ._events import DataGap, Event, EventData, EventType, ScanEnd
 from ._flush_policy import FlushPolicy
 from ._publish import ChannelWriter, Scan
+from ._share import Claim, PointShare, ShareStatistics
 from ._sink import SinkStatistics
 from ._states import EndReason, ScanState
 from ._subscribe import ChannelNode, ScanNode, SessionNode, StopHandler
@@ -56,6 +57,7 @@ __all__ = [
     "ChannelNode",
     "ChannelPoints",
     "ChannelWriter",
+    "Claim",
     "ClosedError",
     "CorruptEntry",
     "Cursor",
@@ -80,6 +82,7 @@ __all__ = [
     "NotYetPublished",
     "PermissionDenied",
     "PointError",
+    "PointShare",
     "ReadTimeout",
     "Scan",
     "ScanEnd",
@@ -93,6 +96,7 @@ __all__ = [
     "SessionNode",
     "Settings",
     "ShapeError",
+    "ShareStatistics",
     "SinkStatistics",
     "StopHandler",
     "UnknownScan",

@@ -22,6 +22,7 @@ from ._errors import ClosedError, DatabusError, InvalidURL, redact
 from ._publish import Scan
 from ._runners import GeventRunner, ThreadRunner, make_runner
 from ._server import EmbeddedServer
+from ._share import PointShare
 from ._sink import BufferPool
 from ._store import commands, keys
 from ._store.wire import Wire
@@ -234,6 +235,30 @@ class Session:
         ``stop_handler``, ``started_event``.
         """
         return follow(self.node, replay=replay, **kwargs)
+
+    def share(
+        self,
+        channel: str,
+        group: str,
+        *,
+        consumer: str | None = None,
+        batch: int = 1,
+        claim_after: float = 60.0,
+        first_scan: int | None = None,
+    ) -> PointShare:
+        """Join point share ``group``: the points of ``channel`` in this session's scans,
+        each claimed by one member of the group (``claim()``, then ``done(claim)``);
+        see ``databus.PointShare``."""
+        return PointShare(
+            self.bus,
+            self.name,
+            channel,
+            group,
+            consumer=consumer,
+            batch=batch,
+            claim_after=claim_after,
+            first_scan=first_scan,
+        )
 
 
 def connect(url: str | None = None, *, settings: Settings | None = None, **overrides: Any) -> Bus:

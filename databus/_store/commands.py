@@ -437,3 +437,117 @@ def note(scan_key: str, fields: dict[str, Any]) -> Command:
     """The file writer's ``fields`` (``schema.file_record``, ``schema.written_record``)
     into the scan's record, if it is still there."""
     return ("EVAL", _HSET_IF_EXISTS, 1, scan_key, *_flat(fields))
+
+
+# ------------------------------------------------------------------ point shares
+
+#: Makes the share's stream and its consumer group (ARGV[1]) unless they exist, and keeps
+#: the number of the first scan it serves (ARGV[2]) unless one is kept; returns that number.
+_OPEN_SHARE = """
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+redis.call('HSETNX', KEYS[2], '#first', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return redis.call('HGET', KEYS[2], '#first')
+"""
+
+#: A stream's last entry as {id, fields} without its data field ``d`` (a frame stays in
+#: the server); false for an empty or missing stream.
+_LAST_ENTRY = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if not last then return false end
+local small = {}
+for i = 1, #last[2], 2 do
+  if last[2][i] ~= 'd' then
+    small[#small + 1] = last[2][i]
+    small[#small + 1] = last[2][i + 1]
+  end
+end
+return {last[1], small}
+"""
+
+#: Hands the points of scan ARGV[1] from its mark up to ARGV[2] to the share, as items of
+#: at most ARGV[3] points, at most ARGV[5] items per call; returns the new mark. Points
+#: already handed over are not added again, so every member may call it.
+_SHARE_POINTS = """
+local mark = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local stop, batch, most = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+local added = 0
+while mark < stop and added < most do
+  local upto = math.min(mark + batch, stop)
+  redis.call('XADD', KEYS[1], '*', 's', ARGV[1], 'a', mark, 'b', upto)
+  mark = upto
+  added = added + 1
+end
+if added > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], mark)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return mark
+"""
+
+#: Deletes the items of group ARGV[1] that are handed out and acknowledged: those before
+#: its oldest pending one, or before its last delivered one. Returns how many went.
+_TRIM_SHARE = """
+local upto = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, last = nil, nil
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+  if name == ARGV[1] then upto = last end
+end
+if not upto then return 0 end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+if pending[1] > 0 then upto = pending[2] end
+return redis.call('XTRIM', KEYS[1], 'MINID', upto)
+"""
+
+
+def open_share(share_key: str, group: str, first_scan: int, ttl: float) -> Command:
+    """Create point share ``share_key`` and its consumer ``group`` if they do not exist;
+    replies the number of the first scan the share serves (``first_scan`` if it is new)."""
+    marks = keys.share_marks(share_key)
+    return ("EVAL", _OPEN_SHARE, 2, share_key, marks, group, first_scan, milliseconds(ttl))
+
+
+def last_entry(stream: str) -> Command:
+    """The last entry of ``stream`` without its data: [id, [field, value, ...]] or None."""
+    return ("EVAL", _LAST_ENTRY, 1, stream)
+
+
+def share_points(
+    share_key: str, scan_key: str, stop: int, batch: int, ttl: float, most: int
+) -> Command:
+    """Hand points up to ``stop`` of ``scan_key`` to the share as items of ``batch``
+    points (``most`` items at most); replies how far the scan's points are handed over."""
+    marks = keys.share_marks(share_key)
+    return (
+        "EVAL", _SHARE_POINTS, 2, share_key, marks,
+        scan_key, stop, batch, milliseconds(ttl), most,
+    )  # fmt: skip
+
+
+def reclaim(share_key: str, group: str, consumer: str, idle: float, count: int) -> Command:
+    """Take over up to ``count`` items another member of ``group`` took ``idle`` seconds
+    ago or more and never acknowledged (it stalled or died)."""
+    return (
+        "XAUTOCLAIM", share_key, group, consumer, milliseconds(idle), "0-0", "COUNT", count
+    )  # fmt: skip
+
+
+def acknowledge(share_key: str, group: str, item_ids: Iterable[Any]) -> Command:
+    """Items served: never handed out again."""
+    return ("XACK", share_key, group, *item_ids)
+
+
+def trim_share(share_key: str, group: str) -> Command:
+    """Delete the share's items that are served; replies how many."""
+    return ("EVAL", _TRIM_SHARE, 1, share_key, group)
+
+
+def share_first(share_key: str) -> Command:
+    """The number of the first scan a share serves (None if the share does not exist)."""
+    return ("HGET", keys.share_marks(share_key), "#first")

@@ -13,6 +13,9 @@ Layout (``P`` is the settings' prefix, names are %-escaped by ``escape``)::
     P:scan:{<session>:<n>}:ctl      STREAM  requests to the running scan (stop)
     P:shared:<name>                 HASH  a shared channel: n (version), v (msgpack value);
                                           also the pub/sub topic its changes go to
+    P:share:{<session>}:<group>     STREAM  a point share's work items (scan, first, stop),
+                                          handed out by the consumer group <group>
+    P:share:{<session>}:<group>:marks  HASH  scan key -> points handed to the share so far
 
 The braces are the scan's hash tag: every key of one scan lands in one Redis Cluster slot,
 so one XREAD covers all of its streams. Escaping keeps user names from adding braces.
@@ -137,6 +140,17 @@ def channel(scan_key: str, name: str) -> str:
 def shared(prefix: str, name: str) -> str:
     """A shared channel's hash, and the pub/sub topic that announces its changes."""
     return f"{prefix}:shared:{escape(name)}"
+
+
+def share(prefix: str, session: str, group: str) -> str:
+    """The work items of point share ``group`` over ``session``'s scans (a stream whose
+    consumer group of the same name hands each item to one member)."""
+    return f"{prefix}:share:{{{escape(session)}}}:{escape(group)}"
+
+
+def share_marks(share_key: str) -> str:
+    """How far each scan's points went into the share (a hash; the share's hash tag)."""
+    return f"{share_key}:marks"
 
 
 def parse_scan(key: str) -> tuple[str, str, int]:

@@ -447,3 +447,32 @@ def descriptors(key: str, record: dict) -> dict[str, Descriptor]:
         except CorruptEntry as exc:
             warn_skipped(key, channel_field(name), str(exc))
     return found
+
+
+# ---------------------------------------------------------------- point shares
+
+
+@dataclasses.dataclass(frozen=True)
+class ShareItem:
+    """One work item of a point share (written by ``commands.share_points``): points
+    ``first`` .. ``stop - 1`` of ``scan``; ``id`` is the item's entry ID."""
+
+    id: str
+    scan: str
+    first: int
+    stop: int
+
+    @classmethod
+    def parse(cls, key: str, entry_id: bytes | str, fields: dict) -> ShareItem:
+        """Decode an item of share ``key``; ``CorruptEntry`` if it names no scan or no
+        range of points."""
+        eid = text(entry_id)
+        try:
+            scan = text(field(fields, "s"))
+            keys.parse_scan(scan)
+            first, stop = int(field(fields, "a")), int(field(fields, "b"))
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise CorruptEntry(f"not a share item ({exc})", key=key, entry_id=eid) from None
+        if not 0 <= first < stop:
+            raise CorruptEntry(f"empty range {first}..{stop}", key=key, entry_id=eid)
+        return cls(eid, scan, first, stop)

@@ -321,11 +321,19 @@ class Link:
         return replies
 
     def read(
-        self, streams: dict[str, str], count: int, block_ms: int | None
+        self,
+        streams: dict[str, str],
+        count: int,
+        block_ms: int | None,
+        group: tuple[str, str] | None = None,
     ) -> list[tuple[str, Entries]]:
         """One XREAD of ``streams`` (key -> last ID read), at most ``count`` entries each,
-        blocking up to ``block_ms`` (None: not at all). Returns [(key, entries)]."""
+        blocking up to ``block_ms`` (None: not at all). Returns [(key, entries)].
+        ``group`` (group, consumer): XREADGROUP instead, ID ``>`` for entries never handed
+        out, ``0`` for the consumer's own pending ones (those deleted since have no fields)."""
         args: list[Any] = ["XREAD", "COUNT", count]
+        if group is not None:
+            args = ["XREADGROUP", "GROUP", *group, "COUNT", count]
         if block_ms is not None:
             args += ["BLOCK", block_ms]
         args += ["STREAMS", *streams.keys(), *streams.values()]
@@ -341,7 +349,10 @@ class Link:
             return []
         pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 array
         return [
-            (text(key), [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries])
+            (
+                text(key),
+                [(eid, dict(zip(f[::2], f[1::2], strict=True)) if f else {}) for eid, f in entries],
+            )
             for key, entries in pairs
         ]
 
