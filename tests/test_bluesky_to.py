@@ -326,7 +326,7 @@ def test_drop_mode_drops_for_the_slow_dispatcher_only(bus, bridge, dispatcher, c
     # every document of the flood, so it loses none even when it falls behind.
     slow.proc.send_signal(signal.SIGSTOP)
     try:
-        with caplog.at_level(logging.WARNING, logger="databus.clients.bluesky._wire"):
+        with caplog.at_level(logging.WARNING, logger="databus.clients._xpub"):
             for i in range(n):
                 x.send(float(i))
                 spectrum.send(np.full(4096, i, "float64"))

@@ -27,9 +27,9 @@ import zmq
 
 import databus
 
+from .. import _xpub
 from ..bridge import argument_parser, serve
 from ._serializers import add_wire_arguments, get_serializer
-from ._wire import _address
 from .publisher import BusPublisher, PublisherStatistics
 
 __all__ = ["FromBluesky", "FromBlueskyStatistics", "main"]
@@ -69,7 +69,7 @@ class FromBluesky:
         if not isinstance(prefix, bytes) or b" " in prefix:
             raise ValueError(f"prefix must be bytes without a space, got {prefix!r}")
         self._loads = get_serializer(serializer).loads
-        self.address = _address(zmq_address)
+        self.address = _xpub.zmq_address(zmq_address)
         self._prefix = prefix
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.SUB)

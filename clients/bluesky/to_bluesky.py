@@ -269,7 +269,7 @@ class ToBluesky:
                     "could not serialize a %s document: %s: %s", name, type(exc).__name__, exc
                 )
                 continue
-            if not self.socket.send(name, payload):
+            if not self.socket.send_document(name, payload):
                 return
             self._counts["documents"] += 1
             if name == "event_page":
