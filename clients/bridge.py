@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 BRIDGES = {
     "to-bluesky": ("databus.clients.bluesky.to_bluesky", "bus scans as bluesky documents, 0MQ"),
     "from-bluesky": ("databus.clients.bluesky.from_bluesky", "a bluesky 0MQ proxy into the bus"),
+    "frames": ("databus.clients.frames.bridge", "frames to CrystFEL/OnDA and karabo-bridge"),
 }
 
 
