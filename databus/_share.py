@@ -73,6 +73,7 @@ class ShareStatistics:
     done: int  #: items it acknowledged
     resumed: int  #: items it had claimed before a restart and claimed again
     taken_over: int  #: items it took over from a member idle ``claim_after`` seconds
+    released: int  #: items it gave back unserved (``release``)
     added: int  #: items it added to the share (any member may add any scan's points)
     skipped: int  #: items that named no scan still kept, or did not decode (logged)
 
@@ -90,7 +91,8 @@ class PointShare:
     """One member of point share ``group`` over ``channel`` in ``session``'s scans.
 
     ``claim(timeout)`` returns the next ``Claim`` nobody in the group has had (blocking up
-    to ``timeout`` seconds, None: for ever); ``done(claim)`` acknowledges it. ``batch`` is
+    to ``timeout`` seconds, None: for ever); ``done(claim)`` acknowledges it, and
+    ``release(claim)`` gives it back unserved. ``batch`` is
     the most points per claim (1: one frame each). ``consumer`` names this member; give
     the same name to a process that replaces it (its unacknowledged claims come back to it
     first); default: host and process id. ``claim_after``: seconds after which another
@@ -140,7 +142,7 @@ class PointShare:
         self._own: list[tuple[Any, dict]] = []
         self._unacked: list[str] = []
         self._counts = dict.fromkeys(
-            ("claimed", "done", "resumed", "taken_over", "added", "skipped"), 0
+            ("claimed", "done", "resumed", "taken_over", "released", "added", "skipped"), 0
         )
         self._since_trim = 0
         self._feed_checked = 0.0
@@ -192,6 +194,12 @@ class PointShare:
         self._counts["done"] += len(self._unacked)
         self._since_trim = 0 if len(acks) > 1 else self._since_trim + len(self._unacked)
         self._unacked.clear()
+
+    def release(self, claim: Claim) -> None:
+        """Give ``claim`` back unserved: its points go to the end of the share, for any
+        member (this one included) to claim."""
+        self.bus.wire.call(*commands.release_item(self.key, self.group, claim.id))
+        self._counts["released"] += 1
 
     def statistics(self) -> ShareStatistics:
         return ShareStatistics(**self._counts)

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 Mode = Literal["rep", "pub", "karabo"]
 #: How long (ms) closing a socket lets replies already handed to 0MQ go out.
 LINGER_MS = 10_000
+#: How long (s) a frame made ready waits for a request before it goes back to the share.
+HOLD_S = 0.5
 #: The karabo image key unless ``key`` names another.
 KARABO_IMAGE_KEY = "image.data"
 
@@ -234,13 +236,16 @@ class FramesBridge:
             self._failure = exc
 
     def _answer(self) -> None:
-        """Take requests; answer each waiting one with the next frame of the share; keep
-        one frame ready while no request waits."""
+        """Take requests; answer each waiting one with the next frame of the share. Right
+        after a reply, the next frame is made ready before its request comes; a frame ready
+        for ``HOLD_S`` with no request goes back to the share (another member may serve it)."""
         assert self._router is not None and self._share is not None
         router, share = self._router, self._share
+        held_at = ready_until = 0.0
         while not self._stop.stopped:
-            self._take_requests(0 if self._waiting else 50)
-            if self._held is None:
+            self._take_requests(0 if self._waiting else 10 if self._held else 50)
+            now = time.monotonic()
+            if self._held is None and (self._waiting or now < ready_until):
                 try:
                     claim = share.claim(timeout=0.05 if self._waiting else 0.0)
                 except databus.ServerUnavailable as exc:
@@ -248,14 +253,22 @@ class FramesBridge:
                     time.sleep(0.5)
                     continue
                 if claim is not None:
-                    self._held = self._prepared(claim)
+                    self._held, held_at = self._prepared(claim), now
             if self._held is not None and self._waiting:
                 claim, parts = self._held
                 if self._reply(router, parts):
                     self._held = None
                     share.done(claim)
-        if self._held is not None:
-            log.info("stopped with a frame taken and not sent: it is served again on restart")
+                    ready_until = time.monotonic() + HOLD_S
+            elif self._held is not None and now - held_at > HOLD_S:
+                self._give_back()
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """Return the frame made ready and not sent to the share."""
+        if self._held is not None and self._share is not None:
+            self._share.release(self._held[0])
+            self._held = None
 
     def _take_requests(self, timeout_ms: int) -> None:
         assert self._router is not None
@@ -378,8 +391,7 @@ class FramesBridge:
             self._router.close()
             self._router = None
         if self._pub is not None:
-            self._pub.close()
-            self._pub = None
+            self._pub.close()  # kept: its counts stay readable
         self._context.term()
         if self._own_bus:
             self.bus.close()

@@ -551,3 +551,18 @@ def trim_share(share_key: str, group: str) -> Command:
 def share_first(share_key: str) -> Command:
     """The number of the first scan a share serves (None if the share does not exist)."""
     return ("HGET", keys.share_marks(share_key), "#first")
+
+
+#: Gives item ARGV[2] of group ARGV[1] back: the same points as a new item at the end of
+#: the share (anyone's to claim), the old one acknowledged. Returns 1, or 0 if it is gone.
+_RELEASE_ITEM = """
+local item = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])[1]
+if item then redis.call('XADD', KEYS[1], '*', unpack(item[2])) end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return item and 1 or 0
+"""
+
+
+def release_item(share_key: str, group: str, item_id: str) -> Command:
+    """Give a claimed item back to the share, for any member to claim."""
+    return ("EVAL", _RELEASE_ITEM, 1, share_key, group, item_id)
