@@ -268,7 +268,10 @@ def test_bad_options_are_refused_by_name(bus, args, error):
 
 def test_the_bridge_kind_is_listed():
     out = subprocess.run(
-        [sys.executable, "-m", "databus", "bridge", "-h"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "databus", "bridge", "-h"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "frames" in out
 

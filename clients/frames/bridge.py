@@ -142,7 +142,7 @@ class FramesBridge:
                 self.address = self._pub.address
             else:
                 self._router = self._bind_router(address, hwm)
-                self.address = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+                self.address = str(self._router.getsockopt_string(zmq.LAST_ENDPOINT))
                 self._share = self.session.share(
                     channel,
                     group if group is not None else "crystfel" if mode == "rep" else "karabo",
