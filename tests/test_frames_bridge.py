@@ -303,3 +303,25 @@ def test_a_frame_made_ready_goes_back_to_the_share_when_no_request_comes(bus):
         got = [c.next(timeout=10).scalars["frame_index"] for _ in range(3)]
     scan.end()
     assert sorted(got) == [2, 3, 4]
+
+
+def test_frames_a_detector_wrote_to_files_are_served_from_them(beamline, tmp_path):
+    import h5py
+
+    from databus import scan as runner
+    from databus.sim import SimDetector
+
+    bus = beamline["bus"]
+    det = SimDetector(shape=(24, 16), mode="file", directory=tmp_path)
+    bridge = FramesBridge(
+        "runner", "sim_det:image", mode="rep", address="tcp://127.0.0.1:*", bus=bus
+    ).start()
+    with bridge, CrystfelReqClient(bridge.address) as client:
+        done = runner.ascan(beamline["robz"], -1, 1, 4, 0, beamline["gauss"], det)
+        frames = [client.next(timeout=10) for _ in range(4)]
+    (path,) = tmp_path.glob("*.h5")
+    with h5py.File(path, "r") as f:
+        stored = f["entry/data/data"][()]
+    assert [f.scalars["scan_key"] for f in frames] == [done.key] * 4
+    for i, frame in enumerate(frames):
+        np.testing.assert_array_equal(frame.image, stored[i].astype("<i4"))
