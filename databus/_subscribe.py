@@ -88,6 +88,15 @@ def _last_entry(bus: Bus, key: str) -> tuple[bytes, dict[bytes, bytes]] | None:
     return last[0] if last else None
 
 
+def _covers(decoded: list[Block | Gap | int], first: int, last: int) -> bool:
+    """True if the blocks of ``decoded`` hold every point ``first`` .. ``last``."""
+    end = first
+    for block in decoded:
+        if isinstance(block, Block) and block.first <= end < block.first + block.count:
+            end = block.first + block.count
+    return end > last
+
+
 class NodeInfo(dict):
     """A node's info as BLISS scripts read it: a dict of what was last read, whose
     ``get_all()`` reads it again (BLISS's info is a live mapping of the node's record)."""
@@ -630,15 +639,18 @@ class ChannelNode(Node):
 
     def _blocks(self, first: int, last: int) -> list[Block]:
         """The decoded blocks holding points first .. last (all of them, or an error)."""
-        before, within, after = self.bus.wire.run(commands.points(self.key, first, last, MAX_SEQ))
         # The entry before ``first`` holds it only if it starts earlier and is a whole
         # block (the parts of a split point all carry the point's own index).
         split = self.desc.kind == "array" and self.desc.parts > 1
+        replies = self.bus.wire.run(commands.points(self.key, first, last, MAX_SEQ, split=split))
+        before, within = ([], *replies) if split else replies
         starts_before = bool(before) and parse_id(before[0][0])[0] < first
-        entries = before + within if starts_before and not split else within
-        if after and parse_id(after[0][0])[1] == 0:
-            entries = entries + after
+        entries = before + within if starts_before else within
         decoded = list(decode_entries(self.desc, self.key, entries))
+        if not _covers(decoded, first, last):  # a gap marker after them says why
+            after = self.bus.wire.call(*commands.points_after(self.key, last, MAX_SEQ))
+            if after and parse_id(after[0][0])[1] == 0:
+                decoded += decode_entries(self.desc, self.key, after)
         for gap in (g for g in decoded if isinstance(g, Gap)):
             lo, hi = max(first, gap.first), min(last, gap.first + gap.count - 1)
             if lo <= hi:

@@ -324,15 +324,23 @@ def exists(*names: str) -> Command:
     return ("EXISTS", *names)
 
 
-def points(stream: str, first: int, last: int, max_seq: str) -> list[Command]:
+def points(stream: str, first: int, last: int, max_seq: str, *, split: bool) -> list[Command]:
     """What a reader of points ``first`` .. ``last`` of a channel needs: the entry before
-    them (a block may start earlier), theirs, and the next one (a gap marker?). Entry IDs
-    are ``<point index>-<sequence>``, ``max_seq`` the largest sequence."""
-    return [
-        entries_back(stream, f"{first}-{max_seq}"),
-        entries(stream, f"{first}-0", f"{last}-{max_seq}"),
-        entries(stream, f"({last}-{max_seq}", "+", 1),
-    ]
+    them (a block may start earlier; not for ``split`` points, whose parts carry their own
+    index) and theirs. Entry IDs are ``<point index>-<sequence>``, ``max_seq`` the largest
+    sequence. Whether a gap marker follows missing ones: ``points_after``."""
+    before = [] if split else [entries_back(stream, f"{first}-{max_seq}")]
+    return [*before, entries(stream, f"{first}-0", f"{last}-{max_seq}")]
+
+
+def points_after(stream: str, last: int, max_seq: str) -> Command:
+    """The entry after point ``last`` (a gap marker, if points up to it are lost)."""
+    return entries(stream, f"({last}-{max_seq}", "+", 1)
+
+
+def stream_length(stream: str) -> Command:
+    """How many entries ``stream`` holds (0 if it does not exist): a cheap sign of news."""
+    return ("XLEN", stream)
 
 
 def saved_where(scan_key: str, channel: str) -> Command:
@@ -451,21 +459,6 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return redis.call('HGET', KEYS[2], '#first')
 """
 
-#: A stream's last entry as {id, fields} without its data field ``d`` (a frame stays in
-#: the server); false for an empty or missing stream.
-_LAST_ENTRY = """
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-if not last then return false end
-local small = {}
-for i = 1, #last[2], 2 do
-  if last[2][i] ~= 'd' then
-    small[#small + 1] = last[2][i]
-    small[#small + 1] = last[2][i + 1]
-  end
-end
-return {last[1], small}
-"""
-
 #: Hands the points of scan ARGV[1] from its mark up to ARGV[2] to the share, as items of
 #: at most ARGV[3] points, at most ARGV[5] items per call; returns the new mark. Points
 #: already handed over are not added again, so every member may call it.
@@ -511,11 +504,6 @@ def open_share(share_key: str, group: str, first_scan: int, ttl: float) -> Comma
     replies the number of the first scan the share serves (``first_scan`` if it is new)."""
     marks = keys.share_marks(share_key)
     return ("EVAL", _OPEN_SHARE, 2, share_key, marks, group, first_scan, milliseconds(ttl))
-
-
-def last_entry(stream: str) -> Command:
-    """The last entry of ``stream`` without its data: [id, [field, value, ...]] or None."""
-    return ("EVAL", _LAST_ENTRY, 1, stream)
 
 
 def share_points(

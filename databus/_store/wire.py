@@ -326,11 +326,14 @@ class Link:
         count: int,
         block_ms: int | None,
         group: tuple[str, str] | None = None,
+        before: Sequence[Command] = (),
     ) -> list[tuple[str, Entries]]:
         """One XREAD of ``streams`` (key -> last ID read), at most ``count`` entries each,
         blocking up to ``block_ms`` (None: not at all). Returns [(key, entries)].
         ``group`` (group, consumer): XREADGROUP instead, ID ``>`` for entries never handed
-        out, ``0`` for the consumer's own pending ones (those deleted since have no fields)."""
+        out, ``0`` for the consumer's own pending ones (those deleted since have no fields).
+        ``before``: commands sent in the same write, ahead of the read (their first error
+        is raised, after the read's reply is taken)."""
         args: list[Any] = ["XREAD", "COUNT", count]
         if group is not None:
             args = ["XREADGROUP", "GROUP", *group, "COUNT", count]
@@ -338,13 +341,24 @@ class Link:
             args += ["BLOCK", block_ms]
         args += ["STREAMS", *streams.keys(), *streams.values()]
         conn = self._conn
+        first: BaseException | None = None
         try:
             self._pending = True
-            conn.send_command(*args, check_health=False)
+            if before:
+                conn.send_packed_command(conn.pack_commands([*before, args]), check_health=False)
+                for _ in before:
+                    try:
+                        conn.read_response()
+                    except rex.ResponseError as exc:
+                        first = first or exc
+            else:
+                conn.send_command(*args, check_health=False)
             reply = conn.read_response()
             self._pending = False
         except rex.RedisError as exc:
             raise translate(exc, self.wire.url) from exc
+        if first is not None:
+            raise translate(first, self.wire.url) from first
         if not reply:
             return []
         pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 array
