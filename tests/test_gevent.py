@@ -60,3 +60,48 @@ def test_explicit_thread_runner_in_a_patched_program(bus, run_python):
     )
     result = json.loads(run_python(code).stdout.strip().splitlines()[-1])
     assert result["runner"] == "thread" and result["stats"] == 20_021
+
+
+SHARE = """
+from gevent import monkey
+monkey.patch_all()
+import json
+import gevent
+import numpy as np
+import databus
+
+bus = databus.connect({url!r}, prefix={prefix!r})
+session = bus.session("gshare")
+members = [session.share("img", "g", consumer=f"m{{i}}") for i in range(2)]
+got = {{0: [], 1: []}}
+ticks = []
+
+def member(i):
+    share = members[i]
+    while (claim := share.claim(timeout=1.0)) is not None:
+        got[i].append(claim.first)
+        share.done(claim)
+        gevent.sleep(0.002)
+
+workers = [gevent.spawn(member, i) for i in range(2)]
+ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.001)) for _ in range(100)])
+scan = session.create_scan()
+img = scan.channel("img", "uint16", (64, 64))
+scan.prepare()
+scan.start()
+for i in range(100):
+    img.send(np.full((64, 64), i, np.uint16))
+    gevent.sleep(0.001)
+scan.end()
+gevent.joinall([*workers, ticker])
+print(json.dumps({{"got": got, "ticks": len(ticks)}}))
+"""
+
+
+def test_a_point_share_in_a_patched_program(bus, run_python):
+    out = run_python(SHARE.format(url=bus.url, prefix=bus.settings.prefix)).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    every = result["got"]["0"] + result["got"]["1"]
+    assert sorted(every) == list(range(100))  # each point once, both greenlets served
+    assert result["got"]["0"] and result["got"]["1"]
+    assert result["ticks"] == 100  # a claim that waits lets other greenlets run
