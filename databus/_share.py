@@ -289,20 +289,21 @@ class PointShare:
             self._scans[key] = _Scan(node)
 
     def _next(self, deadline: float | None) -> Claim | None:
-        """One round: own pending items, new items, points to add, new scans, stalled
-        members' items; then wait ``poll`` for another member's items."""
+        """One round: own pending items, stalled members' items (looked for now and then,
+        also while new items flow), new items, points to add, new scans; then wait
+        ``poll`` for another member's items."""
         while self._own:
             claim = self._claim(*self._own.pop(0), resumed=True)
             if claim is not None:
                 return claim
+        taken = self._take_over()
+        if taken is not None:
+            return taken
         for entry in self._read(group_id=">"):
             return self._claim(*entry)
         if self._add_points(self._scans.values()) | self._new_scans():
             for entry in self._read(group_id=">"):
                 return self._claim(*entry)
-        taken = self._take_over()
-        if taken is not None:
-            return taken
         wait = self.poll
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic())
@@ -447,10 +448,12 @@ class PointShare:
             return None
         self._reclaimed = now
         reply = self.bus.wire.call(
-            *commands.reclaim(self.key, self.group, self.consumer, self.claim_after, 1)
+            *commands.take_over(self.key, self.group, self.consumer, self.claim_after, 1)
         )
-        for entry_id, fields in reply[1] if reply else ():
-            if fields:
+        for entry in reply:
+            if entry:  # an item trimmed since comes back as nil
+                entry_id, flat = entry
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 return self._claim(entry_id, fields, taken_over=True)
         return None
 

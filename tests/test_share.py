@@ -192,14 +192,20 @@ def test_claim_waits_for_points_to_come(bus):
     share.close()
 
 
-def test_acknowledged_items_are_trimmed(bus, admin):
+def test_acknowledged_items_are_trimmed_and_stalled_ones_taken_over(any_bus):
+    bus = any_bus  # Valkey and Redis 7.0: XAUTOCLAIM, XINFO GROUPS in a script
     scan, ch = _scan(bus, shape=())
     ch.send(np.arange(2500, dtype="uint16"))
     scan.end()
-    share = bus.session("s").share("det:image", "g", first_scan=scan.number)
-    assert len(_drain(share)) == 2500
-    assert admin.xlen(share.key) < 1000
+    stalled = bus.session("s").share("det:image", "g", consumer="x", first_scan=scan.number)
+    assert stalled.claim(timeout=1).first == 0
+    share = bus.session("s").share("det:image", "g", claim_after=0.1)
+    got = _drain(share)
+    assert sorted(i for _, i in got) == list(range(2500))
+    assert share.statistics().taken_over == 1
+    assert bus.redis.xlen(share.key) < 1000
     share.close()
+    stalled.close()
 
 
 @pytest.mark.parametrize(
@@ -220,3 +226,18 @@ def test_bad_arguments_are_refused_by_name(bus, kwargs, error):
 def test_a_bad_group_name_is_refused(bus):
     with pytest.raises(databus.InvalidName, match="share group"):
         bus.session("s").share("det:image", "")
+
+
+def test_a_slow_claim_is_never_taken_back_by_its_own_member(bus):
+    scan, ch = _scan(bus)
+    for i in range(3):
+        ch.send(_frame(i))
+    scan.end()
+    share = bus.session("s").share("det:image", "g", claim_after=0.1, first_scan=scan.number)
+    slow = share.claim(timeout=1)
+    time.sleep(0.3)  # longer than claim_after: its own claim stays its own
+    assert [share.claim(timeout=1).first for _ in range(2)] == [1, 2]
+    assert share.claim(timeout=0.3) is None
+    share.done(slow)
+    assert share.statistics().taken_over == 0
+    share.close()

@@ -518,12 +518,22 @@ def share_points(
     )  # fmt: skip
 
 
-def reclaim(share_key: str, group: str, consumer: str, idle: float, count: int) -> Command:
-    """Take over up to ``count`` items another member of ``group`` took ``idle`` seconds
-    ago or more and never acknowledged (it stalled or died)."""
-    return (
-        "XAUTOCLAIM", share_key, group, consumer, milliseconds(idle), "0-0", "COUNT", count
-    )  # fmt: skip
+#: Takes over (XCLAIM) up to ARGV[4] items of group ARGV[1] that another consumer than
+#: ARGV[2] claimed ARGV[3] ms ago or more; returns them as XCLAIM does.
+_TAKE_OVER = """
+local ids = {}
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])) do
+  if p[2] ~= ARGV[2] then ids[#ids + 1] = p[1] end
+end
+if #ids == 0 then return {} end
+return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ids))
+"""
+
+
+def take_over(share_key: str, group: str, consumer: str, idle: float, count: int) -> Command:
+    """Give ``consumer`` up to ``count`` items another member of ``group`` claimed ``idle``
+    seconds ago or more and never acknowledged (it stalled or died); never its own."""
+    return ("EVAL", _TAKE_OVER, 1, share_key, group, consumer, milliseconds(idle), count)
 
 
 def acknowledge(share_key: str, group: str, item_ids: Iterable[Any]) -> Command:
