@@ -236,29 +236,12 @@ class Session:
         """
         return follow(self.node, replay=replay, **kwargs)
 
-    def share(
-        self,
-        channel: str,
-        group: str,
-        *,
-        consumer: str | None = None,
-        batch: int = 1,
-        claim_after: float = 60.0,
-        first_scan: int | None = None,
-    ) -> PointShare:
+    def share(self, channel: str, group: str, **options: Any) -> PointShare:
         """Join point share ``group``: the points of ``channel`` in this session's scans,
-        each claimed by one member of the group (``claim()``, then ``done(claim)``);
-        see ``databus.PointShare``."""
-        return PointShare(
-            self.bus,
-            self.name,
-            channel,
-            group,
-            consumer=consumer,
-            batch=batch,
-            claim_after=claim_after,
-            first_scan=first_scan,
-        )
+        each claimed by one member of the group (``claim()``, then ``done(claim)``).
+        ``options``: ``consumer``, ``batch``, ``claim_after``, ``first_scan`` (see
+        ``databus.PointShare``)."""
+        return PointShare(self.bus, self.name, channel, group, **options)
 
 
 def connect(url: str | None = None, *, settings: Settings | None = None, **overrides: Any) -> Bus:
