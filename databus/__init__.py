@@ -43,7 +43,7 @@ from ._errors import (
 from ._events import DataGap, Event, EventData, EventType, ScanEnd
 from ._flush_policy import FlushPolicy
 from ._publish import ChannelWriter, Scan
-from ._share import Claim, PointShare, ShareStatistics
+from ._share import Claim, PointShare, ShareResult, ShareResults, ShareStatistics
 from ._sink import SinkStatistics
 from ._states import EndReason, ScanState
 from ._subscribe import ChannelNode, ScanNode, SessionNode, StopHandler
@@ -96,6 +96,8 @@ __all__ = [
     "SessionNode",
     "Settings",
     "ShapeError",
+    "ShareResult",
+    "ShareResults",
     "ShareStatistics",
     "SinkStatistics",
     "StopHandler",

@@ -22,7 +22,7 @@ from ._errors import ClosedError, DatabusError, InvalidURL, redact
 from ._publish import Scan
 from ._runners import GeventRunner, ThreadRunner, make_runner
 from ._server import EmbeddedServer
-from ._share import PointShare
+from ._share import PointShare, ShareResults
 from ._sink import BufferPool
 from ._store import commands, keys
 from ._store.wire import Wire
@@ -242,6 +242,11 @@ class Session:
         ``options``: ``consumer``, ``batch``, ``claim_after``, ``first_scan`` (see
         ``databus.PointShare``)."""
         return PointShare(self.bus, self.name, channel, group, **options)
+
+    def share_results(self, group: str, *, since: str = "0-0") -> ShareResults:
+        """The results the members of point share ``group`` record (``PointShare.record``),
+        for the one process that reduces them; see ``databus.ShareResults``."""
+        return ShareResults(self.bus, self.name, group, since=since)
 
 
 def connect(url: str | None = None, *, settings: Settings | None = None, **overrides: Any) -> Bus:

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 from ._encoding import Descriptor, is_seal, points_through, text
 from ._errors import CorruptEntry, ReadTimeout, ServerError, ServerUnavailable, UnknownScan
 from ._states import ScanState
-from ._store import commands, keys
+from ._store import commands, keys, schema
 from ._store.commands import Command
 from ._store.schema import ShareItem, warn_skipped
-from ._store.wire import Link, Outage
+from ._store.wire import Link, Outage, ReadLink
 from ._subscribe import ChannelNode, ScanNode
 from ._timing import milliseconds
 
@@ -213,6 +213,21 @@ class PointShare:
         self._counts["done"] += len(self._unacked)
         self._since_trim = 0 if trimmed else self._since_trim + len(self._unacked)
         self._unacked.clear()
+
+    def record(self, claim: Claim, data: bytes | None) -> None:
+        """Acknowledge ``claim`` and record what was made of its points (``data``, None for
+        nothing), in one transaction: a result exists if and only if its claim is served,
+        so a member killed before this left neither and its claim goes to another member.
+        ``ShareResults`` reads the results. Raises if the server is gone (claim pending)."""
+        result = schema.share_result(claim.scan.key, claim.first, claim.stop, data)
+        acks = self._acks()
+        self.bus.wire.run(
+            [*acks, *commands.serve_item(self.key, self.group, claim.id, result, self._ttl)],
+            atomic=True,
+        )
+        if acks:
+            self._acknowledged()
+        self._counts["done"] += 1
 
     def release(self, claim: Claim) -> None:
         """Give ``claim`` back unserved: its points go to the end of the share, for any
@@ -460,3 +475,71 @@ class PointShare:
 
 def _number(scan_key: str) -> int:
     return keys.parse_scan(scan_key)[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShareResult:
+    """What a member of a point share made of points ``first`` .. ``stop - 1`` of the scan
+    ``scan`` (a key): ``data`` as it gave it to ``PointShare.record`` (None: nothing)."""
+
+    scan: str
+    first: int
+    stop: int
+    data: bytes | None
+    id: str = dataclasses.field(repr=False)
+
+
+class ShareResults:
+    """The results the members of point share ``group`` over ``session`` recorded, in the
+    order they were recorded, for the one process that reduces them: ``read(timeout)``.
+    ``since``: the ID to read after (default: every result still kept). ``trim()`` deletes
+    what was read. Waits out a lost server (``timeout`` permitting)."""
+
+    def __init__(self, bus: Bus, session: str, group: str, *, since: str = "0-0") -> None:
+        keys.check_session_name(session)
+        keys.check_name("share group", group, keys.MAX_CHANNEL_NAME)
+        self.bus, self.group = bus, group
+        self.key = keys.share(bus.settings.prefix, session, group)
+        self.position = since  #: the ID of the last result read
+        self._stream = keys.share_results(self.key)
+        self._link = ReadLink(bus.wire, f"share {group} results", revive=bus.revive_server)
+
+    def read(self, timeout: float | None = None, count: int = 1000) -> list[ShareResult]:
+        """Results recorded since the last read (at most ``count``), waiting up to
+        ``timeout`` seconds for one (None: for ever, 0: not at all); [] if none came."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout is seconds >= 0 (0: do not wait) or None, not {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            block_ms: int | None = 0
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                block_ms = milliseconds(left) if left > 0 else None
+            reply = self._link.read({self._stream: self.position}, count, block_ms)
+            if reply is not None:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+        found = []
+        for entry_id, fields in (e for _, entries in reply for e in entries):
+            self.position = text(entry_id)
+            try:
+                item = ShareItem.parse(self._stream, entry_id, fields)
+            except CorruptEntry as exc:
+                warn_skipped(self._stream, self.position, str(exc))
+                continue
+            found.append(ShareResult(item.scan, item.first, item.stop, item.data, item.id))
+        return found
+
+    def trim(self) -> None:
+        """Delete the results read so far (the one who reduces them has them)."""
+        self.bus.wire.call(*commands.trim_results(self.key, self.position))
+
+    def close(self) -> None:
+        self._link.close()
+
+    def __enter__(self) -> ShareResults:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -241,3 +241,47 @@ def test_a_slow_claim_is_never_taken_back_by_its_own_member(bus):
     share.done(slow)
     assert share.statistics().taken_over == 0
     share.close()
+
+
+def test_results_are_recorded_with_their_claims_and_read_once_in_order(bus, admin):
+    scan, ch = _scan(bus, shape=())
+    session = bus.session("s")
+    workers = [session.share("det:image", "g", consumer=c, batch=3) for c in ("a", "b")]
+    ch.send(np.arange(10, dtype="uint16"))
+    scan.end()
+    for turn in range(10):
+        claim = workers[turn % 2].claim(timeout=0.5)
+        if claim is None:
+            break
+        data = None if claim.first == 3 else f"{claim.first}-{claim.stop}".encode()
+        workers[turn % 2].record(claim, data)
+    with session.share_results("g") as results:
+        got = results.read(timeout=1)
+        assert [(r.scan, r.first, r.stop, r.data) for r in got] == [
+            (scan.key, 0, 3, b"0-3"),
+            (scan.key, 3, 6, None),
+            (scan.key, 6, 9, b"6-9"),
+            (scan.key, 9, 10, b"9-10"),
+        ]
+        assert results.read(timeout=0.1) == []  # each once
+        results.trim()
+    assert admin.xlen(workers[0].key + ":results") == 1  # the last one read stays
+    assert workers[0].statistics().done + workers[1].statistics().done == 4
+    for w in workers:
+        w.close()
+
+
+def test_a_claim_whose_member_died_unrecorded_is_recorded_once_by_another(bus):
+    scan, ch = _scan(bus, shape=())
+    ch.send(np.arange(4, dtype="uint16"))
+    scan.end()
+    session = bus.session("s")
+    dead = session.share("det:image", "g", consumer="dead", first_scan=scan.number)
+    assert dead.claim(timeout=1).first == 0  # taken, never recorded: the member dies
+    live = session.share("det:image", "g", consumer="live", claim_after=0.1)
+    while (claim := live.claim(timeout=0.5)) is not None:
+        live.record(claim, b"%d" % claim.first)
+    got = session.share_results("g").read(timeout=1)
+    assert sorted(int(r.data) for r in got) == [0, 1, 2, 3]
+    live.close()
+    dead.close()

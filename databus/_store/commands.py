@@ -541,6 +541,24 @@ def acknowledge(share_key: str, group: str, item_ids: Iterable[Any]) -> Command:
     return ("XACK", share_key, group, *item_ids)
 
 
+def serve_item(
+    share_key: str, group: str, item_id: str, result: dict[str, Any], ttl: float
+) -> list[Command]:
+    """Acknowledge an item and record what was made of it (``schema.share_result``), to be
+    run as one transaction: the result exists if and only if the item is acknowledged."""
+    results = keys.share_results(share_key)
+    return [
+        xadd(results, result),
+        pexpire(results, ttl),
+        ("XACK", share_key, group, item_id),
+    ]
+
+
+def trim_results(share_key: str, upto: str) -> Command:
+    """Delete a share's results before ID ``upto`` (read by the one who reduces them)."""
+    return ("XTRIM", keys.share_results(share_key), "MINID", upto)
+
+
 def trim_share(share_key: str, group: str) -> Command:
     """Delete the share's items that are served; replies how many."""
     return ("EVAL", _TRIM_SHARE, 1, share_key, group)

@@ -16,6 +16,7 @@ Layout (``P`` is the settings' prefix, names are %-escaped by ``escape``)::
     P:share:{<session>}:<group>     STREAM  a point share's work items (scan, first, stop),
                                           handed out by the consumer group <group>
     P:share:{<session>}:<group>:marks  HASH  scan key -> points handed to the share so far
+    P:share:{<session>}:<group>:results  STREAM  (scan, first, stop, data) per claim served
 
 The braces are the scan's hash tag: every key of one scan lands in one Redis Cluster slot,
 so one XREAD covers all of its streams. Escaping keeps user names from adding braces.
@@ -151,6 +152,11 @@ def share(prefix: str, session: str, group: str) -> str:
 def share_marks(share_key: str) -> str:
     """How far each scan's points went into the share (a hash; the share's hash tag)."""
     return f"{share_key}:marks"
+
+
+def share_results(share_key: str) -> str:
+    """What the share's members made of their claims (a stream; the share's hash tag)."""
+    return f"{share_key}:results"
 
 
 def parse_scan(key: str) -> tuple[str, str, int]:

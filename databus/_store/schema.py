@@ -454,13 +454,15 @@ def descriptors(key: str, record: dict) -> dict[str, Descriptor]:
 
 @dataclasses.dataclass(frozen=True)
 class ShareItem:
-    """One work item of a point share (written by ``commands.share_points``): points
-    ``first`` .. ``stop - 1`` of ``scan``; ``id`` is the item's entry ID."""
+    """One work item of a point share (written by ``commands.share_points``), or one result
+    (``commands.share_result``): points ``first`` .. ``stop - 1`` of ``scan``; ``id`` is
+    the entry ID; ``data`` what a member made of them (results only, None if nothing)."""
 
     id: str
     scan: str
     first: int
     stop: int
+    data: bytes | None = None
 
     @classmethod
     def parse(cls, key: str, entry_id: bytes | str, fields: dict) -> ShareItem:
@@ -475,4 +477,12 @@ class ShareItem:
             raise CorruptEntry(f"not a share item ({exc})", key=key, entry_id=eid) from None
         if not 0 <= first < stop:
             raise CorruptEntry(f"empty range {first}..{stop}", key=key, entry_id=eid)
-        return cls(eid, scan, first, stop)
+        return cls(eid, scan, first, stop, field(fields, "r"))
+
+
+def share_result(scan: str, first: int, stop: int, data: bytes | None) -> dict[str, Any]:
+    """The fields of one result of a share (``ShareItem.parse`` reads them back)."""
+    fields: dict[str, Any] = {"s": scan, "a": first, "b": stop}
+    if data is not None:
+        fields["r"] = data
+    return fields
