@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import databus
-from databus._saving import Layout, scan_file
+from databus._saving import Layout, derived_from, processed_file, scan_file
 
 from ._writer_entries import Entry
 from ._writer_files import OutputFile, no_space
@@ -75,6 +75,7 @@ class ScanFiles:
         self.entries: dict[str, Entry] = {}
         self.held: dict[str, Held] = {}
         self.refused: set[str] = set()  # scans whose entry cannot be made: not tried again
+        self.sources: dict[str, Any] = {}  # derived scans' sources, by key (None: gone)
 
     def file(self, path: Path) -> OutputFile:
         """The file at ``path``, the same object for every scan written to it."""
@@ -84,10 +85,28 @@ class ScanFiles:
         return f
 
     def location(self, scan: Any) -> tuple[Path, str]:
-        """(file, entry name) of ``scan``; see ``entry_name`` for a number used twice."""
+        """(file, entry name) of ``scan``; see ``entry_name`` for a number used twice. A
+        scan an analysis derived from another goes next to that one's file
+        (``<raw>_processed.h5``) while the source is still on the bus."""
+        source = self._source(scan)
+        if source is not None:
+            raw, _ = self.location(source)
+            return processed_file(raw), f"{scan.number}.1"
         created = scan.created or time.time()
         path = scan_file(self.root, scan.parent.name, scan.number, created, self.layout)
         return path, f"{scan.number}.1"
+
+    def _source(self, scan: Any) -> Any:
+        """The scan ``scan`` was derived from, if it is one and is still on the bus."""
+        key = derived_from(scan.info)
+        if key is None:
+            return None
+        if key not in self.sources:
+            try:
+                self.sources[key] = scan.bus.scan(key)
+            except (databus.UnknownScan, databus.CorruptEntry, ValueError):
+                self.sources[key] = None
+        return self.sources[key]
 
     def complete(self, scan: Any) -> bool:
         """True if the scan's entry is finished in its file, or the file cannot be read (it

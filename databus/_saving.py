@@ -8,7 +8,7 @@ import datetime
 import hashlib
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 #: Longest file or folder name the writer makes, in UTF-8 bytes (255 is the usual limit).
 FILE_NAME_BYTES = 200
@@ -53,3 +53,21 @@ def scan_file(root: Path, session: str, number: int, created: float, layout: Lay
         return root / folder / f"{folder}_{number:04d}.h5"
     day = datetime.datetime.fromtimestamp(created).strftime("%Y%m%d")
     return root / folder / f"{folder}_{day}.h5"
+
+
+#: The scan-info ``type`` of a scan an analysis derived from another; its ``source`` is the
+#: other scan's key, and the writer puts it next to that scan's file (``processed_file``).
+PROCESSED = "processed"
+
+
+def derived_from(info: dict[str, Any]) -> str | None:
+    """The key of the scan a derived scan's ``info`` names as its source (None if it is
+    not a derived scan)."""
+    source = info.get("source")
+    return source if info.get("type") == PROCESSED and isinstance(source, str) else None
+
+
+def processed_file(raw: Path) -> Path:
+    """Where the results derived from the scans of file ``raw`` go: ``<raw>_processed.h5``
+    beside it, as dranspose's reducers write them."""
+    return raw.with_name(f"{raw.stem}_processed{raw.suffix}")

@@ -22,7 +22,7 @@ from databus.sim import SimDetector  # noqa: E402
 
 
 def the_file(root):
-    files = sorted((root / "runner").glob("*.h5"))
+    files = sorted(p for p in (root / "runner").glob("*.h5") if "_processed" not in p.name)
     assert len(files) == 1, files
     return files[0]
 
@@ -349,3 +349,26 @@ def test_a_channel_declared_mid_scan_is_added_to_the_entry_being_written(beamlin
         assert e["measurement/image"].shape == (3, 4, 5)
         assert e["writer/progress"][()].tolist() == [6, 2, 3]
         same_as_published(b["bus"], published.key, e)
+
+
+def test_a_derived_scan_is_written_next_to_its_sources_file(beamline, tmp_path):
+    b = beamline
+    w = Running(b["bus"], tmp_path)
+    raw = scan.loopscan(3, 0, b["mon"])
+    derived = (
+        b["bus"]
+        .session("runner")
+        .create_scan({"title": "processed", "type": "processed", "source": raw.key})
+    )
+    delta = derived.channel("delta", "float64")
+    derived.prepare()
+    delta.send(np.arange(3.0))
+    derived.end()
+    w.wait_for(2)
+    w.stop()
+    raw_file = the_file(tmp_path)
+    processed = raw_file.with_name(f"{raw_file.stem}_processed.h5")
+    with h5py.File(processed, "r") as f:
+        assert f[f"{derived.number}.1/measurement/delta"][()].tolist() == [0, 1, 2]
+    with h5py.File(raw_file, "r") as f:
+        assert list(f) == [f"{b['bus'].scan(raw.key).number}.1"]
