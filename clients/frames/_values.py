@@ -11,7 +11,6 @@ per key (CrystFEL then cannot use that frame's missing header: say so rather tha
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 import databus
 
+from .._points import points_when_there
 from ._crystfel import PeakList
 
 log = logging.getLogger(__name__)
@@ -121,24 +121,11 @@ class FrameValues:
 
     def _point(self, scan: databus.ScanNode, name: str, index: int, key: str) -> Any:
         """Point ``index`` of channel ``name``, waited for; None (counted) if it never came."""
-        deadline = time.monotonic() + self.wait
-        while True:
-            channel = scan.channels.get(name)
-            try:
-                if channel is not None:
-                    return channel.get(index)
-            except databus.NotYetPublished:
-                pass
-            except (databus.EndOfData, databus.DataExpired) as exc:
-                self._lost(key, str(exc))
-                return None
-            if time.monotonic() >= deadline:
-                where = f"channel {name!r} of {scan.key}"
-                self._lost(key, f"{where} had no point {index} after {self.wait:g} s")
-                return None
-            time.sleep(0.005)
-            if channel is None:
-                scan.refresh()
+        try:
+            return points_when_there(scan, name, index, None, self.wait)
+        except (databus.NotYetPublished, databus.EndOfData, databus.DataExpired) as exc:
+            self._lost(key, str(exc))
+            return None
 
     def _lost(self, key: str, why: str) -> None:
         self.missing += 1
