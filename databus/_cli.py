@@ -82,6 +82,17 @@ def _cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: The commands whose module parses its own options.
+_OWN_OPTIONS = {
+    "demo": "databus.clients.demo",
+    "monitor": "databus.clients.monitor",
+    "writer": "databus.clients.writer",
+    "memory-guard": "databus._memory",
+    "bridge": "databus.clients.bridge",
+    "run": "databus.clients.analysis.run",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``databus`` command."""
     parser = argparse.ArgumentParser(prog="databus", description=__doc__)
@@ -108,15 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub.add_parser("memory-guard", help="keep a server under its memory cap", add_help=False)
     sub.add_parser("bridge", help="bridges to bluesky and others (bridge -h)", add_help=False)
+    sub.add_parser("run", help="an analysis (workers and a reducer) on a session", add_help=False)
     stop = sub.add_parser("stop", help="ask a running scan to stop before its next point")
     stop.add_argument("scan", help="the scan's key, e.g. databus:scan:{demo_session:3}")
     stop.add_argument("--reason", default="requested from the command line")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("demo", "monitor", "writer", "memory-guard", "bridge"):  # own options
+    if argv and argv[0] in _OWN_OPTIONS:
         from importlib import import_module
 
-        module = "databus._memory" if argv[0] == "memory-guard" else f"databus.clients.{argv[0]}"
-        return int(import_module(module).main(argv[1:]))
+        return int(import_module(_OWN_OPTIONS[argv[0]]).main(argv[1:]))
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(url=args.url, prefix=args.prefix)

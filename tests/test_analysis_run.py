@@ -1,0 +1,180 @@
+"""``databus run``: workers and a reducer as real processes on live scans of the bus."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import databus
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE = (16, 32)
+
+
+def _frames(n: int) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    return rng.integers(0, 1000, (n, *SHAPE)).astype(np.uint16)
+
+
+def _publish(bus, n, delay=0.0, session="ana"):
+    scan = bus.session(session).create_scan({"title": f"frames {n}"})
+    image = scan.channel("det:image", "uint16", SHAPE)
+    scan.prepare()
+    scan.start()
+    for frame in _frames(n):
+        image.send(frame)
+        if delay:
+            time.sleep(delay)
+    scan.end()
+    return scan
+
+
+def _run(bus, *args, env=None, cwd=ROOT):
+    environment = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
+    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+    return subprocess.Popen(
+        [sys.executable, "-m", "databus", "run", "--session", "ana", *args],
+        cwd=cwd,
+        env={**environment, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _derived(bus, source_key, analysis="*", timeout=60.0):
+    """The ended scan analysis ``analysis`` published for ``source_key``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, found = bus.find_scans(session="ana", source=source_key, analysis=analysis)
+        for key in found:
+            node = bus.scan(key)
+            if node.state >= databus.ScanState.ENDED:
+                return node
+        time.sleep(0.1)
+    raise AssertionError(f"no derived scan of {source_key} ended within {timeout} s")
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    return out
+
+
+def _tutorial_deltas(frames):
+    """The tutorial's worker and reducer over the frames in a plain loop."""
+    sys.path.insert(0, str(ROOT))
+    from databus.clients.analysis import Result
+    from examples.analysis_tutorial.reducer import TestReducer
+    from examples.analysis_tutorial.worker import TestWorker
+
+    worker, reducer = TestWorker(), TestReducer()
+    reducer.publish = lambda name, value: None
+    for i, frame in enumerate(frames):
+        payload = worker.process_event(type("E", (), {"streams": {"xrd": frame}})())
+        reducer.process_result(Result(i, "loop", "", payload))
+    return reducer.evolution
+
+
+def test_the_tutorials_worker_and_reducer_give_the_plain_loops_deltas(bus):
+    proc = _run(
+        bus,
+        "--worker", "examples.analysis_tutorial.worker:TestWorker",
+        "--reducer", "examples.analysis_tutorial.reducer:TestReducer",
+        "--channels", "xrd=det:image", "--workers", "2",
+    )  # fmt: skip
+    try:
+        time.sleep(2)  # the workers have joined: the live scan is served from its start
+        scan = _publish(bus, 40, delay=0.002)
+        derived = _derived(bus, scan.key)
+        deltas = derived.channels["delta"].get_as_array(0, -1)
+    finally:
+        out = _stop(proc)
+    np.testing.assert_allclose(deltas, _tutorial_deltas(_frames(40)), err_msg=out)
+    assert derived.info["source"] == scan.key
+
+
+def test_one_two_and_four_workers_reduce_to_the_same_results(bus):
+    scan = _publish(bus, 60)
+    results = {}
+    for workers in (1, 2, 4):
+        proc = _run(
+            bus,
+            "--worker", "analysis_clients.workers:IndexWorker",
+            "--reducer", "analysis_clients.workers:EventReducer",
+            "--channels", "det:image", "--workers", str(workers), "--batch", "3",
+            "--name", f"index{workers}", "--from-scan", str(scan.number),
+        )  # fmt: skip
+        try:
+            derived = _derived(bus, scan.key, analysis=f"index{workers}")
+            results[workers] = derived.channels["event"].get_as_array(0, -1).tolist()
+        finally:
+            _stop(proc)
+    assert results[1] == results[2] == results[4] == list(range(60))
+
+
+def test_a_worker_killed_mid_scan_loses_and_repeats_nothing(bus):
+    proc = _run(
+        bus,
+        "--worker", "analysis_clients.workers:IndexWorker",
+        "--reducer", "analysis_clients.workers:EventReducer",
+        "--channels", "det:image", "--workers", "2", "--batch", "2", "--claim-after", "1",
+        env={"ANALYSIS_TEST_DELAY": "0.02"},
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        scan = _publish(bus, 120)
+        time.sleep(0.5)  # the workers are in the middle of the scan
+        workers = subprocess.run(
+            ["pgrep", "-f", f"--consumer {proc.pid}-w0"], capture_output=True, text=True
+        ).stdout.split()
+        assert workers, "worker 0 not found"
+        os.kill(int(workers[0]), signal.SIGKILL)
+        derived = _derived(bus, scan.key, timeout=90)
+        events = derived.channels["event"].get_as_array(0, -1).tolist()
+    finally:
+        out = _stop(proc)
+    assert sorted(events) == list(range(120)), out
+    assert derived.channels["count"].get(0) == 120
+
+
+def test_a_failing_event_is_reported_and_the_scan_goes_on(bus):
+    scan = _publish(bus, 8)
+    proc = _run(
+        bus,
+        "--worker", "analysis_clients.workers:FailingWorker",
+        "--reducer", "analysis_clients.workers:EventReducer",
+        "--channels", "det:image", "--from-scan", str(scan.number),
+    )  # fmt: skip
+    try:
+        derived = _derived(bus, scan.key)
+        events = derived.channels["event"].get_as_array(0, -1).tolist()
+    finally:
+        out = _stop(proc)
+    assert events == [0, 1, 2, 6, 7]
+    assert "3 failed events" in out
+    assert "event 3" in out and "RuntimeError: cannot analyse event 3" in out
+    assert "function" in out  # event 4's payload cannot be sent: named at the worker
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--worker", "no_such_module:W", "--channels", "x"], "cannot import 'no_such_module'"),
+        (["--worker", "analysis_clients.workers:Nope", "--channels", "x"], "has no class"),
+        (["--worker", "nocolon", "--channels", "x"], "module:Class"),
+        (["--worker", "analysis_clients.workers:IndexWorker", "--channels", ","], "--channels"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_what_is_wrong(bus, args, error):
+    proc = _run(bus, *args)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out
+    assert error in out
