@@ -1,0 +1,1 @@
+"""Online analysis as map-reduce on the bus."""
