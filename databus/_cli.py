@@ -82,6 +82,10 @@ def _cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: The module of a command whose module is not ``databus.clients.<command>``.
+_MODULES = {"memory-guard": "databus._memory", "params": "databus.clients.analysis.params"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``databus`` command."""
     parser = argparse.ArgumentParser(prog="databus", description=__doc__)
@@ -108,14 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub.add_parser("memory-guard", help="keep a server under its memory cap", add_help=False)
     sub.add_parser("bridge", help="bridges to bluesky and others (bridge -h)", add_help=False)
+    sub.add_parser("params", help="show or change an analysis' live parameters", add_help=False)
     stop = sub.add_parser("stop", help="ask a running scan to stop before its next point")
     stop.add_argument("scan", help="the scan's key, e.g. databus:scan:{demo_session:3}")
     stop.add_argument("--reason", default="requested from the command line")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("demo", "monitor", "writer", "memory-guard", "bridge"):  # own options
+    own = ("demo", "monitor", "writer", "memory-guard", "bridge", "params")
+    if argv and argv[0] in own:  # commands with options of their own
         from importlib import import_module
 
-        module = "databus._memory" if argv[0] == "memory-guard" else f"databus.clients.{argv[0]}"
+        module = _MODULES.get(argv[0], f"databus.clients.{argv[0]}")
         return int(import_module(module).main(argv[1:]))
     args = parser.parse_args(argv)
     try:
