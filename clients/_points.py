@@ -13,9 +13,12 @@ import databus
 _POLL_S = 0.005
 
 
-def points_when_there(scan: databus.ScanNode, name: str, first: int, last: int, wait: float) -> Any:
-    """Points ``first`` .. ``last`` (inclusive) of channel ``name`` of ``scan``, waiting up
-    to ``wait`` seconds for them to be published (the channel itself may come later).
+def points_when_there(
+    scan: databus.ScanNode, name: str, first: int, last: int | None, wait: float
+) -> Any:
+    """Points ``first`` .. ``last`` (inclusive: a block) or, with ``last`` None, point
+    ``first`` of channel ``name`` of ``scan`` (as ``ChannelNode.get``), waiting up to
+    ``wait`` seconds for them to be published (the channel itself may come later).
     Raises ``NotYetPublished`` after ``wait``, ``EndOfData`` if the scan ended without them,
     ``DataExpired``/``DataLost`` if they are gone or were never kept."""
     deadline = time.monotonic() + wait

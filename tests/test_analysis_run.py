@@ -133,7 +133,7 @@ def test_a_worker_killed_mid_scan_loses_and_repeats_nothing(bus):
         scan = _publish(bus, 120)
         time.sleep(0.5)  # the workers are in the middle of the scan
         workers = subprocess.run(
-            ["pgrep", "-f", f"--consumer {proc.pid}-w0"], capture_output=True, text=True
+            ["pgrep", "-f", "--", f"--consumer {proc.pid}-w0"], capture_output=True, text=True
         ).stdout.split()
         assert workers, "worker 0 not found"
         os.kill(int(workers[0]), signal.SIGKILL)

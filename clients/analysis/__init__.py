@@ -4,5 +4,29 @@ processes, and a reducer's ``process_result(result, parameters=None)`` and ``fin
 """
 
 from ._events import Event, Result
+from ._parameters import (
+    BinaryParameter,
+    BoolParameter,
+    FloatParameter,
+    IntParameter,
+    Parameters,
+    StrParameter,
+    UnknownAnalysis,
+    UnknownParameter,
+)
+from ._payloads import UnknownPayloadClass, register_payload
 
-__all__ = ["Event", "Result"]
+__all__ = [
+    "BinaryParameter",
+    "BoolParameter",
+    "Event",
+    "FloatParameter",
+    "IntParameter",
+    "Parameters",
+    "Result",
+    "StrParameter",
+    "UnknownAnalysis",
+    "UnknownParameter",
+    "UnknownPayloadClass",
+    "register_payload",
+]

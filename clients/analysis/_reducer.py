@@ -47,7 +47,10 @@ class DerivedScan:
         """Append ``value`` (a number or an array) to channel ``name``."""
         if self.scan is None:
             title = self.source.info.get("title", self.source.key)
-            self.scan = self.source.bus.session(self.source.parent.name).create_scan(
+            session = self.source.parent
+            if session is None:  # a scan node always has its session as parent
+                raise databus.UnknownScan(f"scan {self.source.key} has no session")
+            self.scan = self.source.bus.session(session.name).create_scan(
                 {
                     "title": f"{title} processed",
                     "type": PROCESSED,
@@ -173,7 +176,7 @@ class ReducerRunner:
         if function is None:
             return
         try:
-            returned = function(*args, parameters=self.parameters.values())
+            returned = function(*args, parameters=self.parameters.snapshot().parameters)
         except Exception:
             log.exception("%s of %s failed", method, reduction.node.key)
             return

@@ -112,11 +112,10 @@ class WorkerRunner:
             return _packed(self.name, [], [[i, why] for i in claim.indices])
         for offset, index in enumerate(claim.indices):
             event = Event(index, scan, {name: block[offset] for name, block in blocks.items()})
-            values = self.parameters.values()
-            digest = self.parameters.hash()
+            snapshot = self.parameters.snapshot()
             self.events += 1
             try:
-                payload = self.worker.process_event(event, parameters=values)
+                payload = self.worker.process_event(event, parameters=snapshot.parameters)
                 if payload is None:
                     continue
                 packed = pack_payload(payload, where=f"event {index} of {scan.key}")
@@ -126,7 +125,7 @@ class WorkerRunner:
                 log.error("event %d of %s: %s", index, scan.key, why)
                 errors.append([index, why])
                 continue
-            results.append([index, digest, packed])
+            results.append([index, snapshot.hash, packed])
         return _packed(self.name, results, errors)
 
     def _end_scans(self, all_of_them: bool = False) -> None:
@@ -145,7 +144,7 @@ class WorkerRunner:
         if method is None:
             return
         try:
-            method(scan, parameters=self.parameters.values())
+            method(scan, parameters=self.parameters.snapshot().parameters)
         except Exception:
             log.exception("%s of %s failed", hook, scan.key)
 
