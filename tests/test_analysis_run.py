@@ -178,3 +178,47 @@ def test_bad_arguments_exit_2_naming_what_is_wrong(bus, args, error):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2, out
     assert error in out
+
+
+def test_a_parameter_changed_mid_scan_is_seen_at_the_next_event_and_in_the_hash(bus):
+    proc = _run(
+        bus,
+        "--worker", "analysis_clients.workers:ParamWorker",
+        "--reducer", "analysis_clients.workers:ParamReducer",
+        "--channels", "det:image", "--workers", "2", "--batch", "1",
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        scan = bus.session("ana").create_scan({"title": "params"})
+        image = scan.channel("det:image", "uint16", SHAPE)
+        scan.prepare()
+        scan.start()
+        frames = _frames(60)
+        for frame in frames[:30]:
+            image.send(frame)
+            time.sleep(0.01)
+        env = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
+        bad = subprocess.run(
+            [sys.executable, "-m", "databus", "params", "set", "ParamWorker", "scale", "x"],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert bad.returncode == 2 and "scale" in bad.stderr
+        subprocess.run(
+            [sys.executable, "-m", "databus", "params", "set", "ParamWorker", "scale", "5"],
+            env=env, check=True,
+        )  # fmt: skip
+        changed_at = len(bus.scan(scan.key).channels["det:image"])
+        for frame in frames[30:]:
+            image.send(frame)
+            time.sleep(0.01)
+        scan.end()
+        derived = _derived(bus, scan.key)
+        scales = derived.channels["scale"].get_as_array(0, -1).tolist()
+        hashes = derived.channels["hash"].get_as_array(0, -1).tolist()
+    finally:
+        _stop(proc)
+    first_new = scales.index(5)
+    assert scales == [1] * first_new + [5] * (60 - first_new)  # never back to the old value
+    assert first_new <= changed_at + 2  # the events in hand when it changed, no more
+    assert len(set(hashes[:first_new])) == 1 and len(set(hashes[first_new:])) == 1
+    assert hashes[0] != hashes[-1]

@@ -43,3 +43,25 @@ class EventReducer:
 
     def finish(self, parameters=None):
         return {"count": self.count}
+
+
+class ParamWorker:
+    """Returns its ``scale`` parameter and the event number, slowly."""
+
+    @staticmethod
+    def describe_parameters():
+        from databus.clients.analysis import IntParameter
+
+        return [IntParameter(name="scale", default=1, description="a factor")]
+
+    def process_event(self, event, parameters=None):
+        time.sleep(0.01)
+        return {"event": event.event_number, "scale": parameters["scale"].value}
+
+
+class ParamReducer:
+    """Publishes each result's scale and remembers the hashes seen per scale."""
+
+    def process_result(self, result, parameters=None):
+        self.publish("scale", result.payload["scale"])
+        self.publish("hash", int(result.parameters_hash[:12], 16))
