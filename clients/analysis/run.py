@@ -13,9 +13,10 @@ records the results with its claim; a worker killed outright has its claims take
 the others after ``--claim-after`` seconds. The reducer gets each event's result once, in
 any order, and ``finish`` once per scan; what it publishes becomes a derived scan. Scans
 follow each other without restarting anything; workers started later with the same
-``--name`` (``databus run ... --workers 0`` elsewhere adds none; ``--role worker`` is what
-this command starts) join the group. ``mod`` is imported with the current folder on the
-path, as ``python -m`` does. SIGINT/SIGTERM stop the workers after their claim in hand.
+``--name`` join the group: ``databus run ... --role worker`` is one more worker (on any
+host that reaches the bus), which is what this command starts ``--workers`` times.
+``mod`` is imported with the current folder on the path, as ``python -m`` does.
+SIGINT/SIGTERM stop the workers after their claim in hand.
 """
 
 from __future__ import annotations
@@ -80,9 +81,12 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-scan", type=int, default=None, help="a new analysis' first scan")
     parser.add_argument("--url", default=None, help="the bus (default: DATABUS_URL or local)")
     parser.add_argument(
-        "--role", choices=("reducer", "worker"), default="reducer", help=argparse.SUPPRESS
+        "--role",
+        choices=("reducer", "worker"),
+        default="reducer",
+        help="worker: this process is one more worker of the analysis (no reducer)",
     )
-    parser.add_argument("--consumer", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--consumer", default=None, help="a worker's name in the group")
     return parser
 
 
@@ -91,6 +95,20 @@ def _stop_on_signals() -> threading.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def _without(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--role worker`` or ``--role=worker``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def _worker_command(argv: Sequence[str], n: int) -> list[str]:
@@ -134,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"worker {runner.name}: {runner.events} events, {runner.errors} failed", flush=True)
         return 0
     parameters = Parameters(bus, name, describe(worker_class))
-    own = [a for a in argv if a != "--role"]
+    own = _without(argv, "--role")
     workers = [subprocess.Popen(_worker_command(own, n)) for n in range(args.workers)]
     reducer = ReducerRunner(
         bus, args.session, name, reducer_class, next(iter(channels.values())), parameters,
