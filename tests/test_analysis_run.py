@@ -36,11 +36,11 @@ def _publish(bus, n, delay=0.0, session="ana"):
     return scan
 
 
-def _run(bus, *args, env=None, cwd=ROOT):
+def _run(bus, *args, env=None, cwd=ROOT, session="ana"):
     environment = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
     environment["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
     return subprocess.Popen(
-        [sys.executable, "-m", "databus", "run", "--session", "ana", *args],
+        [sys.executable, "-m", "databus", "run", "--session", session, *args],
         cwd=cwd,
         env={**environment, **(env or {})},
         stdout=subprocess.PIPE,
@@ -49,11 +49,11 @@ def _run(bus, *args, env=None, cwd=ROOT):
     )
 
 
-def _derived(bus, source_key, analysis="*", timeout=60.0):
+def _derived(bus, source_key, analysis="*", timeout=60.0, session="ana"):
     """The ended scan analysis ``analysis`` published for ``source_key``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _, found = bus.find_scans(session="ana", source=source_key, analysis=analysis)
+        _, found = bus.find_scans(session=session, source=source_key, analysis=analysis)
         for key in found:
             node = bus.scan(key)
             if node.state >= databus.ScanState.ENDED:
@@ -83,22 +83,27 @@ def _tutorial_deltas(frames):
     return reducer.evolution
 
 
-def test_the_tutorials_worker_and_reducer_give_the_plain_loops_deltas(bus):
+def test_the_tutorials_worker_and_reducer_give_the_plain_loops_deltas(beamline):
+    from databus import scan as runner
+    from databus.sim import SimDetector
+
+    bus = beamline["bus"]
     proc = _run(
         bus,
         "--worker", "examples.analysis_tutorial.worker:TestWorker",
         "--reducer", "examples.analysis_tutorial.reducer:TestReducer",
-        "--channels", "xrd=det:image", "--workers", "2",
+        "--channels", "xrd=sim_det:image", "--workers", "2", session="runner",
     )  # fmt: skip
     try:
         time.sleep(2)  # the workers have joined: the live scan is served from its start
-        scan = _publish(bus, 40, delay=0.002)
-        derived = _derived(bus, scan.key)
+        done = runner.ascan(beamline["robz"], -3, 3, 40, 0.01, SimDetector(shape=(64, 64)))
+        derived = _derived(bus, done.key, session="runner")
         deltas = derived.channels["delta"].get_as_array(0, -1)
+        frames = bus.scan(done.key).channels["sim_det:image"].get_as_array(0, -1)
     finally:
         out = _stop(proc)
-    np.testing.assert_allclose(deltas, _tutorial_deltas(_frames(40)), err_msg=out)
-    assert derived.info["source"] == scan.key
+    np.testing.assert_allclose(deltas, _tutorial_deltas(frames), err_msg=out)
+    assert derived.info["source"] == done.key
 
 
 def test_one_two_and_four_workers_reduce_to_the_same_results(bus):
