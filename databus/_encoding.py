@@ -105,9 +105,9 @@ def _to_msgpack(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in _NUMERIC_KINDS:
             return obj.tolist()
-        arr = np.ascontiguousarray(obj)
+        arr = np.ascontiguousarray(obj)  # at least 1-D: the shape is the array's own
         return msgpack.ExtType(
-            _EXT_NDARRAY, msgpack.packb([arr.dtype.str, list(arr.shape), arr.tobytes()])
+            _EXT_NDARRAY, msgpack.packb([arr.dtype.str, list(obj.shape), arr.tobytes()])
         )
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=repr)

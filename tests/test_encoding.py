@@ -130,9 +130,13 @@ def test_metadata_round_trips_numpy_and_names_what_it_cannot_store():
         "title": "ascan",
         "npoints": np.int64(10),
         "pos": np.arange(3.0),
+        "scalar": np.array(2.5, np.float32),
+        "grid": np.arange(6, dtype=">i2").reshape(2, 3).T,
         "nested": {"k": [1, (2, 3)]},
     }
     back = enc.unpack_meta(enc.pack_meta(info))
+    assert back["scalar"].shape == () and back["scalar"].dtype == np.float32  # 0-d stays 0-d
+    assert np.array_equal(back["grid"], info["grid"]) and back["grid"].shape == (3, 2)
     assert back["npoints"] == 10 and isinstance(back["npoints"], int)
     assert np.array_equal(back["pos"], np.arange(3.0)) and back["nested"] == {"k": [1, [2, 3]]}
     with pytest.raises(MetadataError, match=r"scan info\['nested'\]\['bad'\] = <object"):
