@@ -16,14 +16,13 @@ tutorial's reducer does ``from .worker import Start, Result``): the name is look
 run code in the reducer. A class defined inside a function has no name another process can
 find: packing one that is not registered is refused at the worker.
 
-Wire form: numpy arrays are ``_encoding``'s extension type; a tuple, a dataclass, a numpy
-scalar and a 0-d array (which ``_encoding`` would return with shape ``(1,)``) are lists
-whose first item is an extension tag of this module::
+Wire form: numpy arrays (0-d ones too) are ``_encoding``'s extension type; a tuple, a
+dataclass and a numpy scalar are lists whose first item is an extension tag of this
+module::
 
     (1, 2)                ->  [<tag 64>, 1, 2]
     Result(intensity=9.5) ->  [<tag 65 "src.worker:Result">, {"intensity": 9.5}]
-    np.float32(9.5)       ->  [<tag 66>, array([9.5], dtype=float32)]
-    np.array(9.5)         ->  [<tag 67>, array([9.5])]
+    np.float32(9.5)       ->  [<tag 66>, array(9.5, dtype=float32)]
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ T = TypeVar("T")
 _TUPLE = 64
 _DATACLASS = 65
 _NUMPY_SCALAR = 66
-_ARRAY_0D = 67
 _NUMERIC_KINDS = "biufc"
 _SCALARS = (str, bytes, float, bool, type(None))
 _HINT = (
@@ -158,15 +156,13 @@ def _lower(obj: Any, path: str, where: str, seen: set[int]) -> Any:
         return obj
     if isinstance(obj, np.generic):
         if obj.dtype.kind in _NUMERIC_KINDS:
-            return [msgpack.ExtType(_NUMPY_SCALAR, b""), np.asarray(obj).reshape(1)]
+            return [msgpack.ExtType(_NUMPY_SCALAR, b""), np.asarray(obj)]
         if isinstance(obj, (np.str_, np.bytes_)):
             return obj.item()
         raise _refuse(obj, path, where)
     if kind is np.ndarray:
         if obj.dtype.kind not in _NUMERIC_KINDS:
             raise _refuse(obj, path, where)
-        if obj.ndim == 0:
-            return [msgpack.ExtType(_ARRAY_0D, b""), obj.reshape(1)]
         return obj
     if kind not in (list, tuple, dict) and not _is_dataclass_instance(obj):
         raise _refuse(obj, path, where)
@@ -220,9 +216,7 @@ def _untag(tag: msgpack.ExtType, rest: list[Any]) -> Any:
     if tag.code == _TUPLE:
         return tuple(_rebuild(v) for v in rest)
     if tag.code == _NUMPY_SCALAR and len(rest) == 1 and isinstance(rest[0], np.ndarray):
-        return rest[0][0]
-    if tag.code == _ARRAY_0D and len(rest) == 1 and isinstance(rest[0], np.ndarray):
-        return rest[0].reshape(())
+        return rest[0][()]
     if tag.code == _DATACLASS and len(rest) == 1 and isinstance(rest[0], dict):
         return _dataclass(tag.data.decode(), rest[0])
     raise ValueError(f"not a payload: extension type {tag.code} with {len(rest)} items")
