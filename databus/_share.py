@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -101,7 +102,8 @@ class PointShare:
     member's unacknowledged claim is taken over (make it longer than a claim takes to
     serve). ``first_scan``: the number of the first scan a new group serves (default: the
     oldest running one, else the next one); a group that exists keeps its own. Waits out
-    a lost server (``timeout`` permitting). One member per thread.
+    a lost server (``timeout`` permitting). ``claim`` from one thread at a time; ``done``,
+    ``record`` and ``release`` may come from another (a worker reading ahead).
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class PointShare:
         self._counts = dict.fromkeys(
             ("claimed", "done", "resumed", "taken_over", "released", "added", "skipped"), 0
         )
+        self._counts_lock = threading.Lock()
         self._since_trim = 0
         self._feed_checked = 0.0
         self._reclaimed = time.monotonic()
@@ -210,7 +213,7 @@ class PointShare:
     def _acknowledged(self) -> None:
         """Count what ``_acks()`` sent as done."""
         trimmed = self._since_trim + len(self._unacked) >= _TRIM_EVERY
-        self._counts["done"] += len(self._unacked)
+        self._count("done", len(self._unacked))
         self._since_trim = 0 if trimmed else self._since_trim + len(self._unacked)
         self._unacked.clear()
 
@@ -227,16 +230,21 @@ class PointShare:
         )
         if acks:
             self._acknowledged()
-        self._counts["done"] += 1
+        self._count("done", 1)
 
     def release(self, claim: Claim) -> None:
         """Give ``claim`` back unserved: its points go to the end of the share, for any
         member (this one included) to claim."""
         self.bus.wire.call(*commands.release_item(self.key, self.group, claim.id))
-        self._counts["released"] += 1
+        self._count("released", 1)
 
     def statistics(self) -> ShareStatistics:
-        return ShareStatistics(**self._counts)
+        with self._counts_lock:
+            return ShareStatistics(**self._counts)
+
+    def _count(self, name: str, n: int | bool) -> None:
+        with self._counts_lock:
+            self._counts[name] += int(n)
 
     def close(self) -> None:
         """Send the acknowledgements still waiting, give the connection back; claims not
@@ -346,9 +354,9 @@ class PointShare:
     ) -> Claim | None:
         """The claim an item read from the group makes; None (acknowledged, counted as
         skipped) for one deleted since, naming a scan gone or not decoding."""
-        self._counts["claimed"] += 1
-        self._counts["resumed"] += resumed
-        self._counts["taken_over"] += taken_over
+        self._count("claimed", 1)
+        self._count("resumed", resumed)
+        self._count("taken_over", taken_over)
         claim = None
         try:
             item = ShareItem.parse(self.key, entry_id, fields) if fields else None
@@ -360,7 +368,7 @@ class PointShare:
         if item is not None and node is not None and channel is not None:
             claim = Claim(node, channel, item.first, item.stop, item.id)
         if claim is None:
-            self._counts["skipped"] += 1
+            self._count("skipped", 1)
             self.bus.wire.call(*commands.acknowledge(self.key, self.group, [text(entry_id)]))
         return claim
 
@@ -421,7 +429,7 @@ class PointShare:
                 )
             )
             if mark > scan.mark:
-                self._counts["added"] += -(-(mark - scan.mark) // self.batch)
+                self._count("added", -(-(mark - scan.mark) // self.batch))
             scan.mark = mark
             if mark >= stop:
                 return

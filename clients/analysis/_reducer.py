@@ -31,7 +31,7 @@ from ._worker import share_group, unpack_record
 log = logging.getLogger(__name__)
 
 #: How often (s) the scans waiting for their end are looked at.
-_CHECK_S = 0.25
+_CHECK_S = 0.05
 
 
 class DerivedScan:

@@ -10,6 +10,7 @@ the error is logged and sent to the reducer with its event number, and the scan 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,8 @@ from ._payloads import pack_payload
 
 log = logging.getLogger(__name__)
 
+#: A claimed range and its data per stream (or why it could not be read).
+_Fetched = tuple[databus.Claim, "dict[str, Any] | str"]
 #: How long (s) a worker waits for the other channels' points of a claimed range.
 VALUE_WAIT = 10.0
 
@@ -55,7 +58,7 @@ class WorkerRunner:
         channels: Mapping[str, str],
         *,
         consumer: str | None = None,
-        batch: int = 4,
+        batch: int = 16,
         claim_after: float = 30.0,
         first_scan: int | None = None,
     ) -> None:
@@ -78,20 +81,70 @@ class WorkerRunner:
         self._started: dict[str, databus.ScanNode] = {}
 
     def run(self, stop: threading.Event) -> None:
-        """Process claims until ``stop`` is set."""
+        """Process claims until ``stop`` is set. A reader thread claims the next range and
+        reads its data while this one is processed (the reads wait on the server, not on
+        the CPU), so one claim is held ahead; both go back to the group if this process
+        dies, and the one read ahead is released at a clean stop."""
+        ahead: queue.Queue[_Fetched | None] = queue.Queue(maxsize=1)
+        reader = threading.Thread(target=self._read_ahead, args=(stop, ahead), daemon=True)
+        reader.start()
         try:
-            while not stop.is_set():
-                claim = self.share.claim(timeout=0.2)
-                if claim is None:
+            while not stop.is_set() or not ahead.empty():
+                try:
+                    fetched = ahead.get(timeout=0.2)
+                except queue.Empty:
                     self._end_scans()
                     continue
-                self.share.record(claim, self._process(claim))
+                if fetched is None:
+                    break
+                claim, blocks = fetched
+                if stop.is_set():
+                    self.share.release(claim)
+                    continue
+                self.share.record(claim, self._process(claim, blocks))
         finally:
+            stop.set()
+            reader.join()
+            while not ahead.empty():
+                fetched = ahead.get()
+                if fetched is not None:
+                    self.share.release(fetched[0])
             self._end_scans(all_of_them=True)
             self.share.close()
             self.parameters.close()
 
-    def _process(self, claim: databus.Claim) -> bytes:
+    def _read_ahead(self, stop: threading.Event, ahead: queue.Queue[_Fetched | None]) -> None:
+        """Claim ranges and read their data, one ahead of the processing."""
+        try:
+            while not stop.is_set():
+                claim = self.share.claim(timeout=0.2)
+                if claim is None:
+                    continue
+                fetched = (claim, self._blocks(claim))
+                while True:
+                    try:
+                        ahead.put(fetched, timeout=0.2)
+                        break
+                    except queue.Full:
+                        if stop.is_set():
+                            self.share.release(claim)
+                            return
+        except Exception:
+            log.exception("worker %s cannot claim", self.name)
+            ahead.put(None)
+            raise
+
+    def _blocks(self, claim: databus.Claim) -> dict[str, Any] | str:
+        """The data of every stream for the claimed range, or why it cannot be read."""
+        try:
+            return {
+                stream: points_when_there(claim.scan, name, claim.first, claim.stop - 1, VALUE_WAIT)
+                for stream, name in self.channels.items()
+            }
+        except (databus.DataExpired, databus.NotYetPublished, databus.EndOfData) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    def _process(self, claim: databus.Claim, blocks: dict[str, Any] | str) -> bytes:
         """The record of one claim: its results and errors, packed."""
         scan = claim.scan
         if scan.key not in self._started:
@@ -99,17 +152,11 @@ class WorkerRunner:
             self._call("on_scan_start", scan)
         results: list[list[Any]] = []
         errors: list[list[Any]] = []
-        try:
-            blocks = {
-                stream: points_when_there(scan, name, claim.first, claim.stop - 1, VALUE_WAIT)
-                for stream, name in self.channels.items()
-            }
-        except (databus.DataExpired, databus.NotYetPublished, databus.EndOfData) as exc:
-            why = f"{type(exc).__name__}: {exc}"
+        if isinstance(blocks, str):
             last = claim.stop - 1
-            log.error("events %d..%d of %s not processed: %s", claim.first, last, scan.key, why)
+            log.error("events %d..%d of %s not processed: %s", claim.first, last, scan.key, blocks)
             self.errors += claim.stop - claim.first
-            return _packed(self.name, [], [[i, why] for i in claim.indices])
+            return _packed(self.name, [], [[i, blocks] for i in claim.indices])
         for offset, index in enumerate(claim.indices):
             event = Event(index, scan, {name: block[offset] for name, block in blocks.items()})
             snapshot = self.parameters.snapshot()

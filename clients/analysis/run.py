@@ -76,7 +76,7 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--name", default=None, help="the analysis (default: the worker's class)")
-    parser.add_argument("--batch", type=int, default=4, help="points per claim (default 4)")
+    parser.add_argument("--batch", type=int, default=16, help="points per claim (default 16)")
     parser.add_argument("--claim-after", type=float, default=30.0, help="seconds (default 30)")
     parser.add_argument("--from-scan", type=int, default=None, help="a new analysis' first scan")
     parser.add_argument("--url", default=None, help="the bus (default: DATABUS_URL or local)")
@@ -151,9 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.run(stop)
         print(f"worker {runner.name}: {runner.events} events, {runner.errors} failed", flush=True)
         return 0
-    parameters = Parameters(bus, name, describe(worker_class))
     own = _without(argv, "--role")
     workers = [subprocess.Popen(_worker_command(own, n)) for n in range(args.workers)]
+    parameters = Parameters(bus, name, describe(worker_class))
     reducer = ReducerRunner(
         bus, args.session, name, reducer_class, next(iter(channels.values())), parameters,
         on_finish=lambda key, r: print(
