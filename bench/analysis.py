@@ -12,9 +12,11 @@ fresh ``--name`` and ``--from-scan`` of that scan, so it works through the whole
 fast as it can. Its workers and reducers are this module's classes (imported as
 ``analysis``: the bench folder is put on PYTHONPATH) or the tutorial's
 (examples/analysis_tutorial). An analysis' time runs from its launch (``Popen``) to the
-``ended`` time of the derived scan its reducer publishes: the start of the processes is
-counted. Each ``..._steady`` figure leaves the start out: from the derived scan's creation
-(the first claim's results reduced) to its end, over the points after the first claim.
+``ended`` time of the derived scan its reducer publishes. The target figures are rates once
+the analysis runs: from the derived scan's creation (the first claim's results reduced)
+to its end, over the points after the first claim. Starting the processes (imports,
+``startup_s``) is paid once per ``databus run``, not per scan or point: each
+``..._with_startup`` figure counts it, from the launch.
 
 - speedup_2_workers: ``BusyWorker`` (numpy work on the frame, calibrated here to cost
   about 20 ms of CPU per uint16 1024x1024 frame: busy_ms_per_frame) on a scan of
@@ -64,8 +66,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # as `databus run`, started in ROOT, has it
 
 # The tutorial's classes, for `databus run --worker analysis:TutorialWorker ...`.
-from examples.analysis_tutorial.reducer import TestReducer as TutorialReducer  # noqa: E402, F401
+from examples.analysis_tutorial.reducer import TestReducer  # noqa: E402
 from examples.analysis_tutorial.worker import TestWorker as TutorialWorker  # noqa: E402, F401
+
+
+class TutorialReducer(TestReducer):
+    """The tutorial's reducer, also publishing each delta (the bench reads them back)."""
+
+    def process_result(self, result: Any, parameters: Any = None) -> None:
+        super().process_result(result, parameters)
+        self.publish("delta", self.evolution[result.event_number])  # type: ignore[attr-defined]
+
 
 PREFIX = "benchanalysis"
 SESSION = "bench_analysis"
@@ -77,7 +88,7 @@ KILL_POINTS, QUICK_KILL_POINTS = 1_000, 400
 BUSY_S = 0.020  # the CPU a BusyWorker spends on a frame
 SLEEP_S = 0.003  # what a SleepWorker waits per point
 LARGE_BATCH = 64
-DEFAULT_BATCH = 4  # ``databus run``'s default --batch
+DEFAULT_BATCH = 16  # ``databus run``'s default --batch
 END_S = 300.0  # the longest an analysis may take to end its derived scan
 REPEATS_ENV = "BENCH_ANALYSIS_BUSY_REPEATS"
 PROFILE_ENV = "BENCH_ANALYSIS_PROFILE"
@@ -87,14 +98,14 @@ FIGURES: dict[str, tuple[str, float | None, str]] = {
     "exactly_once": ("bool", 1, "=="),
     "dispatch_overhead_us": ("us", 200, "<="),
     "frames_per_s_1_worker": ("frames/s", 300, ">="),
-    "speedup_2_workers_steady": ("", None, ""),
+    "speedup_2_workers_with_startup": ("", None, ""),
     "seconds_1_worker": ("s", None, ""),
     "seconds_2_workers": ("s", None, ""),
     "busy_ms_per_frame": ("ms", None, ""),
-    "dispatch_overhead_us_steady": ("us", None, ""),
+    "dispatch_overhead_us_with_startup": ("us", None, ""),
     "dispatch_overhead_us_batch64": ("us", None, ""),
-    "dispatch_overhead_us_batch64_steady": ("us", None, ""),
-    "frames_per_s_1_worker_steady": ("frames/s", None, ""),
+    "dispatch_overhead_us_batch64_with_startup": ("us", None, ""),
+    "frames_per_s_1_worker_with_startup": ("frames/s", None, ""),
     "startup_s": ("s", None, ""),
 }
 WORST = ("exactly_once",)
@@ -418,11 +429,11 @@ def one_run(
     one, two = timings[1], timings[2]
     out["seconds_1_worker"] = one.seconds()
     out["seconds_2_workers"] = two.seconds()
-    out["speedup_2_workers"] = one.seconds() / two.seconds()
+    out["speedup_2_workers_with_startup"] = one.seconds() / two.seconds()
     steady = one.steady_seconds_per_point(DEFAULT_BATCH) / two.steady_seconds_per_point(
         DEFAULT_BATCH
     )
-    out["speedup_2_workers_steady"] = steady
+    out["speedup_2_workers"] = steady
     first_claim = DEFAULT_BATCH * one.steady_seconds_per_point(DEFAULT_BATCH)
     out["startup_s"] = one.created - one.launched - first_claim
 
@@ -433,8 +444,9 @@ def one_run(
                             "value=det:value", batch=batch)  # fmt: skip
         timing = analyse(url, scalars, analysis, env(f"quick{batch}"))
         _exact(timing, dispatch_points, name)
-        out[f"dispatch_overhead_us{label}"] = timing.seconds() / dispatch_points * 1e6
-        out[f"dispatch_overhead_us{label}_steady"] = timing.steady_seconds_per_point(batch) * 1e6
+        with_startup = timing.seconds() / dispatch_points * 1e6
+        out[f"dispatch_overhead_us{label}_with_startup"] = with_startup
+        out[f"dispatch_overhead_us{label}"] = timing.steady_seconds_per_point(batch) * 1e6
 
     killed = published(url, "scalars", kill_points)
     analysis = Analysis(f"kill-{run}", "analysis:SleepWorker", "analysis:NumberReducer",
@@ -448,8 +460,8 @@ def one_run(
     timing = analyse(url, roi, analysis, env("roi"))
     if len(timing.events) != roi_frames:
         raise RuntimeError(f"roi-{run}: {len(timing.events)} deltas for {roi_frames} frames")
-    out["frames_per_s_1_worker"] = roi_frames / timing.seconds()
-    out["frames_per_s_1_worker_steady"] = 1 / timing.steady_seconds_per_point(DEFAULT_BATCH)
+    out["frames_per_s_1_worker_with_startup"] = roi_frames / timing.seconds()
+    out["frames_per_s_1_worker"] = 1 / timing.steady_seconds_per_point(DEFAULT_BATCH)
     _drop(url, [frames, scalars, killed, roi])
     return out
 

@@ -529,8 +529,13 @@ def decode_entries(
     """
     pending: list[bytes] = []
     pending_index = -1
+    run: list[bytes] = []  # the parts of whole split points in a row, joined once
+    run_first = run_count = 0
     for raw_id, fields in entries:
         eid = raw_id if isinstance(raw_id, bytes) else raw_id.encode()
+        if run_count and not _continues(eid, run_first + run_count):
+            yield _split_points(desc, run_first, run_count, run)
+            run, run_count = [], 0
         if eid == SEAL_ID:
             total = field(fields, "end")
             try:
@@ -563,9 +568,11 @@ def decode_entries(
                     raise ValueError(f"part {part} of point {index} out of sequence")
                 pending.append(bytes(field(fields, "d")))
                 if part == desc.parts:
-                    data = np.frombuffer(b"".join(pending), dtype=desc.dtype)
+                    if not run_count:
+                        run_first = index
+                    run += pending
+                    run_count += 1
                     pending = []
-                    yield Block(index, data.reshape((1, *desc.shape)), 1)
         except CorruptEntry:
             raise
         except Exception as exc:
@@ -574,6 +581,20 @@ def decode_entries(
                 key=key,
                 entry_id=eid.decode(errors="replace"),
             ) from None
+    if run_count:
+        yield _split_points(desc, run_first, run_count, run)
+
+
+def _continues(eid: bytes, index: int) -> bool:
+    """True if entry ``eid`` is a part of point ``index`` (not its gap marker, nor the seal)."""
+    head, _, part = eid.partition(b"-")
+    return head == b"%d" % index and part not in (b"0", b"")
+
+
+def _split_points(desc: Descriptor, first: int, count: int, parts: list[bytes]) -> Block:
+    """``count`` split points from ``first`` on, from all their parts in order."""
+    data = np.frombuffer(b"".join(parts), dtype=desc.dtype)
+    return Block(first, data.reshape((count, *desc.shape)), count)
 
 
 def _decode_ref(fields: dict) -> FileRef:
