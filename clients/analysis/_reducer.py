@@ -5,9 +5,10 @@ by a member taken over while slow, is dropped), and calls ``finish`` once every 
 the ended scan is accounted for. What it publishes becomes a derived scan.
 
 One reducer object per scan (``finish`` is called once per scan, and state kept in
-``__init__`` as the tutorial does is that scan's). It gets ``publish(name, value)``: each
-call appends a point to channel ``name`` of the derived scan; a mapping returned by
-``process_result`` or ``finish`` is published the same way.
+``__init__`` as the tutorial does is that scan's). It gets ``scan`` (the source scan's
+node) and ``publish(name, value)``: each call appends a point to channel ``name`` of the
+derived scan; a mapping returned by ``process_result`` or ``finish`` is published the same
+way.
 """
 
 from __future__ import annotations
@@ -165,8 +166,11 @@ class ReducerRunner:
                 return None
             derived = DerivedScan(node, self.analysis)
             reducer = self.reducer_class() if self.reducer_class is not None else None
-            if reducer is not None and not hasattr(reducer, "publish"):
-                reducer.publish = derived.publish
+            if reducer is not None:
+                if not hasattr(reducer, "publish"):
+                    reducer.publish = derived.publish
+                if not hasattr(reducer, "scan"):
+                    reducer.scan = node  # the source scan: its info (a mesh's grid...)
             reduction = self.scans[key] = _ScanReduction(node, reducer, derived)
         return reduction
 
