@@ -36,3 +36,24 @@ def bench_arguments(doc: str, repeat: str = "rounds", url: bool = True) -> argpa
     if url:
         parser.add_argument("--url", help="use this server instead of a private embedded one")
     return parser
+
+
+#: What a bench's figure is: (unit, target or None, comparison ">=", "<=" or "==").
+Figure = tuple[str, "float | None", str]
+
+
+def print_table(figures: dict[str, Figure], out: dict[str, float]) -> bool:
+    """Print each figure of ``out`` with its unit and target, in the order of ``figures``;
+    True if every target is met."""
+    width = max(len(name) for name in figures) + 2
+    print(f"{'figure':<{width}}{'value':>14}  {'unit':<9}{'target':>9}  met")
+    all_met = True
+    for name, (unit, target, op) in figures.items():
+        value = out[name]
+        met = shown = ""
+        if target is not None:
+            ok = {">=": value >= target, "<=": value <= target, "==": value == target}[op]
+            all_met &= ok
+            met, shown = ("yes" if ok else "NO"), f"{op} {target:g}"
+        print(f"{name:<{width}}{value:>14,.2f}  {unit:<9}{shown:>9}  {met}")
+    return all_met

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _server import bench_arguments, bench_server
+from _server import bench_arguments, bench_server, print_table
 
 import databus
 
@@ -471,21 +471,6 @@ def combined(name: str, values: list[float]) -> float:
     return min(values) if name in WORST else statistics.median(values)
 
 
-def table(out: dict[str, float]) -> bool:
-    """Print each figure with its unit and target; True if every target is met."""
-    print(f"{'figure':<38}{'value':>12}  {'unit':<9}{'target':>9}  met")
-    all_met = True
-    for name, (unit, target, op) in FIGURES.items():
-        value = out[name]
-        met = shown = ""
-        if target is not None:
-            ok = {">=": value >= target, "<=": value <= target, "==": value == target}[op]
-            all_met &= ok
-            met, shown = ("yes" if ok else "NO"), f"{op} {target:g}"
-        print(f"{name:<38}{value:>12,.2f}  {unit:<9}{shown:>9}  {met}")
-    return all_met
-
-
 def main() -> int:
     parser = bench_arguments(__doc__, "runs")
     parser.add_argument("--profile", type=Path, help="run the analyses under cProfile, into DIR")
@@ -512,7 +497,7 @@ def main() -> int:
         f"databus analysis bench: {runs} run(s), medians; {busy_frames} busy and {roi_frames} "
         f"ROI uint16 {FRAME[0]}x{FRAME[1]} frames, {dispatch_points} scalars"
     )
-    all_met = table(out)
+    all_met = print_table(FIGURES, out)
     shown: dict[str, Any] = {k: round(v, 4) for k, v in out.items()}
     shown["exactly_once"] = out["exactly_once"] == 1
     print(json.dumps(shown))

@@ -62,7 +62,7 @@ from typing import NoReturn
 import msgpack
 import numpy as np
 import zmq
-from _server import bench_arguments, bench_server
+from _server import bench_arguments, bench_server, print_table
 
 import databus
 
@@ -461,21 +461,6 @@ def combined(name: str, values: list[float]) -> float:
     return max(values) if name in WORST else statistics.median(values)
 
 
-def table(out: dict[str, float]) -> bool:
-    """Print each figure with its unit and target; True if every target is met."""
-    print(f"{'figure':<28}{'value':>14}  {'unit':<8}{'target':>10}  met")
-    all_met = True
-    for name, (unit, target, op) in FIGURES.items():
-        value = out[name]
-        met = shown = ""
-        if target is not None:
-            ok = value >= target if op == ">=" else value == target
-            all_met &= ok
-            met, shown = ("yes" if ok else "NO"), f"{op} {target:g}"
-        print(f"{name:<28}{value:>14,.2f}  {unit:<8}{shown:>10}  {met}")
-    return all_met
-
-
 def main() -> int:
     parser = bench_arguments(__doc__, "runs")
     parser.add_argument("--profile", type=Path, help="run each bridge under cProfile, into DIR")
@@ -509,7 +494,7 @@ def main() -> int:
         f"databus frames bench: {runs} run(s), medians; {big} float32 {BIG[0]}x{BIG[1]} "
         f"frames a live scan; exactly-once: 2 bridges, 2 scans x {small} {SMALL[0]}x{SMALL[1]}"
     )
-    all_met = table(out)
+    all_met = print_table(FIGURES, out)
     print(json.dumps({k: round(v, 4) for k, v in out.items()}))
     return 0 if all_met or args.quick else 1
 
