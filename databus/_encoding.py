@@ -519,10 +519,11 @@ def field(fields: dict, name: str) -> Any:
 
 
 def decode_entries(
-    desc: Descriptor, key: str, entries: Iterable[tuple[bytes, dict]]
+    desc: Descriptor, key: str, entries: Iterable[tuple[bytes, dict]], *, joined: bool = False
 ) -> Iterator[Block | Gap | int]:
     """Decode stream entries into ``Block``s and ``Gap``s; the seal yields the total point
-    count as an int.
+    count as an int. ``joined``: split points in a row make one block (their parts joined
+    once: a range read wants one array); else one block each (a walk hands each on).
 
     Parts of a split point must be consecutive in ``entries``; an incomplete trailing point
     is left out (read it again with the next batch). ``CorruptEntry`` names key and ID.
@@ -573,6 +574,9 @@ def decode_entries(
                     run += pending
                     run_count += 1
                     pending = []
+                    if not joined:
+                        yield _split_points(desc, run_first, run_count, run)
+                        run, run_count = [], 0
         except CorruptEntry:
             raise
         except Exception as exc:

@@ -646,7 +646,7 @@ class ChannelNode(Node):
         before, within = ([], *replies) if split else replies
         starts_before = bool(before) and parse_id(before[0][0])[0] < first
         entries = before + within if starts_before else within
-        decoded = list(decode_entries(self.desc, self.key, entries))
+        decoded = list(decode_entries(self.desc, self.key, entries, joined=True))
         if not _covers(decoded, first, last):  # a gap marker after them says why
             after = self.bus.wire.call(*commands.points_after(self.key, last, MAX_SEQ))
             if after and parse_id(after[0][0])[1] == 0:

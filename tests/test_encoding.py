@@ -65,14 +65,20 @@ def test_a_2mib_frame_is_split_so_no_entry_crosses_the_2mib_size_class():
     assert np.array_equal(decode(desc, entries), frames)
 
 
-def test_split_points_in_a_row_decode_as_one_block_and_a_gap_cuts_the_row():
+def test_split_points_in_a_row_can_decode_as_one_block_and_a_gap_cuts_the_row():
     desc = enc.Descriptor.create("img", "uint16", (1024, 1024))
     frames = random_block("uint16", (1024, 1024), 4)
     entries = stored(enc.block_entries(desc, 0, frames[:2]))
     entries += stored([enc.gap_entry(2, 3, enc.GAP_DROPPED)])
     entries += stored(enc.block_entries(desc, 3, frames[3:]))
     entries += stored([(enc.SEAL_ID, enc.seal_fields(4))])
-    out = list(enc.decode_entries(desc, "k", entries))
+    each = list(enc.decode_entries(desc, "k", entries))
+    assert [(o.first, o.count) for o in each if isinstance(o, enc.Block)] == [
+        (0, 1),
+        (1, 1),
+        (3, 1),
+    ]
+    out = list(enc.decode_entries(desc, "k", entries, joined=True))
     assert [type(o).__name__ for o in out] == ["Block", "Gap", "Block", "int"]
     assert (out[0].first, out[0].count, out[2].first, out[2].count) == (0, 2, 3, 1)
     assert np.array_equal(out[0].data, frames[:2]) and np.array_equal(out[2].data, frames[3:])
