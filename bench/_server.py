@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,3 +59,15 @@ def print_table(figures: dict[str, Figure], out: dict[str, float]) -> bool:
             met, shown = ("yes" if ok else "NO"), f"{op} {target:g}"
         print(f"{name:<{width}}{value:>14,.2f}  {unit:<9}{shown:>9}  {met}")
     return all_met
+
+
+def stop_process(proc: subprocess.Popen, grace: float) -> None:
+    """SIGINT to ``proc`` (a databus command prints its counts and exits), ``grace``
+    seconds to exit, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()

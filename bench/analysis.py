@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _server import bench_arguments, bench_server, print_table
+from _server import bench_arguments, bench_server, print_table, stop_process
 
 import databus
 
@@ -360,13 +360,7 @@ def _kill_a_worker(proc: subprocess.Popen[bytes]) -> None:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGINT (the workers finish their claim and exit), then 30 s, then SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.wait()
+    stop_process(proc, 30)
 
 
 def calibrate() -> tuple[int, float]:

@@ -62,7 +62,7 @@ from typing import NoReturn
 import msgpack
 import numpy as np
 import zmq
-from _server import bench_arguments, bench_server, print_table
+from _server import bench_arguments, bench_server, print_table, stop_process
 
 import databus
 
@@ -205,13 +205,7 @@ def spawned(
     try:
         yield child
     finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGINT)
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        child.wait()
+        stop_process(child, 15)
 
 
 def script(*args: str) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from analysis_clients import derived_scan
 from pyFAI.detectors import Detector
 from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
@@ -57,17 +58,8 @@ def _declared(bus: databus.Bus, timeout: float = 30.0) -> Parameters:
             time.sleep(0.05)
 
 
-def _derived(bus: databus.Bus, source: str, timeout: float = 60.0) -> databus.ScanNode:
-    """The ended scan the analysis published for ``source``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _, found = bus.find_scans(session="runner", source=source, analysis=ANALYSIS)
-        for key in found:
-            node = bus.scan(key)
-            if node.state >= databus.ScanState.ENDED:
-                return node
-        time.sleep(0.1)
-    raise AssertionError(f"no derived scan of {source} ended within {timeout} s")
+def _derived(bus: databus.Bus, source: str) -> databus.ScanNode:
+    return derived_scan(bus, source, session="runner", analysis=ANALYSIS)
 
 
 def _pyfai_profiles(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import databus
+from analysis_clients import derived_scan
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = (16, 32)
@@ -51,16 +50,7 @@ def _run(bus, *args, env=None, cwd=ROOT, session="ana"):
 
 
 def _derived(bus, source_key, analysis="*", timeout=60.0, session="ana"):
-    """The ended scan analysis ``analysis`` published for ``source_key``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _, found = bus.find_scans(session=session, source=source_key, analysis=analysis)
-        for key in found:
-            node = bus.scan(key)
-            if node.state >= databus.ScanState.ENDED:
-                return node
-        time.sleep(0.1)
-    raise AssertionError(f"no derived scan of {source_key} ended within {timeout} s")
+    return derived_scan(bus, source_key, session=session, analysis=analysis, timeout=timeout)
 
 
 def _stop(proc):
@@ -70,19 +60,23 @@ def _stop(proc):
 
 
 def _lines(proc, deadline):
-    """What ``proc`` printed up to a line that says a scan was reduced (or ``deadline``)."""
-    import selectors
+    """What ``proc`` printed up to its line that says a scan was reduced (or ``deadline``),
+    read by a thread: a selector would not see lines already in the pipe's buffer."""
+    import threading
 
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    seen = ""
-    while time.monotonic() < deadline and "failed events" not in seen:
-        if selector.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if not line:
+    lines: list[str] = []
+    done = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if "failed events" in line:
                 break
-            seen += line
-    selector.close()
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    done.wait(max(0.0, deadline - time.monotonic()))
+    seen = "".join(lines)
     if "failed events" not in seen:
         raise AssertionError(f"no scan reduced:\n{seen}")
     return seen
