@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _server import bench_arguments, bench_server, print_table, stop_process
+from _server import Figure, bench_arguments, bench_server, print_table, stop_process
 
 import databus
 
@@ -93,7 +93,7 @@ END_S = 300.0  # the longest an analysis may take to end its derived scan
 REPEATS_ENV = "BENCH_ANALYSIS_BUSY_REPEATS"
 PROFILE_ENV = "BENCH_ANALYSIS_PROFILE"
 # name: (unit, target, comparison)
-FIGURES: dict[str, tuple[str, float | None, str]] = {
+FIGURES: dict[str, Figure] = {
     "speedup_2_workers": ("", 1.7, ">="),
     "exactly_once": ("bool", 1, "=="),
     "dispatch_overhead_us": ("us", 200, "<="),

@@ -62,7 +62,7 @@ from typing import NoReturn
 import msgpack
 import numpy as np
 import zmq
-from _server import bench_arguments, bench_server, print_table, stop_process
+from _server import Figure, bench_arguments, bench_server, print_table, stop_process
 
 import databus
 
@@ -77,7 +77,7 @@ STALL_S = 10.0  # no frame for this long: the rest is not coming
 GRACE_S = 1.0  # after the last frame expected, how long a frame served twice may take
 START_S = 60.0  # the longest a process may take to say it is ready
 # name: (unit, target, comparison)
-FIGURES: dict[str, tuple[str, float | None, str]] = {
+FIGURES: dict[str, Figure] = {
     "rep_mb_per_s": ("MB/s", 800, ">="),
     "rep_two_clients_mb_per_s": ("MB/s", None, ""),
     "frames_served_twice": ("frames", 0, "=="),

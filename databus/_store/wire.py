@@ -362,11 +362,10 @@ class Link:
         if not reply:
             return []
         pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 array
+        if group is not None:  # a pending entry deleted since comes back without fields
+            pairs = [(key, [(eid, f or []) for eid, f in entries]) for key, entries in pairs]
         return [
-            (
-                text(key),
-                [(eid, dict(zip(f[::2], f[1::2], strict=True)) if f else {}) for eid, f in entries],
-            )
+            (text(key), [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries])
             for key, entries in pairs
         ]
 
