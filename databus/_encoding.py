@@ -417,6 +417,10 @@ def _cast(desc: Descriptor, block: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- entries
 
 
+#: The field of an entry that holds its points' bytes (a block, or a part of a split point).
+DATA = b"d"
+
+
 def _payload(arr: np.ndarray) -> bytes | memoryview:
     flat = arr.reshape(-1).view(np.uint8)
     return flat.tobytes() if flat.nbytes < _COPY_BELOW else flat.data
@@ -432,14 +436,14 @@ def block_entries(
         per_entry = max(1, desc.entry_bytes // point)
         for start in range(0, n, per_entry):
             part = block[start : start + per_entry]
-            yield entry_id(first_index + start), {b"d": _payload(part), b"n": len(part)}
+            yield entry_id(first_index + start), {DATA: _payload(part), b"n": len(part)}
         return
     for i in range(n):
         flat = block[i].reshape(-1).view(np.uint8)
         for p, offset in enumerate(range(0, point, desc.entry_bytes), start=1):
             yield (
                 entry_id(first_index + i, p),
-                {b"d": _payload(flat[offset : offset + desc.entry_bytes])},
+                {DATA: _payload(flat[offset : offset + desc.entry_bytes])},
             )
 
 
@@ -587,6 +591,16 @@ def decode_entries(
             ) from None
     if run_count:
         yield _split_points(desc, run_first, run_count, run)
+
+
+def whole_split_points(desc: Descriptor, first: int, count: int, entries: Entries) -> bool:
+    """True if ``entries`` are exactly the parts of split points ``first`` .. ``first +
+    count - 1``, in order (what a read of those points straight into a buffer needs)."""
+    parts = desc.parts
+    if len(entries) != parts * count:
+        return False
+    ids = (entry_id(first + k // parts, k % parts + 1) for k in range(len(entries)))
+    return all(bytes(eid) == want for (eid, _), want in zip(entries, ids, strict=True))
 
 
 def _continues(eid: bytes, index: int) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ._assembler import START, Assembler, make_filter
 from ._encoding import (
+    DATA,
     GAP_DROPPED,
     GAP_SERVER_LOST,
     Block,
@@ -35,6 +36,7 @@ from ._encoding import (
     parse_id,
     points_through,
     text,
+    whole_split_points,
 )
 from ._errors import (
     CorruptEntry,
@@ -44,6 +46,7 @@ from ._errors import (
     NotYetPublished,
     ReadTimeout,
     ScanStateError,
+    ServerUnavailable,
     UnknownScan,
 )
 from ._events import Event, EventData, ScanEnd
@@ -566,7 +569,27 @@ class ChannelNode(Node):
         end of an ended scan, ``DataExpired`` for points gone from Redis (naming the file
         the writer saved them to, when known), ``CorruptEntry`` for an undecodable entry.
         """
-        single = to_index is None
+        first, last = self._span(from_index, to_index)
+        if last < first:
+            return self._empty()
+        data = self._read(first, last)
+        return data[0] if to_index is None else data
+
+    def read_into(
+        self, out: np.ndarray, from_index: int, to_index: int | None = None
+    ) -> np.ndarray:
+        """``get`` into ``out``, which is returned: a C-contiguous writable array of the
+        channel's dtype and the point's shape (or the points' stacked shape, with
+        ``to_index``). A big frame arrives there with no copy in between, e.g. straight
+        into a message being built. Raises as ``get``, ValueError for an unfit ``out``."""
+        first, last = self._span(from_index, to_index)
+        self._check_out(out, None if to_index is None else max(0, last - first + 1))
+        if last >= first:
+            self._read(first, last, out.reshape(-1, *self.shape))
+        return out
+
+    def _span(self, from_index: int, to_index: int | None) -> tuple[int, int]:
+        """(first, last) point of ``get``'s arguments, negative ones counted from the end."""
         if from_index < 0 or (to_index is not None and to_index < 0):
             length = len(self)
             if from_index < 0:
@@ -575,11 +598,7 @@ class ChannelNode(Node):
                 to_index += length
             if from_index < 0:
                 raise IndexError(f"channel {self.name!r} has {length} points; index out of range")
-        last = from_index if to_index is None else to_index
-        if last < from_index:
-            return self._empty()
-        data = self._read(from_index, last)
-        return data[0] if single else data
+        return from_index, from_index if to_index is None else to_index
 
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
@@ -633,9 +652,53 @@ class ChannelNode(Node):
                 refs.append(FileRef(ref.file, ref.dataset, start, start + hi - lo + 1))
         return refs
 
-    def _read(self, first: int, last: int) -> Any:
-        """Points first .. last inclusive, from one round trip."""
-        return self._slice(self._blocks(first, last), first, last)
+    def _check_out(self, out: Any, count: int | None) -> None:
+        """ValueError unless ``out`` can receive ``count`` points (None: one, unstacked)."""
+        shape = self.shape if count is None else (count, *self.shape)
+        if self.desc.kind != "array":
+            raise ValueError(f"channel {self.name!r} holds {self.desc.kind} points, not arrays")
+        if (
+            not isinstance(out, np.ndarray)
+            or out.dtype != self.dtype
+            or out.shape != tuple(shape)
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            got = f"{out.dtype}{list(out.shape)}" if isinstance(out, np.ndarray) else type(out)
+            raise ValueError(
+                f"out for channel {self.name!r} must be a C-contiguous writable "
+                f"{self.dtype}{list(shape)} array, not {got}"
+            )
+
+    def _read(self, first: int, last: int, out: np.ndarray | None = None) -> Any:
+        """Points first .. last inclusive, from one round trip (into ``out``, of their
+        stacked shape, if given; split points always arrive straight in their array)."""
+        if self.desc.kind == "array" and self.desc.parts > 1:
+            if out is None:
+                out = np.empty((last - first + 1, *self.shape), self.dtype)
+            if self._received(first, last, out):
+                return out
+        data = self._slice(self._blocks(first, last), first, last)
+        if out is None:
+            return data
+        out[...] = data
+        return out
+
+    def _received(self, first: int, last: int, out: np.ndarray) -> bool:
+        """Split points first .. last received straight into ``out``; False if they are
+        not all there, whole (``_blocks`` then says why) or the attempt failed."""
+        (command,) = commands.points(self.key, first, last, MAX_SEQ, split=True)
+        try:
+            entries, filled, overflow = self.bus.wire.entries_into(
+                command, DATA, memoryview(out.data).cast("B")
+            )
+        except ServerUnavailable:
+            return False
+        return (
+            not overflow
+            and filled == out.nbytes
+            and whole_split_points(self.desc, first, last - first + 1, entries)
+        )
 
     def _blocks(self, first: int, last: int) -> list[Block]:
         """The decoded blocks holding points first .. last (all of them, or an error)."""

@@ -131,7 +131,7 @@ def test_a_crystfel_frame_is_packed_from_its_own_buffer_and_others_are_copied():
     )
     np.testing.assert_array_equal(copied, strided)
     message = _encode(FrameEncoder("det"), frame)
-    assert frame.tobytes() in message
+    assert frame.tobytes() in bytes(message)
 
 
 def test_the_dtype_can_be_forced():
@@ -539,3 +539,37 @@ def test_lazy_reconnects_to_a_restarted_server_where_crystfel_would_wait_forever
             with pytest.raises(ReplyTimeout):
                 patient.receive(timeout=0.5)
     assert restarted.requests == [b"next"]
+
+
+def test_a_message_built_around_its_pixels_is_the_encoded_frame_byte_for_byte():
+    encoder = FrameEncoder("det", scalar_keys=["beam_energy"], peak_list_key="peak_list")
+    peaks = PeakList([1.5], [2.5], [30.0])
+    frame = _frame("<i4")
+    where = {"frame_index": 3, "scan_key": "s1:7", "scan_number": 7}
+    message, pixels = encoder.message(
+        frame.shape, frame.dtype, **where, scalars={"beam_energy": 9300.0}, peaks=peaks
+    )
+    pixels[...] = frame
+    expected = {
+        "frame_index": 3,
+        "scan_key": "s1:7",
+        "scan_number": 7,
+        "beam_energy": 9300.0,
+        "peak_list": peaks.to_map(),
+        "detector_data": {"type": "<i4", "shape": list(frame.shape), "data": frame.tobytes()},
+    }
+    assert bytes(message) == msgpack.packb(expected, use_bin_type=True)
+    encoded = encoder.encode(frame, **where, scalars={"beam_energy": 9300.0}, peaks=peaks)
+    assert bytes(encoded) == bytes(message)
+    assert encoder.sends_as_stored("<i4") and not encoder.sends_as_stored("<u4")
+    with pytest.raises(ValueError, match="2-D <f4 or <i4"):
+        encoder.message((4,), "<f4", **where)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (100, 100), (600, 600)], ids=["bin8", "bin16", "bin32"])
+def test_the_image_bin_header_is_msgpack_own(shape):
+    frame = np.arange(np.prod(shape), dtype="<f4").reshape(shape)
+    message = FrameEncoder("det").encode(frame, frame_index=0, scan_key="k", scan_number=1)
+    image = {"type": "<f4", "shape": list(shape), "data": frame.tobytes()}
+    head = {"frame_index": 0, "scan_key": "k", "scan_number": 1, "detector_data": image}
+    assert bytes(message) == msgpack.packb(head, use_bin_type=True)

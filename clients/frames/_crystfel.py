@@ -333,6 +333,15 @@ class FrameEncoder:
             )
         return array
 
+    def sends_as_stored(self, dtype: npt.DTypeLike) -> bool:
+        """Whether frames of ``dtype`` go out as they are (``message`` then takes them
+        straight into the message), not converted."""
+        stored = np.dtype(dtype)
+        try:
+            return _target(stored, self.dtype) == stored
+        except TypeError:
+            return False
+
     def encode(
         self,
         frame: npt.ArrayLike,
@@ -342,14 +351,43 @@ class FrameEncoder:
         scan_number: int,
         scalars: Mapping[str, object] = _EMPTY,
         peaks: PeakList | None = None,
-    ) -> bytes:
+    ) -> memoryview:
         """One frame's message: the image, its index, its scan's key and number, ``scalars``
-        (a subset of ``scalar_keys``) and ``peaks``, packed as one msgpack map. The pixels
-        are copied once, into the message (and once before when converted).
+        (a subset of ``scalar_keys``) and ``peaks``, packed as one msgpack map (a buffer:
+        the image last, so ``message`` can build it around the pixels). The pixels are
+        copied once, into the message (and once before when converted).
 
         Raises ValueError or TypeError naming what is wrong (``crystfel_array``,
         ``check_scalar``, a key not declared, peaks without a ``peak_list_key``).
         """
+        array = self.image(frame)
+        message, pixels = self.message(
+            array.shape,
+            array.dtype,
+            frame_index=frame_index,
+            scan_key=scan_key,
+            scan_number=scan_number,
+            scalars=scalars,
+            peaks=peaks,
+        )
+        pixels[...] = array
+        return message
+
+    def message(
+        self,
+        shape: tuple[int, ...],
+        dtype: npt.DTypeLike,
+        *,
+        frame_index: int,
+        scan_key: str,
+        scan_number: int,
+        scalars: Mapping[str, object] = _EMPTY,
+        peaks: PeakList | None = None,
+    ) -> tuple[memoryview, np.ndarray]:
+        """``encode``'s message with its pixels still to fill: (the message, the writable
+        ``shape`` array of ``dtype`` (``<f4`` or ``<i4``) inside it, at its end). Whoever
+        fills the array (``ChannelNode.get(i, out=pixels)``) builds the message without
+        copying the frame. Raises as ``encode``."""
         unknown = sorted(set(scalars) - self.scalar_keys)
         if unknown:
             raise ValueError(
@@ -358,19 +396,46 @@ class FrameEncoder:
             )
         if peaks is not None and self.peak_list_key is None:
             raise ValueError("peaks given to an encoder built without peak_list_key")
-        array = self.image(frame)
-        message: dict[str, object] = {
-            self.image_key: {
-                "type": array.dtype.str,
-                "shape": list(array.shape),
-                "data": array.data,
-            },
+        image_type = np.dtype(dtype)
+        if image_type.str not in IMAGE_TYPES or len(shape) != 2 or not all(shape):
+            raise ValueError(f"CrystFEL reads 2-D <f4 or <i4 images, not {image_type.str}{shape}")
+        values: dict[str, object] = {
             self.frame_index_key: _index("frame_index", frame_index),
             self.scan_key_key: check_scalar(self.scan_key_key, scan_key),
             self.scan_number_key: _index("scan_number", scan_number),
         }
         for key, value in scalars.items():
-            message[key] = check_scalar(key, value)
+            values[key] = check_scalar(key, value)
         if peaks is not None and self.peak_list_key is not None:
-            message[self.peak_list_key] = peaks.to_map()
-        return msgpack.packb(message, use_bin_type=True)
+            values[self.peak_list_key] = peaks.to_map()
+        count = int(np.prod(shape))
+        packer = msgpack.Packer(use_bin_type=True)
+        head = [packer.pack_map_header(len(values) + 1)]
+        for key, value in values.items():
+            head += [packer.pack(key), packer.pack(value)]
+        head += [
+            packer.pack(self.image_key),
+            packer.pack_map_header(3),
+            packer.pack("type"),
+            packer.pack(image_type.str),
+            packer.pack("shape"),
+            packer.pack(list(shape)),
+            packer.pack("data"),
+            _bin_header(count * image_type.itemsize),
+        ]
+        prefix = b"".join(head)
+        buffer = np.empty(len(prefix) + count * image_type.itemsize, np.uint8)  # not zeroed
+        buffer[: len(prefix)] = np.frombuffer(prefix, np.uint8)
+        pixels = np.frombuffer(buffer.data, image_type, count, offset=len(prefix))
+        return memoryview(buffer.data), pixels.reshape(shape)
+
+
+def _bin_header(size: int) -> bytes:
+    """The msgpack header of a ``size``-byte bin (the smallest form, as msgpack packs it)."""
+    if size < 2**8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 2**16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    if size < 2**32:
+        return b"\xc6" + size.to_bytes(4, "big")
+    raise ValueError(f"a frame of {size} bytes does not fit in one msgpack bin (< 4 GiB)")

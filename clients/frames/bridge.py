@@ -331,22 +331,33 @@ class FramesBridge:
             return None
 
     def _message(self, scan: databus.ScanNode, channel: databus.ChannelNode, index: int) -> Any:
-        """The reply (rep: one part; karabo: parts) or the published message of a frame."""
-        frame = channel.get(index)
-        if not isinstance(frame, np.ndarray):
-            raise ValueError(f"channel {channel.name!r} has no array points (got {type(frame)})")
+        """The reply (rep: one part; karabo: parts) or the published message of a frame. A
+        frame CrystFEL reads as stored is read straight into its message."""
         scalars = self.values.scalars(scan, index)
         peaks = self.values.peak_list(scan, index)
         if self.mode == "karabo":
-            return self._karabo(scan, frame, index, scalars, peaks)
-        packed = self.encoder.encode(
-            frame,
-            frame_index=index,
-            scan_key=scan.key,
-            scan_number=scan.number,
-            scalars=scalars,
-            peaks=peaks,
-        )
+            return self._karabo(scan, _frame(channel, index), index, scalars, peaks)
+        stored = channel.dtype
+        if channel.desc.kind == "array" and stored and self.encoder.sends_as_stored(stored):
+            packed, pixels = self.encoder.message(
+                channel.shape,
+                stored,
+                frame_index=index,
+                scan_key=scan.key,
+                scan_number=scan.number,
+                scalars=scalars,
+                peaks=peaks,
+            )
+            channel.read_into(pixels, index)
+        else:
+            packed = self.encoder.encode(
+                _frame(channel, index),
+                frame_index=index,
+                scan_key=scan.key,
+                scan_number=scan.number,
+                scalars=scalars,
+                peaks=peaks,
+            )
         return [packed] if self.mode == "rep" else [self.topic, packed]
 
     def _karabo(
@@ -400,6 +411,14 @@ class FramesBridge:
         self._context.term()
         if self._own_bus:
             self.bus.close()
+
+
+def _frame(channel: databus.ChannelNode, index: int) -> np.ndarray:
+    """Point ``index`` of ``channel``; ValueError unless it is an array."""
+    frame = channel.get(index)
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"channel {channel.name!r} has no array points (got {type(frame)})")
+    return frame
 
 
 def _keep_freed_memory() -> None:

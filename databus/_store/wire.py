@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 import redis.exceptions as rex
+from redis._parsers.base import BaseParser
 from redis._parsers.encoders import Encoder
 from redis.backoff import NoBackoff
 from redis.connection import PythonRespSerializer
@@ -42,6 +43,7 @@ from .._errors import (
     redact,
 )
 from .commands import Command
+from .resp import EntriesReader, ProtocolError, ServerReply
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +260,37 @@ class Wire:
                 pipe.execute_command(*command)
             replies = pipe.execute(raise_on_error=False)
         return [translate(r, self.url) if isinstance(r, Exception) else r for r in replies]
+
+    def entries_into(
+        self, command: Command, field: bytes, out: memoryview
+    ) -> tuple[list[tuple[bytes, dict]], int, bool]:
+        """Run the XRANGE ``command`` with the values of ``field`` received one after the
+        other straight into ``out`` (``resp.EntriesReader``: big frames without a copy);
+        (entries, each value a view of ``out``, bytes filled, True if a value did not fit).
+        Tried once: the caller falls back to ``run`` (and its retries) on an error."""
+        pool = self.client.connection_pool
+        with translated(self.url):
+            conn: Any = pool.get_connection()
+        in_step = False
+        try:
+            with translated(self.url):
+                conn.send_command(*command, check_health=False)
+            reader = EntriesReader(conn._sock)  # connected by get_connection
+            try:
+                entries, filled = reader.read(field, out)
+            except ServerReply as exc:
+                in_step = not reader.pending
+                raise translate(BaseParser.parse_error(str(exc)), self.url) from None
+            except (OSError, ProtocolError) as exc:
+                raise ServerUnavailable(
+                    f"reading from {redact(self.url)}: {exc}", self.url
+                ) from exc
+            in_step = not reader.pending
+            return entries, filled, reader.overflow
+        finally:
+            if not in_step:
+                conn.disconnect()
+            pool.release(conn)
 
     def link(self) -> Link:
         """A connection of its own (see ``Link``)."""
