@@ -105,3 +105,37 @@ def test_a_point_share_in_a_patched_program(bus, run_python):
     assert sorted(every) == list(range(100))  # each point once, both greenlets served
     assert result["got"]["0"] and result["got"]["1"]
     assert result["ticks"] == 100  # a claim that waits lets other greenlets run
+
+
+SPLIT_FRAMES = """
+from gevent import monkey
+monkey.patch_all()
+import json
+import gevent
+import numpy as np
+import databus
+
+bus = databus.connect({url!r}, prefix={prefix!r})
+with bus.session("gevent-frames").create_scan() as scan:
+    img = scan.channel("img", "uint16", (1024, 1100))
+    scan.prepare()
+    scan.start()
+    for i in range(4):
+        img.send(np.full((1024, 1100), i, np.uint16))
+node = bus.scan(scan.key).channels["img"]
+ticks = []
+ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.001)) for _ in range(20)])
+out = np.empty((1024, 1100), np.uint16)
+got = [int(node.get(i)[5, 5]) for i in range(4)] + [int(node.read_into(out, 3)[7, 7])]
+ticker.join()
+print(json.dumps({{"parts": node.desc.parts, "got": got, "ticks": len(ticks)}}))
+"""
+
+
+def test_split_frames_read_straight_into_arrays_in_a_patched_program(bus, run_python):
+    out = run_python(SPLIT_FRAMES.format(url=bus.url, prefix=bus.settings.prefix)).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "parts": 2,
+        "got": [0, 1, 2, 3, 3],
+        "ticks": 20,
+    }
