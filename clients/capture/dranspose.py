@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeGuard
@@ -39,7 +39,7 @@ import numpy as np
 
 import databus
 
-__all__ = ["CborsError", "DumpMessage", "is_cbors", "read_dump", "replay_cbors"]
+__all__ = ["CborsError", "DumpMessage", "Pace", "is_cbors", "read_dump", "replay_cbors"]
 
 log = logging.getLogger(__name__)
 
@@ -307,23 +307,32 @@ class _Series:
             self.scan = None
 
 
-class _Pace:
-    """Waits so that messages go out ``speed`` times as fast as they were captured."""
+class Pace:
+    """Waits so that messages go out ``speed`` times as fast as they were captured (None:
+    no wait); ``clock`` and ``sleep`` are injected so tests control time."""
 
-    def __init__(self, speed: float | None) -> None:
-        if speed is not None and not (isinstance(speed, (int, float)) and speed > 0):
+    def __init__(
+        self,
+        speed: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if speed is not None and (isinstance(speed, bool) or not speed > 0 or math.isinf(speed)):
             raise ValueError(f"speed is a factor > 0 (1: as captured) or None (max), not {speed!r}")
-        self.speed = speed
-        self.start: tuple[float, float] | None = None  # (captured, monotonic) of the first
+        self.speed, self.clock, self.sleep = speed, clock, sleep
+        self.start: tuple[float, float] | None = None  # (captured, clock) at the first message
 
     def wait(self, created_at: float | None) -> None:
+        """Return when the message captured at ``created_at`` (seconds) is due."""
         if self.speed is None or created_at is None:
             return
         if self.start is None:
-            self.start = (created_at, time.monotonic())
+            self.start = (created_at, self.clock())
             return
         due = self.start[1] + (created_at - self.start[0]) / self.speed
-        time.sleep(max(0.0, due - time.monotonic()))
+        delay = due - self.clock()
+        if delay > 0:
+            self.sleep(delay)
 
 
 def replay_cbors(
@@ -338,7 +347,7 @@ def replay_cbors(
     this module does not read: the scans published before it stay, the one in progress
     ends ``failed`` with the error."""
     path = Path(path)
-    pace = _Pace(speed)
+    pace = Pace(speed)
     if not is_cbors(path):
         raise CborsError(f"{path}: not a dranspose dump (no tag {MESSAGE_TAG} record at byte 0)")
     series = _Series(bus.session(session), path)
