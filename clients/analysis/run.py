@@ -245,10 +245,12 @@ def _replay(args: argparse.Namespace, argv: list[str], analysis: _Analysis) -> i
             if args.url is None:
                 bus = stack.enter_context(private_bus())
                 env = {**os.environ, "DATABUS_URL": bus.url}  # not on the command line
+                state = bus.server.status() if bus.server is not None else None
+                where = f"a private server (pid {state.pid if state else '?'})"
             else:
                 bus = stack.enter_context(contextlib.closing(databus.connect(args.url)))
-                env = None
-            print(f"replaying {path} into session {analysis.session} of {bus!r}", flush=True)
+                env, where = None, repr(bus)
+            print(f"replaying {path} into session {analysis.session} of {where}", flush=True)
             # The analysis' group exists before the first replayed scan: it serves them all.
             group = share_group(analysis.name)
             bus.session(analysis.session).share(analysis.shared, group).close()
