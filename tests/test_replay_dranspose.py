@@ -120,7 +120,7 @@ def test_a_truncated_dump_names_the_byte_offset_and_the_scan_in_progress_fails(b
 @pytest.mark.parametrize(
     ("damage", "error"),
     [
-        (lambda raw, at: raw[:at] + b"\xff" + raw[at + 1 :], "corrupt record at byte {at}"),
+        (lambda raw, at: raw[:at] + b"\x1c" + raw[at + 1 :], "corrupt record at byte {at}"),
         (
             lambda raw, at: raw[:at] + cbor2.dumps({"event": 1}) + raw[at:],
             "the record at byte {at} is dict, not a dranspose ingester message",

@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, TypeGuard
 
@@ -53,6 +54,9 @@ STINS = "STINS"
 #: How a dump record starts: tag 55799 then tag 42877, or tag 42877 alone.
 _RECORD_STARTS = (b"\xd9\xd9\xf7\xd9\xa7\x7d", b"\xd9\xa7\x7d")
 _GZIP_MAGIC = b"\x1f\x8b"
+#: cbor2 >= 6 reads ahead of a record and seeks back after it (in a gzip file, a seek back
+#: decompresses again from the start) unless its read size is 1; older ones never read ahead.
+_NO_READ_AHEAD = {"read_size": 1} if int(metadata.version("cbor2").split(".")[0]) >= 6 else {}
 
 
 class CborsError(ValueError):
@@ -102,7 +106,7 @@ def read_dump(path: str | Path) -> Iterator[DumpMessage]:
         while fp.peek(1):  # type: ignore[attr-defined]
             offset = fp.tell()
             try:
-                record = cbor2.load(fp, read_size=1)
+                record = cbor2.load(fp, **_NO_READ_AHEAD)
             except cbor2.CBORDecodeEOF as exc:
                 raise CborsError(
                     f"{path}: truncated: the record at byte {offset} goes past the end of "
