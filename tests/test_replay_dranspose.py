@@ -101,8 +101,9 @@ def test_a_truncated_dump_names_the_byte_offset_and_the_scan_in_progress_fails(b
     path = tmp_path / "cut.cbors"
     dump_frames(path, "xrd", _frames(6))
     offsets = _offsets(path)
+    whole = path.read_bytes()
     cut = offsets[4] + 30  # inside the record of the 4th image
-    path.write_bytes(path.read_bytes()[:cut])
+    path.write_bytes(whole[:cut])
     with pytest.raises(CborsError, match=f"truncated: the record at byte {offsets[4]} goes past"):
         replay_cbors(bus, path, "replayed")
     _, found = bus.find_scans(session="replayed")
@@ -114,6 +115,10 @@ def test_a_truncated_dump_names_the_byte_offset_and_the_scan_in_progress_fails(b
     packed = tmp_path / "cut.cbors.gz"
     packed.write_bytes(gzip.compress(path.read_bytes()))
     with pytest.raises(CborsError, match=f"{offsets[4]} goes past the end of the decompressed"):
+        list(read_dump(packed))
+    compressed = gzip.compress(whole)
+    packed.write_bytes(compressed[: len(compressed) - 40])  # the gzip file itself is cut
+    with pytest.raises(CborsError, match=r"the gzip data breaks off or is corrupt in the record"):
         list(read_dump(packed))
 
 

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import io
 import json
 import logging
 import math
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, TypeGuard
+from typing import Any, TypeGuard
 
 import cbor2
 import numpy as np
@@ -54,6 +56,8 @@ STINS = "STINS"
 #: How a dump record starts: tag 55799 then tag 42877, or tag 42877 alone.
 _RECORD_STARTS = (b"\xd9\xd9\xf7\xd9\xa7\x7d", b"\xd9\xa7\x7d")
 _GZIP_MAGIC = b"\x1f\x8b"
+#: What reading a gzip file raises when its compressed data is cut or damaged.
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 #: cbor2 >= 6 reads ahead of a record and seeks back after it (in a gzip file, a seek back
 #: decompresses again from the start) unless its read size is 1; older ones never read ahead.
 _NO_READ_AHEAD = {"read_size": 1} if int(metadata.version("cbor2").split(".")[0]) >= 6 else {}
@@ -78,13 +82,14 @@ class DumpMessage:
     created_at: float | None
 
 
-def _open(path: Path) -> tuple[IO[bytes], bool]:
+def _open(path: Path) -> tuple[gzip.GzipFile | io.BufferedReader, bool]:
     """``path`` opened for reading (a buffered reader, decompressing if it is gzip), and
     whether it is gzip."""
-    raw = open(path, "rb")  # noqa: SIM115 (returned open, closed by the caller)
-    if raw.peek(2)[:2] == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), True  # type: ignore[return-value]
-    return raw, False
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == _GZIP_MAGIC
+    if compressed:
+        return gzip.open(path, "rb"), True
+    return open(path, "rb"), False
 
 
 def is_cbors(path: str | Path) -> bool:
@@ -103,9 +108,11 @@ def read_dump(path: str | Path) -> Iterator[DumpMessage]:
     fp, compressed = _open(path)
     where = "decompressed data" if compressed else "file"
     with fp:
-        while fp.peek(1):  # type: ignore[attr-defined]
+        while True:
             offset = fp.tell()
             try:
+                if not fp.peek(1):
+                    return
                 record = cbor2.load(fp, **_NO_READ_AHEAD)
             except cbor2.CBORDecodeEOF as exc:
                 raise CborsError(
@@ -113,8 +120,19 @@ def read_dump(path: str | Path) -> Iterator[DumpMessage]:
                     f"the {where} ({fp.tell()} bytes); the records before it are whole"
                 ) from exc
             except cbor2.CBORDecodeError as exc:
+                if isinstance(exc.__cause__, _GZIP_ERRORS):  # cbor2 wraps what a read raised
+                    raise _broken_gzip(path, offset, exc.__cause__) from exc
                 raise CborsError(f"{path}: corrupt record at byte {offset}: {exc}") from exc
+            except _GZIP_ERRORS as exc:
+                raise _broken_gzip(path, offset, exc) from exc
             yield _message(record, offset, path)
+
+
+def _broken_gzip(path: Path, offset: int, exc: BaseException) -> CborsError:
+    return CborsError(
+        f"{path}: the gzip data breaks off or is corrupt in the record at byte {offset} of "
+        f"the decompressed data ({type(exc).__name__}: {exc})"
+    )
 
 
 def _message(record: Any, offset: int, path: Path) -> DumpMessage:
