@@ -42,7 +42,7 @@ def publish(bus: databus.Bus, path: Path, session: str, speed: float | None) -> 
         return replay_cbors(bus, path, session, speed=speed)
     from databus.clients.capture.replay import replay
 
-    return list(replay(bus, path, session, speed=speed))
+    return replay(bus, path, session, speed=speed)
 
 
 def parse_speed(text: str) -> float | None:
