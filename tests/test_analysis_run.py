@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from analysis_clients import derived_scan
+from analysis_clients import derived_scan, lines_until, logged_deltas
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = (16, 32)
@@ -59,29 +58,6 @@ def _stop(proc):
     return out
 
 
-def _lines(proc, deadline):
-    """What ``proc`` printed up to its line that says a scan was reduced (or ``deadline``),
-    read by a thread: a selector would not see lines already in the pipe's buffer."""
-    import threading
-
-    lines: list[str] = []
-    done = threading.Event()
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-            if "failed events" in line:
-                break
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    done.wait(max(0.0, deadline - time.monotonic()))
-    seen = "".join(lines)
-    if "failed events" not in seen:
-        raise AssertionError(f"no scan reduced:\n{seen}")
-    return seen
-
-
 def _tutorial_deltas(frames):
     """The tutorial's worker and reducer over the frames in a plain loop."""
     sys.path.insert(0, str(ROOT))
@@ -111,12 +87,10 @@ def test_the_tutorials_worker_and_reducer_give_the_plain_loops_deltas(beamline):
         time.sleep(2)  # the workers have joined: the live scan is served from its start
         done = runner.ascan(beamline["robz"], -3, 3, 40, 0.01, SimDetector(shape=(64, 64)))
         frames = bus.scan(done.key).channels["sim_det:image"].get_as_array(0, -1)
-        seen = _lines(proc, time.monotonic() + 60)
+        seen = lines_until(proc, "failed events", time.monotonic() + 60)
     finally:
         out = _stop(proc)
-    logged = next(line for line in (seen + out).splitlines() if "delta were" in line)
-    listed = logged.split("delta were ", 1)[1].replace("np.float64(", "(")
-    deltas = ast.literal_eval(listed)  # the tutorial logs its list of deltas at finish
+    deltas = logged_deltas(seen + out)  # the tutorial logs its list of deltas at finish
     np.testing.assert_allclose(deltas, _tutorial_deltas(frames), err_msg=out)
 
 

@@ -3,6 +3,8 @@
     databus run --worker mod:Class [--reducer mod:Class] --session S --channels a[,NAME=b...]
         [--workers N] [--name ANALYSIS] [--batch N] [--claim-after S] [--from-scan N]
         [--url URL]
+    databus run --worker mod:Class [--reducer mod:Class] --channels a[,NAME=b...]
+        --replay FILE [--speed max|1|10] [--session S] [--workers N] [--url URL] ...
 
 Starts N worker processes and runs the reducer in this one. For every scan of the session,
 the point indices of the first channel are shared among the workers through the bus (a
@@ -17,11 +19,20 @@ follow each other without restarting anything; workers started later with the sa
 host that reaches the bus), which is what this command starts ``--workers`` times.
 ``mod`` is imported with the current folder on the path, as ``python -m`` does.
 SIGINT/SIGTERM stop the workers after their claim in hand.
+
+Offline, ``--replay FILE`` runs the same workers and reducer over a capture (a databus
+capture or a dranspose ``.cbors`` dump): its scans are published again into session
+``--session`` (default ``replay``) of a private embedded server started for the run and
+stopped at its end (or of the bus ``--url`` names), at ``--speed`` times the captured pace
+(default ``max``: as fast as possible), and the command exits once the reducer has
+finished every replayed scan (1 if the capture breaks off or a part of the run fails).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -30,13 +41,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import databus
 
+from ._offline import Completion, parse_speed, private_bus, publish, with_points
 from ._parameters import Parameters
 from ._reducer import ReducerRunner
-from ._worker import WorkerRunner, describe, parse_channels
+from ._worker import WorkerRunner, describe, parse_channels, share_group
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +83,7 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--worker", required=True, metavar="mod:Class")
     parser.add_argument("--reducer", default=None, metavar="mod:Class")
-    parser.add_argument("--session", required=True)
+    parser.add_argument("--session", default=None, help="the session (with --replay: replay)")
     parser.add_argument(
         "--channels", required=True, help="a,xrd=b,...: streams; the first one's points are shared"
     )
@@ -87,6 +100,12 @@ def argument_parser() -> argparse.ArgumentParser:
         help="worker: this process is one more worker of the analysis (no reducer)",
     )
     parser.add_argument("--consumer", default=None, help="a worker's name in the group")
+    parser.add_argument(
+        "--replay", default=None, metavar="FILE", help="analyse the scans of this capture, offline"
+    )
+    parser.add_argument(
+        "--speed", default="max", help="--replay's pace: max, or a factor of the captured one"
+    )
     return parser
 
 
@@ -125,6 +144,39 @@ def _worker_command(argv: Sequence[str], n: int) -> list[str]:
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Analysis:
+    """What the command line asks to run: analysis ``name`` of ``worker`` (and ``reducer``)
+    on ``session``'s scans, reading ``channels`` (stream -> channel; the first is shared)."""
+
+    name: str
+    session: str
+    worker: type
+    reducer: type | None
+    channels: dict[str, str]
+
+    @property
+    def shared(self) -> str:
+        return next(iter(self.channels.values()))
+
+
+def _start_workers(
+    argv: list[str], count: int, env: dict[str, str] | None = None
+) -> list[subprocess.Popen]:
+    return [subprocess.Popen(_worker_command(argv, n), env=env) for n in range(count)]
+
+
+def _stop_workers(workers: list[subprocess.Popen]) -> None:
+    for proc in workers:
+        proc.send_signal(signal.SIGTERM)
+    for proc in workers:
+        proc.wait()
+
+
+def _finished(key: str, reduction: Any) -> None:
+    print(f"{key}: {reduction.given} results, {len(reduction.errors)} failed events", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``databus run ...`` (see the module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -136,39 +188,120 @@ def main(argv: Sequence[str] | None = None) -> int:
         channels = parse_channels(args.channels)
         if args.workers < 0 or args.batch < 1:
             raise ValueError("--workers is >= 0 and --batch >= 1")
+        offline = args.replay is not None and args.role == "reducer"
+        session = args.session or ("replay" if offline else None)
+        if session is None:
+            raise ValueError("--session names the session whose scans are analysed")
+        name = args.name or worker_class.__name__
+        analysis = _Analysis(name, session, worker_class, reducer_class, channels)
+        if offline:
+            return _replay(args, argv, analysis)
+        if args.speed != "max":
+            raise ValueError("--speed is the pace of --replay FILE; give both")
         bus = databus.connect(args.url)
     except (ValueError, databus.DatabusError) as exc:
         print(f"databus run: {exc}", file=sys.stderr)
         return 2
-    name = args.name or worker_class.__name__
     stop = _stop_on_signals()
     if args.role == "worker":
         runner = WorkerRunner(
-            bus, args.session, name, worker_class, channels,
+            bus, session, name, worker_class, channels,
             consumer=args.consumer, batch=args.batch, claim_after=args.claim_after,
             first_scan=args.from_scan,
         )  # fmt: skip
         runner.run(stop)
         print(f"worker {runner.name}: {runner.events} events, {runner.errors} failed", flush=True)
         return 0
-    own = _without(argv, "--role")
-    workers = [subprocess.Popen(_worker_command(own, n)) for n in range(args.workers)]
+    workers = _start_workers(_without(argv, "--role"), args.workers)
     parameters = Parameters(bus, name, describe(worker_class))
     reducer = ReducerRunner(
-        bus, args.session, name, reducer_class, next(iter(channels.values())), parameters,
-        on_finish=lambda key, r: print(
-            f"{key}: {r.given} results, {len(r.errors)} failed events", flush=True
-        ),
-    )  # fmt: skip
-    print(f"analysis {name} on session {args.session}: {args.workers} workers", flush=True)
+        bus, session, name, reducer_class, analysis.shared, parameters, on_finish=_finished
+    )
+    print(f"analysis {name} on session {session}: {args.workers} workers", flush=True)
     try:
         reducer.run(stop)
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            proc.wait()
+        _stop_workers(workers)
         parameters.close()
         bus.close()
+    print(f"{reducer.finished} scans reduced, {reducer.duplicates} duplicate results dropped")
+    return 0
+
+
+def _replay(args: argparse.Namespace, argv: list[str], analysis: _Analysis) -> int:
+    """``databus run --replay FILE``: 0 once every replayed scan is reduced, 1 if the
+    capture or the run broke off (the message says why); ValueError for arguments it
+    refuses. SIGTERM, like Ctrl-C, interrupts it; the private server is stopped either way."""
+    path = Path(args.replay)
+    speed = parse_speed(args.speed)
+    if args.workers < 1:
+        raise ValueError("--replay needs a worker at least (--workers >= 1)")
+    if not path.is_file():
+        raise ValueError(f"--replay {args.replay}: no such file")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    own = _without(_without(_without(argv, "--role"), "--replay"), "--speed")
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.url is None:
+                bus = stack.enter_context(private_bus())
+                env = {**os.environ, "DATABUS_URL": bus.url}  # not on the command line
+                state = bus.server.status() if bus.server is not None else None
+                where = f"a private server (pid {state.pid if state else '?'})"
+            else:
+                bus = stack.enter_context(contextlib.closing(databus.connect(args.url)))
+                env, where = None, repr(bus)
+            print(f"replaying {path} into session {analysis.session} of {where}", flush=True)
+            # The analysis' group exists before the first replayed scan: it serves them all.
+            group = share_group(analysis.name)
+            bus.session(analysis.session).share(analysis.shared, group).close()
+            workers = _start_workers([*own, "--session", analysis.session], args.workers, env)
+            try:
+                return _reduce_replayed(bus, path, speed, analysis, workers)
+            finally:
+                _stop_workers(workers)
+    except KeyboardInterrupt:
+        print("databus run: interrupted; the private server is stopped", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, RuntimeError, databus.DatabusError) as exc:
+        print(f"databus run: {exc}", file=sys.stderr)
+        return 1
+
+
+def _reduce_replayed(
+    bus: databus.Bus,
+    path: Path,
+    speed: float | None,
+    analysis: _Analysis,
+    workers: list[subprocess.Popen],
+) -> int:
+    """Publish the capture while a reducer thread reduces; return once every replayed
+    scan with points is finished (RuntimeError if the reducer or every worker stopped)."""
+    parameters = Parameters(bus, analysis.name, describe(analysis.worker))
+    completion = Completion()
+
+    def finished(key: str, reduction: Any) -> None:
+        _finished(key, reduction)
+        completion.finished(key, reduction)
+
+    reducer = ReducerRunner(
+        bus, analysis.session, analysis.name, analysis.reducer, analysis.shared, parameters,
+        on_finish=finished,
+    )  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=reducer.run, args=(stop,), name="reducer", daemon=True)
+    thread.start()
+    try:
+        numbers = publish(bus, path, analysis.session, speed)
+        print(f"{len(numbers)} scans replayed; {len(workers)} workers", flush=True)
+        completion.expect(with_points(bus, analysis.session, numbers, analysis.shared))
+        while not completion.done.wait(0.2):
+            if not thread.is_alive():
+                raise RuntimeError("the reducer stopped (its error is above)")
+            if all(proc.poll() is not None for proc in workers):
+                raise RuntimeError("every worker exited (their errors are above)")
+    finally:
+        stop.set()
+        thread.join()
+        parameters.close()
     print(f"{reducer.finished} scans reduced, {reducer.duplicates} duplicate results dropped")
     return 0

@@ -5,7 +5,10 @@ and the types from here instead, and the worker runs on the bus unchanged.
 A bus event's stream is the point's data itself (a numpy array for a frame), so ``parse``
 gives a ``Stream1Data`` of it; the bus has no per-stream message numbers (``msg_number``
 and ``frame`` are None) and no header or series-end messages in its events: a scan's
-start and end reach a worker as ``on_scan_start`` / ``on_scan_end``.
+start and end reach a worker as ``on_scan_start`` / ``on_scan_end``. A dranspose capture
+replayed through the bus (``databus run --replay FILE.cbors``) arrives the same way: each
+STINS stream is an array channel of its images, so ``parse`` gives the frames dranspose's
+parser gives, and the series' header fields are in ``event.scan.info["stins"][stream]``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Captures of what the bus carried, and replays of them (and of dranspose's captures)."""
