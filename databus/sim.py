@@ -180,7 +180,7 @@ class SimDetector:
     def __init__(
         self,
         name: str = "sim_det",
-        shape: tuple[int, int] = (1024, 1024),
+        shape: tuple[int, ...] = (1024, 1024),
         dtype: Any = "uint16",
         mode: Literal["inline", "file"] = "inline",
         directory: str | Path | None = None,

@@ -23,7 +23,8 @@ run`` worker and reducer use too, so both forms make the same map.
   and ``source``, so the NeXus writer files it next to its source), an event per point
   (motor positions, ``total``, ``peak_000``...), a stop. ``crystal_map`` is the last map.
 
-A point is an event's ``seq_num`` - 1 (the bus bridge numbers a scan's points so).
+A point is an event's ``seq_num`` - 1 (the bus bridge numbers a scan's points so). Each
+method returns None: the document it was given passes on (``DocumentRouter``'s rule).
 """
 
 from __future__ import annotations
@@ -123,12 +124,12 @@ class ImageProcessor(_Chain):
         self._run: ComposeRunBundle | None = None
         self._streams: dict[str, ComposeDescriptorBundle] = {}  # by the raw descriptor's uid
 
-    def start(self, doc: Any) -> None:
+    def start(self, doc: Any) -> Any:
         self._run = compose_run(metadata=_following(doc))
         self._streams = {}
         self.emit("start", self._run.start_doc)
 
-    def descriptor(self, doc: Any) -> None:
+    def descriptor(self, doc: Any) -> Any:
         if self._run is None or not _images_of(doc, self.data_key):
             return
         height, width = self.subtrahend.shape
@@ -143,7 +144,7 @@ class ImageProcessor(_Chain):
         self._streams[doc["uid"]] = bundle
         self.emit("descriptor", bundle.descriptor_doc)
 
-    def event(self, doc: Any) -> None:
+    def event(self, doc: Any) -> Any:
         bundle = self._streams.get(doc["descriptor"])
         if bundle is None:
             return
@@ -156,7 +157,7 @@ class ImageProcessor(_Chain):
         )
         self.emit("event", event)
 
-    def stop(self, doc: Any) -> None:
+    def stop(self, doc: Any) -> Any:
         if self._run is not None:
             self.emit(
                 "stop",
@@ -182,23 +183,25 @@ class PeakTracker(_Chain):
         super().__init__()
         check_locate(diameter, percentile, separation, min_intensity)
         self.data_key = data_key
-        self.settings = {
-            "diameter": diameter,
-            "percentile": percentile,
-            "separation": separation,
-            "min_intensity": min_intensity,
-        }
+        self.diameter, self.percentile = diameter, percentile
+        self.separation, self.min_intensity = separation, min_intensity
         self._run: ComposeRunBundle | None = None
         self._raw: str | None = None  # the uid of the descriptor of the images
         self._points: ComposeDescriptorBundle | None = None
         self._peaks: ComposeDescriptorBundle | None = None
 
-    def start(self, doc: Any) -> None:
-        self._run = compose_run(metadata=_following(doc, crystal_map=self.settings))
+    def start(self, doc: Any) -> Any:
+        settings = {
+            "diameter": self.diameter,
+            "percentile": self.percentile,
+            "separation": self.separation,
+            "min_intensity": self.min_intensity,
+        }
+        self._run = compose_run(metadata=_following(doc, crystal_map=settings))
         self._raw = None
         self.emit("start", self._run.start_doc)
 
-    def descriptor(self, doc: Any) -> None:
+    def descriptor(self, doc: Any) -> Any:
         if self._run is None or not _images_of(doc, self.data_key):
             return
         self._raw = doc["uid"]
@@ -212,10 +215,16 @@ class PeakTracker(_Chain):
         self.emit("descriptor", self._points.descriptor_doc)
         self.emit("descriptor", self._peaks.descriptor_doc)
 
-    def event(self, doc: Any) -> None:
+    def event(self, doc: Any) -> Any:
         if doc["descriptor"] != self._raw or self._points is None or self._peaks is None:
             return
-        found = locate_peaks(np.asarray(doc["data"][self.data_key]), **self.settings)
+        found = locate_peaks(
+            np.asarray(doc["data"][self.data_key]),
+            diameter=self.diameter,
+            percentile=self.percentile,
+            separation=self.separation,
+            min_intensity=self.min_intensity,
+        )
         keys = self._points.descriptor_doc["data_keys"]
         data = {k: doc["data"][k] for k in keys if k != "peaks"}
         data["peaks"] = len(found)
@@ -236,7 +245,7 @@ class PeakTracker(_Chain):
                 "event", self._peaks.compose_event(data=row, timestamps=dict.fromkeys(row, now))
             )
 
-    def stop(self, doc: Any) -> None:
+    def stop(self, doc: Any) -> Any:
         if self._run is not None:
             self.emit(
                 "stop",
@@ -268,13 +277,13 @@ class TrackLinker(_Chain):
         self._positions: dict[int, dict[str, float]] = {}  # point -> motor positions
         self._found: dict[int, list[tuple[float, float, float]]] = {}  # point -> peaks
 
-    def start(self, doc: Any) -> None:
+    def start(self, doc: Any) -> Any:
         self._start, self._streams, self._positions, self._found = doc, {}, {}, {}
 
-    def descriptor(self, doc: Any) -> None:
+    def descriptor(self, doc: Any) -> Any:
         self._streams[doc["uid"]] = doc["name"]
 
-    def event(self, doc: Any) -> None:
+    def event(self, doc: Any) -> Any:
         stream, data = self._streams.get(doc["descriptor"]), doc["data"]
         if stream == "primary" and self._start is not None:
             motors = self._start.get("motors") or []
@@ -284,7 +293,7 @@ class TrackLinker(_Chain):
                 (data["x"], data["y"], data["intensity"])
             )
 
-    def stop(self, doc: Any) -> None:
+    def stop(self, doc: Any) -> Any:
         start, self._start = self._start, None
         if start is None or not self._positions:
             return
