@@ -5,7 +5,9 @@ the count time), so a scan of ``robz`` through ``sim_ct_gauss_noise`` draws a pe
 over a background at robz = 0. Counters give what a detector could: counts are whole and
 never negative (Poisson noise), and so are the detector's pixels. ``sim_det`` makes
 diffraction-like frames and either hands them to the scan inline or writes them to its own
-HDF5 file and hands back ``FileRef``s (a lima channel).
+HDF5 file and hands back ``FileRef``s (a lima channel). ``BraggDetector`` looks at a sample
+of crystals on a two-motor stage, several frames per point, for crystal mapping; the peaks
+it planted are in the scan info (``sim_truth``).
 """
 
 from __future__ import annotations
@@ -343,10 +345,10 @@ class BraggDetector(SimDetector):
     ) -> None:
         if len(stage) != 2:
             raise ValueError(f"detector {name}: the stage is two motors, got {list(stage)!r}")
-        if len(frame_shape) != 2 or min(frame_shape) < 1 or frames < 1 or crystals < 1:
+        if len(frame_shape) != 2 or min(frame_shape) < 1 or min(frames, crystals) < 1 or peaks < 0:
             raise ValueError(
-                f"detector {name}: frame_shape is (height, width) and frames, crystals >= 1; "
-                f"got {frame_shape=}, {frames=}, {crystals=}"
+                f"detector {name}: frame_shape is (height, width), frames and crystals >= 1, "
+                f"peaks >= 0; got {frame_shape=}, {frames=}, {crystals=}, {peaks=}"
             )
         if not 0 < intensity[0] <= intensity[1] or sigma_px <= 0 or dark < 0 or air < 0:
             raise ValueError(

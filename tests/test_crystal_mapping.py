@@ -167,7 +167,8 @@ def test_frames_hold_the_background_and_the_planted_peaks_with_poisson_noise():
         ({"peaks": 40}, "do not fit a 64x64 frame"),
         ({"crystals": 300, "peaks": 0}, "cover the whole area"),
         ({"intensity": (10.0, 1.0)}, "0 < low <= high"),
-        ({"frames": 0}, "frames, crystals >= 1"),
+        ({"frames": 0}, "frames and crystals >= 1, peaks >= 0"),
+        ({"peaks": -1}, "frames and crystals >= 1, peaks >= 0"),
     ],
 )
 def test_a_sample_that_cannot_be_made_is_an_error_naming_why(arguments, error):
@@ -317,3 +318,28 @@ def test_a_mesh_of_the_runner_carries_the_sim_truth(beamline):
     expected = det.scan_info(done.motors, done.positions, done.npoints)["sim_truth"]
     assert node.info["sim_truth"] == expected and node.info["shape"] == [2, 3]
     assert node.channels["sim_det:image"].get_as_array().shape == (6, 2, 48, 48)
+
+
+def test_the_callbacks_make_no_map_of_a_run_without_frames_in_its_events():
+    from event_model import compose_run
+
+    from examples.crystal_mapping.callbacks import ImageProcessor, PeakTracker, TrackLinker
+
+    ip, pt, tl = ImageProcessor("image", np.zeros((8, 8))), PeakTracker("image"), TrackLinker()
+    ip.subscribe(pt)
+    pt.subscribe(tl)
+    out: list[str] = []
+    tl.subscribe(lambda name, doc: out.append(name))
+    for keys in ({"x": {"source": "s", "dtype": "number", "shape": []}},  # no frames
+                 {"image": {"source": "s", "dtype": "array", "shape": [2, 8, 8],
+                            "external": "STREAM:"}}):  # frames in files  # fmt: skip
+        run = compose_run(metadata={"motors": ["x"]})
+        stream = run.compose_descriptor(name="primary", data_keys=keys)
+        for name, doc in (("start", run.start_doc), ("descriptor", stream.descriptor_doc)):
+            ip(name, doc)
+        ip("event", stream.compose_event(data={"x": 1.0} if "x" in keys else {}, timestamps={},
+                                         validate=False))  # fmt: skip
+        ip("stop", run.compose_stop())
+    assert out == [] and tl.crystal_map is None
+    with pytest.raises(ValueError, match="'diameter' is an odd number"):
+        PeakTracker("image", diameter=4)
