@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "current_session",
     "dscan",
     "loopscan",
+    "mesh_shape",
     "set_saving",
     "set_session",
     "timescan",
@@ -198,6 +199,9 @@ class StepScan:
         specs = [spec[:4] for spec in self._channel_specs()]
         started = self._started if self._started is not None else time.time()
         info.update(start_info(specs, self.motors, started, mesh=self.type.endswith("mesh")))
+        for counter in self.counters:
+            if isinstance(counter, SimDetector):
+                info.update(counter.scan_info(self.motors, self.positions, self.npoints))
         info.update(self._extra_info)
         return info
 
@@ -534,6 +538,15 @@ def amesh(
         info={"start": [s1, s2], "stop": [e1, e2], "data_dim": 2, "shape": [n2, n1]},
     )
     return _run_or_return(scan, run)
+
+
+def mesh_shape(info: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(slow, fast) points of a mesh scan, from its info (``amesh`` records ``data_dim`` 2
+    and ``shape`` [slow, fast]); None for any other scan."""
+    shape = info.get("shape")
+    if info.get("data_dim") != 2 or not isinstance(shape, (list, tuple)) or len(shape) != 2:
+        return None
+    return int(shape[0]), int(shape[1])
 
 
 def loopscan(

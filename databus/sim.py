@@ -5,7 +5,9 @@ the count time), so a scan of ``robz`` through ``sim_ct_gauss_noise`` draws a pe
 over a background at robz = 0. Counters give what a detector could: counts are whole and
 never negative (Poisson noise), and so are the detector's pixels. ``sim_det`` makes
 diffraction-like frames and either hands them to the scan inline or writes them to its own
-HDF5 file and hands back ``FileRef``s (a lima channel).
+HDF5 file and hands back ``FileRef``s (a lima channel). ``BraggDetector`` looks at a sample
+of crystals on a two-motor stage, several frames per point, for crystal mapping; the peaks
+it planted are in the scan info (``sim_truth``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,7 +182,7 @@ class SimDetector:
     def __init__(
         self,
         name: str = "sim_det",
-        shape: tuple[int, int] = (1024, 1024),
+        shape: tuple[int, ...] = (1024, 1024),
         dtype: Any = "uint16",
         mode: Literal["inline", "file"] = "inline",
         directory: str | Path | None = None,
@@ -190,6 +193,13 @@ class SimDetector:
         self.name, self.shape, self.dtype, self.mode = name, tuple(shape), np.dtype(dtype), mode
         self.directory = Path(directory) if directory is not None else None
         self.rng = np.random.default_rng(seed)
+        self._file: Any = None
+        self._count = 0
+        self._make_scene()
+
+    def _make_scene(self) -> None:
+        """What the frames show: their expected counts before the noise (subclasses show
+        another sample)."""
         h, w = self.shape
         y, x = np.ogrid[:h, :w]
         r = np.hypot(y - h / 2, x - w / 2)
@@ -208,12 +218,17 @@ class SimDetector:
             for _ in range(n_spots)
         ]
         self._y, self._x, self._scale = y, x, scale
-        self._file: Any = None
-        self._count = 0
 
     @property
     def channel_name(self) -> str:
         return f"{self.name}:image"
+
+    def scan_info(
+        self, motors: Sequence[SimMotor], positions: np.ndarray | None, npoints: int
+    ) -> dict[str, Any]:
+        """What the detector adds to the info of a scan of ``motors`` through
+        ``positions`` (one row per point; None: the motors stay): nothing here."""
+        return {}
 
     def frame(self, ctx: PointContext) -> np.ndarray:
         """One frame at the motor positions of ``ctx``."""
@@ -265,6 +280,208 @@ class SimDetector:
 
     def __repr__(self) -> str:
         return f"<SimDetector {self.name} {self.shape} {self.dtype} {self.mode}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class BraggPeak:
+    """A Bragg peak on the detector: a 2D gaussian centred at ``x_px`` (along a row) and
+    ``y_px`` (down the rows; pixel centres are whole numbers), ``sigma_px`` wide, holding
+    ``intensity`` counts per frame."""
+
+    x_px: float
+    y_px: float
+    intensity: float
+    sigma_px: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Crystal:
+    """A grain of the sample: a disc of ``radius`` around ``center`` (in the units of the
+    stage's two motors) that casts its ``peaks`` on the detector while the beam is on it."""
+
+    center: tuple[float, float]
+    radius: float
+    peaks: tuple[BraggPeak, ...]
+
+    def lit(self, where: tuple[float, float]) -> bool:
+        """True if the beam at stage position ``where`` is on this crystal."""
+        return math.hypot(where[0] - self.center[0], where[1] - self.center[1]) <= self.radius
+
+
+class BraggDetector(SimDetector):
+    """A 2D detector behind a sample of a few crystals on a two-motor ``stage``, as in a
+    crystal-mapping mesh: a frame is a smooth background (``dark`` counts plus ``air``
+    scattering falling off from the centre) and the Bragg peaks of the crystals under the
+    beam, with Poisson noise. A point is ``frames`` exposures, so the channel's points are
+    ``(frames, height, width)`` blocks; counts are per frame, whatever the count time.
+
+    The sample comes from ``seed`` (same seed, same crystals, peaks and noise):
+    ``crystals`` discs lying in ``area`` (stage units, ``((x0, x1), (y0, y1))``), each
+    casting ``peaks`` peaks of ``sigma_px`` pixels and ``intensity`` (low, high) counts per
+    frame, at least ``spacing_px`` from each other and from the frame's edges.
+    ``empty_position`` is a stage position on no crystal (its frames are the background
+    alone). A scan gets the truth in its info, ``sim_truth`` (``scan_info``).
+    """
+
+    def __init__(
+        self,
+        name: str = "sim_det",
+        *,
+        stage: Sequence[SimMotor],
+        frame_shape: tuple[int, int] = (128, 128),
+        frames: int = 4,
+        crystals: int = 3,
+        peaks: int = 4,
+        area: tuple[tuple[float, float], tuple[float, float]] = ((-1.0, 1.0), (-1.0, 1.0)),
+        intensity: tuple[float, float] = (2000.0, 10000.0),
+        sigma_px: float = 1.5,
+        spacing_px: float = 16.0,
+        dark: float = 10.0,
+        air: float = 40.0,
+        dtype: Any = "uint16",
+        mode: Literal["inline", "file"] = "inline",
+        directory: str | Path | None = None,
+        seed: int = 0,
+    ) -> None:
+        if len(stage) != 2:
+            raise ValueError(f"detector {name}: the stage is two motors, got {list(stage)!r}")
+        if len(frame_shape) != 2 or min(frame_shape) < 1 or min(frames, crystals) < 1 or peaks < 0:
+            raise ValueError(
+                f"detector {name}: frame_shape is (height, width), frames and crystals >= 1, "
+                f"peaks >= 0; got {frame_shape=}, {frames=}, {crystals=}, {peaks=}"
+            )
+        if not 0 < intensity[0] <= intensity[1] or sigma_px <= 0 or dark < 0 or air < 0:
+            raise ValueError(
+                f"detector {name}: intensity is (low, high) counts with 0 < low <= high, "
+                f"sigma_px > 0, dark and air >= 0; got {intensity=}, {sigma_px=}, {dark=}, {air=}"
+            )
+        self.stage = tuple(stage)
+        self.frames, self.frame_shape = frames, (int(frame_shape[0]), int(frame_shape[1]))
+        self._crystal_count, self._peak_count, self._area = crystals, peaks, area
+        self._intensity, self._sigma, self._spacing = intensity, sigma_px, spacing_px
+        self._dark, self._air = dark, air
+        self.seed = seed
+        self.crystals: tuple[Crystal, ...] = ()
+        self.empty_position: tuple[float, float] = (0.0, 0.0)
+        super().__init__(name, (frames, *self.frame_shape), dtype, mode, directory, seed)
+
+    def _make_scene(self) -> None:
+        h, w = self.frame_shape
+        (x0, x1), (y0, y1) = self._area
+        extent = min(abs(x1 - x0), abs(y1 - y0))
+        spots: list[tuple[float, float]] = []
+        made = []
+        for _ in range(self._crystal_count):
+            radius = float(self.rng.uniform(0.15, 0.3) * extent)
+            center = (float(self.rng.uniform(x0, x1)), float(self.rng.uniform(y0, y1)))
+            cast = []
+            for _ in range(self._peak_count):
+                x, y = self._free_spot(spots, self._spacing)
+                counts = float(self.rng.uniform(*self._intensity))
+                cast.append(BraggPeak(x, y, counts, float(self._sigma)))
+            made.append(Crystal(center, radius, tuple(cast)))
+        self.crystals = tuple(made)
+        self.empty_position = self._emptiest(self._area)
+        y, x = np.mgrid[:h, :w]
+        r = np.hypot(y - (h - 1) / 2, x - (w - 1) / 2)
+        self._background = self._dark + self._air * np.exp(-r / (min(h, w) / 4))
+        self._lights = [
+            sum(
+                (
+                    p.intensity / (2 * math.pi * p.sigma_px**2)
+                    * np.exp(-((x - p.x_px) ** 2 + (y - p.y_px) ** 2) / (2 * p.sigma_px**2))
+                    for p in crystal.peaks
+                ),
+                np.zeros((h, w)),
+            )
+            for crystal in self.crystals
+        ]  # fmt: skip
+
+    def _free_spot(self, taken: list[tuple[float, float]], spacing: float) -> tuple[float, float]:
+        """A peak position ``spacing`` pixels from the edges and from every one ``taken``
+        (added to it); ValueError when the frame has no room left."""
+        h, w = self.frame_shape
+        for _ in range(10_000):
+            x = float(self.rng.uniform(spacing, w - 1 - spacing))
+            y = float(self.rng.uniform(spacing, h - 1 - spacing))
+            if all(math.hypot(x - tx, y - ty) >= spacing for tx, ty in taken):
+                taken.append((x, y))
+                return x, y
+        raise ValueError(
+            f"detector {self.name}: {len(taken) + 1} peaks do not fit a {w}x{h} frame "
+            f"{spacing:g} pixels apart; ask for fewer crystals or peaks, or a smaller spacing_px"
+        )
+
+    def _emptiest(
+        self, area: tuple[tuple[float, float], tuple[float, float]]
+    ) -> tuple[float, float]:
+        """The position of ``area`` farthest from every crystal's rim (on a 41 x 41
+        grid); ValueError if the crystals cover it all."""
+        (x0, x1), (y0, y1) = area
+        best, clearance = (x0, y0), -math.inf
+        for x in np.linspace(x0, x1, 41):
+            for y in np.linspace(y0, y1, 41):
+                room = min(math.hypot(x - c.center[0], y - c.center[1]) - c.radius
+                           for c in self.crystals)  # fmt: skip
+                if room > clearance:
+                    best, clearance = (float(x), float(y)), room
+        if clearance <= 0:
+            raise ValueError(
+                f"detector {self.name}: the crystals cover the whole area {area}; "
+                f"ask for fewer crystals or a larger area"
+            )
+        return best
+
+    def where(self, positions: dict[str, float]) -> tuple[float, float]:
+        """The stage position: each stage motor's from ``positions`` (motor name ->
+        position, a scan's) if there, else where the motor is."""
+        x, y = (positions.get(m.name, m.position) for m in self.stage)
+        return float(x), float(y)
+
+    def frame(self, ctx: PointContext) -> np.ndarray:
+        """The ``frames`` exposures at the stage position of ``ctx``."""
+        where = self.where(ctx.positions)
+        lam = self._background
+        for crystal, light in zip(self.crystals, self._lights, strict=True):
+            if crystal.lit(where):
+                lam = lam + light
+        counts = self.rng.poisson(lam, size=self.shape)
+        if self.dtype.kind in "iu":
+            counts = np.minimum(counts, np.iinfo(self.dtype).max)
+        return counts.astype(self.dtype)
+
+    def scan_info(
+        self, motors: Sequence[SimMotor], positions: np.ndarray | None, npoints: int
+    ) -> dict[str, Any]:
+        """``sim_truth``: the crystals, and each planted peak (``x_px``, ``y_px``,
+        ``intensity`` per frame, ``sigma_px``, its ``crystal``) with the ``points`` of the
+        scan where it shows; ``empty_points`` (no crystal), ``empty_position``."""
+        names = [m.name for m in motors]
+        rows: list[dict[str, float]] = (
+            [{} for _ in range(npoints)]
+            if positions is None
+            else [dict(zip(names, map(float, row), strict=True)) for row in positions]
+        )
+        where = [self.where(row) for row in rows]
+        lit = [[i for i, w in enumerate(where) if c.lit(w)] for c in self.crystals]
+        peaks = [
+            {**dataclasses.asdict(p), "crystal": k, "points": lit[k]}
+            for k, crystal in enumerate(self.crystals)
+            for p in crystal.peaks
+        ]
+        truth = {
+            "detector": self.channel_name,
+            "seed": self.seed,
+            "stage": [m.name for m in self.stage],
+            "frames_per_point": self.frames,
+            "crystals": [{"center": list(c.center), "radius": c.radius} for c in self.crystals],
+            "peaks": peaks,
+            "empty_points": [
+                i for i, w in enumerate(where) if not any(c.lit(w) for c in self.crystals)
+            ],
+            "empty_position": list(self.empty_position),
+        }
+        return {"sim_truth": truth}
 
 
 #: The simulated beamline's devices, by the names BLISS demos use.

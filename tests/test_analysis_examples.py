@@ -22,6 +22,7 @@ from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 import databus
 from databus import scan as runner
 from databus.clients.analysis import Parameters, UnknownAnalysis
+from databus.scan import mesh_shape
 from databus.sim import SimDetector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,10 +140,10 @@ def test_a_bad_geometry_or_frame_is_an_error_naming_it(frame, parameters, error)
 
 
 def test_without_a_mesh_there_is_no_grid_and_defaults_stand_in_for_missing_parameters():
-    AzimuthalWorker, mesh_grid = _worker_module().AzimuthalWorker, _worker_module().mesh_grid
+    AzimuthalWorker = _worker_module().AzimuthalWorker
     frame = np.random.default_rng(3).poisson(50, (1024, 1024)).astype(np.uint16)
     event = SimpleNamespace(event_number=0, streams={"image": frame}, scan=SimpleNamespace(info={}))
     profile = AzimuthalWorker().process_event(event)
     assert profile.grid is None and profile.intensity.shape == (200,)
-    assert mesh_grid({"data_dim": 2, "shape": [4, 5]}) == (4, 5)
-    assert mesh_grid({"data_dim": 1, "shape": [4]}) is None
+    assert mesh_shape({"data_dim": 2, "shape": [4, 5]}) == (4, 5)
+    assert mesh_shape({"data_dim": 1, "shape": [4]}) is None

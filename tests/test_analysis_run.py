@@ -215,3 +215,18 @@ def test_a_parameter_changed_mid_scan_is_seen_at_the_next_event_and_in_the_hash(
     assert first_new <= changed_at + 2  # the events in hand when it changed, no more
     assert len(set(hashes[:first_new])) == 1 and len(set(hashes[first_new:])) == 1
     assert hashes[0] != hashes[-1]
+
+
+def test_a_reducer_adds_to_its_derived_scans_info_before_and_after_it_exists(bus):
+    from databus.clients.analysis._reducer import DerivedScan
+
+    source = _publish(bus, 2)
+    derived = DerivedScan(bus.scan(source.key), "A")
+    derived.publish_info({"shape": [1, 2], "title": "a map", "type": "mine", "source": "no"})
+    derived.publish("x", 1.0)
+    assert bus.scan(derived.scan.key).info["shape"] == [1, 2]  # created with it
+    derived.publish_info({"peaks": [{"x": 1.5}]})
+    derived.end()
+    info = bus.scan(derived.scan.key).info
+    assert info["shape"] == [1, 2] and info["peaks"] == [{"x": 1.5}] and info["title"] == "a map"
+    assert info["type"] == "processed" and info["source"] == source.key and info["analysis"] == "A"

@@ -13,6 +13,7 @@ from ._parameters import (
     StrParameter,
     UnknownAnalysis,
     UnknownParameter,
+    parameter_values,
 )
 from ._payloads import UnknownPayloadClass, register_payload
 
@@ -28,5 +29,6 @@ __all__ = [
     "UnknownAnalysis",
     "UnknownParameter",
     "UnknownPayloadClass",
+    "parameter_values",
     "register_payload",
 ]

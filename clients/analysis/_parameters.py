@@ -219,6 +219,15 @@ class ParameterSnapshot:
     parameters: Mapping[str, ParameterValue]
 
 
+def parameter_values(
+    declared: Sequence[Parameter], given: Mapping[str, ParameterValue] | None
+) -> dict[str, Any]:
+    """name -> value of each ``declared`` parameter: the one ``databus run`` hands over
+    (``given[name].value``), else its declared default (a worker called in a plain loop)."""
+    given = given or {}
+    return {p.name: given[p.name].value if p.name in given else p.default for p in declared}
+
+
 def parameters_hash(values: dict[str, Any]) -> str:
     """The hex sha256 of ``values`` packed with msgpack in name order: equal values give
     equal hashes in every process."""

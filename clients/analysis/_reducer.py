@@ -8,7 +8,7 @@ One reducer object per scan (``finish`` is called once per scan, and state kept 
 ``__init__`` as the tutorial does is that scan's). It gets ``scan`` (the source scan's
 node) and ``publish(name, value)``: each call appends a point to channel ``name`` of the
 derived scan; a mapping returned by ``process_result`` or ``finish`` is published the same
-way.
+way. ``publish_info(mapping)`` adds to the derived scan's info.
 """
 
 from __future__ import annotations
@@ -43,23 +43,34 @@ class DerivedScan:
         self.source, self.analysis = source, analysis
         self.scan: databus.Scan | None = None
         self._channels: dict[str, databus.ChannelWriter] = {}
+        self._info: dict[str, Any] = {}
+
+    def publish_info(self, info: Mapping[str, Any]) -> None:
+        """Add ``info`` to the derived scan's info (a mesh's ``shape`` and ``motors`` for
+        the writer's default plot, a table of what was found...): the scan is created with
+        it, or gets it now. ``type``, ``source`` and ``analysis`` stay the analysis'."""
+        self._info.update(info)
+        if self.scan is not None:
+            self.scan.update_info(self._own_info())
+
+    def _own_info(self) -> dict[str, Any]:
+        title = self.source.info.get("title", self.source.key)
+        return {
+            "title": f"{title} processed",
+            "name": f"{self.source.key} processed",
+            **self._info,
+            "type": PROCESSED,
+            "source": self.source.key,
+            "analysis": self.analysis,
+        }
 
     def publish(self, name: str, value: Any) -> None:
         """Append ``value`` (a number or an array) to channel ``name``."""
         if self.scan is None:
-            title = self.source.info.get("title", self.source.key)
             session = self.source.parent
             if session is None:  # a scan node always has its session as parent
                 raise databus.UnknownScan(f"scan {self.source.key} has no session")
-            self.scan = self.source.bus.session(session.name).create_scan(
-                {
-                    "title": f"{title} processed",
-                    "type": PROCESSED,
-                    "name": f"{self.source.key} processed",
-                    "source": self.source.key,
-                    "analysis": self.analysis,
-                }
-            )
+            self.scan = self.source.bus.session(session.name).create_scan(self._own_info())
             self.scan.prepare()
             self.scan.start()
         channel = self._channels.get(name)
@@ -169,6 +180,8 @@ class ReducerRunner:
             if reducer is not None:
                 if not hasattr(reducer, "publish"):
                     reducer.publish = derived.publish
+                if not hasattr(reducer, "publish_info"):
+                    reducer.publish_info = derived.publish_info
                 if not hasattr(reducer, "scan"):
                     reducer.scan = node  # the source scan: its info (a mesh's grid...)
             reduction = self.scans[key] = _ScanReduction(node, reducer, derived)

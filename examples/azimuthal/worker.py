@@ -12,7 +12,6 @@ built again when they change, and kept otherwise (pyFAI caches its look-up table
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,8 @@ import numpy as np
 from pyFAI.detectors import Detector
 from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
-from databus.clients.analysis import FloatParameter, IntParameter
+from databus.clients.analysis import FloatParameter, IntParameter, parameter_values
+from databus.scan import mesh_shape
 
 #: The stream holding the frames (``--channels image=<detector>:image``).
 STREAM = "image"
@@ -63,15 +63,6 @@ class Geometry:
         )
 
 
-def mesh_grid(info: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(slow, fast) points of a mesh scan, from its info (``databus.scan.amesh`` records
-    ``data_dim`` 2 and ``shape`` [slow, fast]); None for any other scan."""
-    shape = info.get("shape")
-    if info.get("data_dim") != 2 or not isinstance(shape, (list, tuple)) or len(shape) != 2:
-        return None
-    return int(shape[0]), int(shape[1])
-
-
 class AzimuthalWorker:
     """The radial profile of the frame of stream ``image`` of each event."""
 
@@ -97,7 +88,7 @@ class AzimuthalWorker:
         frame = np.asarray(frame)
         if frame.ndim != 2:
             raise ValueError(f"stream {STREAM!r} holds frames (2-d), not shape {frame.shape}")
-        values = _values(self.describe_parameters(), parameters)
+        values = parameter_values(self.describe_parameters(), parameters)
         bins = values["radial_bins"]
         if bins < 1:
             raise ValueError(f"parameter 'radial_bins' is a number of bins >= 1, not {bins}")
@@ -106,7 +97,7 @@ class AzimuthalWorker:
             values["pixel_size"], frame.shape,
         ))  # fmt: skip
         result = integrator.integrate1d(frame, bins, unit=UNIT, method=METHOD)
-        return Profile(result.radial, result.intensity, mesh_grid(event.scan.info))
+        return Profile(result.radial, result.intensity, mesh_shape(event.scan.info))
 
     def _integrator_for(self, geometry: Geometry) -> AzimuthalIntegrator:
         """The integrator of ``geometry``, built again only when it changed."""
@@ -118,12 +109,3 @@ class AzimuthalWorker:
             self._integrator = geometry.integrator()
             self._geometry = geometry
         return self._integrator
-
-
-def _values(
-    declared: list[FloatParameter | IntParameter], parameters: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """name -> value: what ``databus run`` hands over (``parameters[name].value``), the
-    declared default for what it does not (a worker called in a plain loop)."""
-    given = parameters or {}
-    return {p.name: given[p.name].value if p.name in given else p.default for p in declared}
