@@ -164,6 +164,20 @@ def test_a_failing_event_is_reported_and_the_scan_goes_on(bus):
         (["--worker", "analysis_clients.workers:Nope", "--channels", "x"], "has no class"),
         (["--worker", "nocolon", "--channels", "x"], "module:Class"),
         (["--worker", "analysis_clients.workers:IndexWorker", "--channels", ","], "--channels"),
+        (
+            ["--worker", "analysis_clients.workers:ParamWorker", "--channels", "x", "--param", "k"],
+            "--param takes KEY=VALUE",
+        ),
+        (
+            ["--worker", "analysis_clients.workers:ParamWorker", "--channels", "x"]
+            + ["--param", "nope=1"],
+            "nope",
+        ),
+        (
+            ["--worker", "analysis_clients.workers:ParamWorker", "--channels", "x"]
+            + ["--param", "scale=x"],
+            "scale",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_naming_what_is_wrong(bus, args, error):
@@ -178,7 +192,7 @@ def test_a_parameter_changed_mid_scan_is_seen_at_the_next_event_and_in_the_hash(
         bus,
         "--worker", "analysis_clients.workers:ParamWorker",
         "--reducer", "analysis_clients.workers:ParamReducer",
-        "--channels", "det:image", "--workers", "2", "--batch", "1",
+        "--channels", "det:image", "--workers", "2", "--batch", "1", "--param", "scale=2",
     )  # fmt: skip
     try:
         time.sleep(2)
@@ -211,7 +225,7 @@ def test_a_parameter_changed_mid_scan_is_seen_at_the_next_event_and_in_the_hash(
     finally:
         _stop(proc)
     first_new = scales.index(5)
-    assert scales == [1] * first_new + [5] * (60 - first_new)  # never back to the old value
+    assert scales == [2] * first_new + [5] * (60 - first_new)  # --param's, then never back
     assert first_new <= changed_at + 2  # the events in hand when it changed, no more
     assert len(set(hashes[:first_new])) == 1 and len(set(hashes[first_new:])) == 1
     assert hashes[0] != hashes[-1]

@@ -34,7 +34,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _value_of(param: Parameter, text: str) -> Any:
+def value_of(param: Parameter, text: str) -> Any:
     """The command line's VALUE for ``param``: ``@FILE`` read for a binary one."""
     if isinstance(param, BinaryParameter) and text.startswith("@"):
         if text.startswith("@@"):
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _get(params, args.name)
             else:
                 param = params.parameter(args.name)
-                value = params.set(param.name, _value_of(param, args.value))
+                value = params.set(param.name, value_of(param, args.value))
                 print(f"{args.analysis}: {param.name} = {_text(value)}")
     except (databus.DatabusError, LookupError, TypeError, ValueError, OSError) as exc:
         print(f"databus params: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
     databus run --worker mod:Class [--reducer mod:Class] --session S --channels a[,NAME=b...]
         [--workers N] [--name ANALYSIS] [--batch N] [--claim-after S] [--from-scan N]
-        [--url URL]
+        [--param NAME=VALUE ...] [--url URL]
     databus run --worker mod:Class [--reducer mod:Class] --channels a[,NAME=b...]
         --replay FILE [--speed max|1|10] [--session S] [--workers N] [--url URL] ...
 
@@ -18,7 +18,9 @@ follow each other without restarting anything; workers started later with the sa
 ``--name`` join the group: ``databus run ... --role worker`` is one more worker (on any
 host that reaches the bus), which is what this command starts ``--workers`` times.
 ``mod`` is imported with the current folder on the path, as ``python -m`` does.
-SIGINT/SIGTERM stop the workers after their claim in hand.
+SIGINT/SIGTERM stop the workers after their claim in hand. ``--param NAME=VALUE`` sets a
+live parameter of the analysis before its workers start (``databus params set``'s rules:
+``NAME=@FILE`` reads a binary one from FILE).
 
 Offline, ``--replay FILE`` runs the same workers and reducer over a capture (a databus
 capture or a dranspose ``.cbors`` dump): its scans are published again into session
@@ -46,10 +48,12 @@ from typing import Any
 
 import databus
 
+from .._arguments import parse_assignments
 from ._offline import Completion, parse_speed, private_bus, publish, with_points
 from ._parameters import Parameters
 from ._reducer import ReducerRunner
 from ._worker import WorkerRunner, describe, parse_channels, share_group
+from .params import value_of
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,13 @@ def argument_parser() -> argparse.ArgumentParser:
         help="worker: this process is one more worker of the analysis (no reducer)",
     )
     parser.add_argument("--consumer", default=None, help="a worker's name in the group")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a parameter at the start, as `databus params set` (binary: NAME=@FILE)",
+    )
     parser.add_argument(
         "--replay", default=None, metavar="FILE", help="analyse the scans of this capture, offline"
     )
@@ -173,6 +184,14 @@ def _stop_workers(workers: list[subprocess.Popen]) -> None:
         proc.wait()
 
 
+def set_parameters(parameters: Parameters, assignments: Sequence[str]) -> None:
+    """``--param NAME=VALUE`` values set for every worker, as ``databus params set`` does;
+    LookupError, TypeError or ValueError naming a bad one, OSError for an unreadable file."""
+    for name, text in parse_assignments("--param", assignments).items():
+        param = parameters.parameter(name)
+        parameters.set(param.name, value_of(param, text))
+
+
 def _finished(key: str, reduction: Any) -> None:
     print(f"{key}: {reduction.given} results, {len(reduction.errors)} failed events", flush=True)
 
@@ -212,8 +231,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.run(stop)
         print(f"worker {runner.name}: {runner.events} events, {runner.errors} failed", flush=True)
         return 0
-    workers = _start_workers(_without(argv, "--role"), args.workers)
     parameters = Parameters(bus, name, describe(worker_class))
+    try:
+        set_parameters(parameters, args.param)
+    except (LookupError, TypeError, ValueError, OSError) as exc:
+        print(f"databus run: {exc}", file=sys.stderr)
+        parameters.close()
+        bus.close()
+        return 2
+    workers = _start_workers(_without(_without(argv, "--role"), "--param"), args.workers)
     reducer = ReducerRunner(
         bus, session, name, reducer_class, analysis.shared, parameters, on_finish=_finished
     )
@@ -239,7 +265,9 @@ def _replay(args: argparse.Namespace, argv: list[str], analysis: _Analysis) -> i
     if not path.is_file():
         raise ValueError(f"--replay {args.replay}: no such file")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    own = _without(_without(_without(argv, "--role"), "--replay"), "--speed")
+    own = argv
+    for option in ("--role", "--replay", "--speed", "--param"):
+        own = _without(own, option)
     try:
         with contextlib.ExitStack() as stack:
             if args.url is None:
@@ -256,13 +284,13 @@ def _replay(args: argparse.Namespace, argv: list[str], analysis: _Analysis) -> i
             bus.session(analysis.session).share(analysis.shared, group).close()
             workers = _start_workers([*own, "--session", analysis.session], args.workers, env)
             try:
-                return _reduce_replayed(bus, path, speed, analysis, workers)
+                return _reduce_replayed(bus, path, speed, analysis, workers, args.param)
             finally:
                 _stop_workers(workers)
     except KeyboardInterrupt:
         print("databus run: interrupted; the private server is stopped", file=sys.stderr)
         return 1
-    except (ValueError, OSError, RuntimeError, databus.DatabusError) as exc:
+    except (LookupError, TypeError, ValueError, OSError, RuntimeError, databus.DatabusError) as exc:
         print(f"databus run: {exc}", file=sys.stderr)
         return 1
 
@@ -273,10 +301,12 @@ def _reduce_replayed(
     speed: float | None,
     analysis: _Analysis,
     workers: list[subprocess.Popen],
+    params: list[str],
 ) -> int:
     """Publish the capture while a reducer thread reduces; return once every replayed
     scan with points is finished (RuntimeError if the reducer or every worker stopped)."""
     parameters = Parameters(bus, analysis.name, describe(analysis.worker))
+    set_parameters(parameters, params)
     completion = Completion()
 
     def finished(key: str, reduction: Any) -> None:

@@ -11,7 +11,7 @@ per key (CrystFEL then cannot use that frame's missing header: say so rather tha
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,19 +23,6 @@ from .._points import points_when_there
 from ._crystfel import PeakList
 
 log = logging.getLogger(__name__)
-
-
-def parse_assignments(option: str, items: Sequence[str]) -> dict[str, str]:
-    """``KEY=VALUE`` strings (of option ``option``) as a dict; ValueError naming a bad one."""
-    parsed: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ValueError(f"{option} takes KEY=VALUE (e.g. beam_energy=9300), not {item!r}")
-        if key in parsed:
-            raise ValueError(f"{option}: key {key!r} is given twice")
-        parsed[key] = value
-    return parsed
 
 
 def constant(text: str) -> int | float | str:

@@ -52,11 +52,12 @@ import zmq
 import databus
 from databus import EventType
 
+from .._arguments import parse_assignments
 from .._xpub import PublishSocket, zmq_address
 from ..bridge import argument_parser, serve
 from ._crystfel import IMAGE_KEY, FrameEncoder
 from ._karabo import karabo_message
-from ._values import FrameValues, constant, parse_assignments
+from ._values import FrameValues, constant
 
 __all__ = ["FramesBridge", "FramesStatistics", "main"]
 
