@@ -10,14 +10,17 @@ are.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import mmap
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import crc32c
+import numpy as np
 
 from ._format import (
     CLOSE_BYTES,
@@ -42,6 +45,9 @@ from ._format import (
     record,
 )
 from ._msgpack import Malformed, Short, end_of, read_map
+
+#: Bytes of arrays a ``BackgroundWriter`` lets wait for its thread.
+QUEUE_BYTES = 64 * 2**20
 
 
 class CaptureWriter:
@@ -72,14 +78,87 @@ class CaptureWriter:
     def flush(self) -> None:
         self._file.flush()
 
-    def close(self) -> None:
-        """Write the ``close`` record and close the file."""
+    def close(self, *, complete: bool = True) -> None:
+        """Write the ``close`` record (unless not ``complete``: a capture that failed) and
+        close the file."""
         if self._file.closed:
             return
-        closing = close_record(time.monotonic() - self.origin, self.records)
-        self._file.write(closing)
-        self.bytes += len(closing)
+        if complete:
+            closing = close_record(time.monotonic() - self.origin, self.records)
+            self._file.write(closing)
+            self.bytes += len(closing)
         self._file.close()
+
+
+def _payload_bytes(record: Record) -> int:
+    """The bytes of arrays ``record`` holds (what it costs to keep it queued)."""
+    if not isinstance(record, PointsSent):
+        return 0
+    frames = 0 if record.frames is None else record.frames.nbytes
+    return frames + (record.data.nbytes if isinstance(record.data, np.ndarray) else 0)
+
+
+class BackgroundWriter:
+    """A ``CaptureWriter`` fed through a thread, so that reading the bus and writing the
+    file overlap (``write()`` to a file releases the GIL). ``write`` queues a record and
+    waits only while ``queue_bytes`` of arrays wait already (memory stays bounded); the
+    thread writes them in order and flushes whenever it has caught up. An error of the
+    thread (a full disk) is raised by the next ``write`` or by ``close``."""
+
+    def __init__(self, writer: CaptureWriter, queue_bytes: int = QUEUE_BYTES) -> None:
+        self.writer = writer
+        self._limit = queue_bytes
+        self._items: collections.deque[tuple[Record, int]] = collections.deque()
+        self._queued = 0
+        self._closing = False
+        self._failed: BaseException | None = None
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="databus-capture-writer")
+        self._thread.start()
+
+    def write(self, record: Record) -> None:
+        size = _payload_bytes(record)
+        with self._changed:
+            while self._items and self._queued + size > self._limit and self._failed is None:
+                self._changed.wait()
+            if self._failed is not None:
+                raise self._failed
+            self._items.append((record, size))
+            self._queued += size
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Write what is queued, then the ``close`` record; raises the thread's error
+        (the file is then closed without its closing record)."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
+        self.writer.close(complete=self._failed is None)
+        if self._failed is not None:
+            raise self._failed
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._items and not self._closing:
+                    self._changed.wait()
+                if not self._items:
+                    return
+                record, size = self._items.popleft()
+            try:
+                self.writer.write(record)
+                if not self._items:
+                    self.writer.flush()
+            except BaseException as exc:
+                with self._changed:
+                    self._failed = exc
+                    self._items.clear()
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                self._queued -= size
+                self._changed.notify_all()
 
 
 class CaptureReader:

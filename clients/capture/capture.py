@@ -28,7 +28,7 @@ import databus
 from databus._errors import redact
 
 from .._malloc import keep_freed_memory
-from ._files import CaptureWriter
+from ._files import BackgroundWriter, CaptureWriter
 from ._format import (
     ChannelDeclared,
     PointsLost,
@@ -138,8 +138,8 @@ class Capture:
             "prefix": bus.settings.prefix,
             "host": socket.gethostname(),
         }
-        self._writer = CaptureWriter(path, source, databus.__version__)
-        self.path = self._writer.path
+        self._file = CaptureWriter(path, source, databus.__version__)
+        self.path = self._file.path
 
     def _takes(self, key: str) -> bool:
         """Whether scan ``key`` is captured."""
@@ -159,7 +159,8 @@ class Capture:
 
     def run(self) -> CaptureStatistics:
         """Capture until the scans have ended (or, with ``follow``, until ``stop()``),
-        then close the file; the statistics of what was written."""
+        then close the file; the statistics of what was written. Call it once."""
+        self._writer = BackgroundWriter(self._file)
         try:
             if self._remaining or self.follow:
                 events = self.session.follow(
@@ -170,13 +171,14 @@ class Capture:
                 )
                 for event in events:
                     self._on(event)
-                    self._writer.flush()
                     if self._stop.stopped or not (self._remaining or self.follow):
                         break
         finally:
-            for scan in self._scans.values():
-                self._writer.write(ScanCut(scan.key, scan.t()))
-            self._writer.close()
+            try:
+                for scan in self._scans.values():
+                    self._writer.write(ScanCut(scan.key, scan.t()))
+            finally:
+                self._writer.close()
         return self.statistics()
 
     def statistics(self) -> CaptureStatistics:
@@ -184,9 +186,9 @@ class Capture:
             len(self._scans) + self._ended,
             self._ended,
             self._points,
-            self._writer.bytes,
+            self._file.bytes,
             self._unembedded,
-            time.monotonic() - self._writer.origin,
+            time.monotonic() - self._file.origin,
         )
 
     # ------------------------------------------------------------------ events
@@ -234,7 +236,7 @@ class Capture:
                 node.number,
                 dict(node.info),
                 node.created,
-                now - self._writer.origin,
+                now - self._file.origin,
                 node.state < databus.ScanState.ENDED,
             )
         )
