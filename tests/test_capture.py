@@ -4,6 +4,7 @@ content; following, killing and stopping a capture; pace; the commands."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -341,3 +342,35 @@ def test_the_commands_capture_and_replay(bus, tmp_path):
     refused = _databus(bus, "replay", str(path), "--session", "copy")
     _, err = refused.communicate(timeout=60)
     assert refused.returncode == 2 and "cut short" in err and "--partial" in err
+
+
+def test_a_capture_that_cannot_write_stops_and_says_why(bus, tmp_path):
+    """A full disk (here: a file size limit) stops the command with exit code 1 and the
+    error; the file keeps what was written, without its closing record."""
+    with bus.session("orig").create_scan(title="big") as scan:
+        image = scan.channel("det:image", "uint16", (512, 1024))
+        scan.prepare()
+        scan.start()
+        image.send(np.ones((4, 512, 1024), dtype=np.uint16))
+    path = tmp_path / "full.dbcap"
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails instead (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+
+    capture = subprocess.Popen(
+        [sys.executable, "-m", "databus", "capture", "--session", "orig", "-o", str(path)],
+        env=_env(bus),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limited,
+    )
+    _, err = capture.communicate(timeout=60)
+
+    assert capture.returncode == 1
+    assert "capture stopped: OSError: [Errno 27] File too large" in err
+    with pytest.raises(CaptureError, match=r"cut short .* \(killed, or out of disk space\)"):
+        read_capture(path)
+    with read_capture(path, partial_ok=True) as reader:
+        assert isinstance(next(iter(reader)), ScanStarted)

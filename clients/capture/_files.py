@@ -273,9 +273,9 @@ class CaptureReader:
                 raise self._error(
                     at,
                     f"the record that starts here is cut short (the file ends at byte "
-                    f"{self.size}): the capture was killed while writing it; read the file "
-                    f"with partial_ok=True (databus replay --partial) to use the records "
-                    f"before it",
+                    f"{self.size}): the capture stopped while writing it (killed, or out of "
+                    f"disk space); read the file with partial_ok=True (databus replay "
+                    f"--partial) to use the records before it",
                 ) from None
             except Malformed as exc:
                 raise self._error(at, f"expected a record, found {exc}") from None
@@ -283,8 +283,8 @@ class CaptureReader:
         raise self._error(
             self.size,
             "the file ends after a complete record but without its closing record: the "
-            "capture was killed, or is still being written; read it with partial_ok=True "
-            "(databus replay --partial) to use the records it has",
+            "capture was killed or failed, or is still being written; read it with "
+            "partial_ok=True (databus replay --partial) to use the records it has",
         )
 
     def __iter__(self) -> Iterator[Record]:
