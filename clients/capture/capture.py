@@ -6,9 +6,10 @@ flows (the format: ``_format.py``, ``docs/capture-format.md``).
 Without ``--scan`` and ``--follow``: every scan of the session still in the bus. ``--scan``
 names scans by number. ``--follow`` adds the scans running now and every scan created
 later, until SIGINT or SIGTERM. Without ``--follow`` the command returns once the scans it
-captures have ended. Records are written as the scans' events come and handed to the
-system after each, so a capture killed outright is readable up to its last complete record
-(``databus replay --partial``); memory stays constant (nothing of a scan is held).
+captures have ended. Records are written as the scans' events come (by a thread, which
+hands them to the system whenever it has caught up), so a capture killed outright is
+readable up to its last complete record (``databus replay --partial``); memory stays
+bounded (nothing of a scan is held, at most ``QUEUE_BYTES`` wait to be written).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ _STATES = ((databus.ScanState.PREPARED, "prepared"), (databus.ScanState.STARTED,
 @dataclasses.dataclass(frozen=True)
 class CaptureStatistics:
     """What a capture wrote: ``scans`` taken up, ``ended`` of them, data ``points``,
-    ``bytes`` of the file, ``unembedded`` file references whose frames could not be read
-    (with ``embed_refs``), ``seconds`` since it began."""
+    ``bytes`` of the file, ``unembedded`` frames of file references that could not be
+    read (with ``embed_refs``: the references are written alone), ``seconds`` since it
+    began."""
 
     scans: int
     ended: int
@@ -84,8 +86,8 @@ class Capture:
     signal handler) ends it cleanly: scans not ended get a ``cut`` record.
 
     Raises ``UnknownScan`` naming the scans asked for that the bus no longer holds (or
-    when, without ``follow``, there is nothing to capture), ``FileExistsError`` if
-    ``path`` exists.
+    when, without ``follow``, there is nothing to capture), ``ValueError`` for an empty
+    ``scans``, ``FileExistsError`` if ``path`` exists.
     """
 
     def __init__(
@@ -105,6 +107,8 @@ class Capture:
         present = {node.number: node for node in self.session.scans()}
         self._present = {node.db_name for node in present.values()}
         if scans is not None:
+            if not scans:
+                raise ValueError("scans=[] selects no scan: pass None to capture every scan")
             missing = sorted(set(scans) - set(present))
             if missing:
                 held = ", ".join(map(str, sorted(present))) or "none"
@@ -263,7 +267,7 @@ class Capture:
             try:
                 frames = node.get(first, first + count - 1)
             except (databus.DatabusError, OSError, ValueError) as exc:
-                self._unembedded += len(data.data)
+                self._unembedded += count
                 log.warning(
                     "scan %s channel %r: frames %d..%d not embedded: %s",
                     scan.key,

@@ -48,7 +48,7 @@ IDENTITY_KEYS = frozenset(identity("", 0, ""))
 REPLAYED_FROM = "replayed_from"
 
 
-def replayable_info(info: dict[str, Any]) -> dict[str, Any]:
+def _replayable_info(info: dict[str, Any]) -> dict[str, Any]:
     """A captured scan's info without the keys the publisher of its replay sets anew."""
     return {k: v for k, v in info.items() if k not in IDENTITY_KEYS}
 
@@ -196,7 +196,7 @@ class Replay:
             "scan": record.number,
             "key": record.scan,
         }
-        info = {**replayable_info(record.info), REPLAYED_FROM: source}
+        info = {**_replayable_info(record.info), REPLAYED_FROM: source}
         scan = self.session.create_scan(info)
         self._open[record.scan] = _Open(scan, record.at, source)
         self._numbers.append(scan.number)
@@ -205,7 +205,7 @@ class Replay:
         reason, error = record.reason, record.error
         if reason == databus.EndReason.LOST.value:
             reason, error = "interrupted", f"the original scan was lost: {error}"
-        info = {**replayable_info(record.info), REPLAYED_FROM: scan.source}
+        info = {**_replayable_info(record.info), REPLAYED_FROM: scan.source}
         scan.scan.end(reason, error, info=info)
         del self._open[record.scan]
 
