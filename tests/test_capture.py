@@ -21,6 +21,7 @@ import databus
 from databus.clients.capture import (
     Capture,
     CaptureError,
+    ChannelDeclared,
     PointsSent,
     ScanCut,
     ScanEnded,
@@ -29,6 +30,7 @@ from databus.clients.capture import (
     read_capture,
     replay,
 )
+from databus.clients.capture._files import CaptureWriter
 
 FRAME = (1100, 1000)  # uint16: 2.2 MB, over an entry: each frame stored in two parts
 
@@ -374,3 +376,44 @@ def test_a_capture_that_cannot_write_stops_and_says_why(bus, tmp_path):
         read_capture(path)
     with read_capture(path, partial_ok=True) as reader:
         assert isinstance(next(iter(reader)), ScanStarted)
+
+
+def test_frames_that_cannot_be_read_are_left_out_and_counted(bus, tmp_path):
+    with bus.session("orig").create_scan(title="refs") as scan:
+        lima = scan.channel("lima:image", "int32", (4, 4), kind="ref")
+        scan.prepare()
+        lima.send(databus.FileRef(str(tmp_path / "gone.h5"), "entry/data", 0, 3))
+    path = tmp_path / "refs.dbcap"
+
+    stats = Capture(bus, "orig", path, embed_refs=True).run()
+
+    assert stats.unembedded == 3
+    with read_capture(path) as reader:
+        (data,) = [r for r in reader if isinstance(r, PointsSent)]
+    assert data.frames is None
+    assert data.data == [databus.FileRef(str(tmp_path / "gone.h5"), "entry/data", 0, 3)]
+
+
+def test_scans_that_were_lost_or_cut_are_replayed_interrupted(bus, tmp_path):
+    path = tmp_path / "made.dbcap"
+    writer = CaptureWriter(path, {"session": "orig"}, "test")
+    for n, key in ((1, "p:scan:{orig:1}"), (2, "p:scan:{orig:2}")):
+        writer.write(ScanStarted(key, 0.0, "orig", n, {"title": f"scan {n}"}, None, 0.0, True))
+        writer.write(ChannelDeclared(key, 0.0, {"name": "x", "dtype": "<f8", "shape": []}))
+        writer.write(PointsSent(key, 0.0, "x", 0, 2, np.array([1.0, 2.0])))
+    writer.write(ScanEnded("p:scan:{orig:1}", 0.1, "lost", "its publisher died", {}))
+    writer.write(ScanCut("p:scan:{orig:2}", 0.1))
+    writer.close()
+
+    numbers = replay(bus, path, "copy", speed=None)
+
+    lost, cut = (bus.scan(bus.key("copy", n)) for n in numbers)
+    assert (lost.end_reason, lost.error) == (
+        databus.EndReason.INTERRUPTED,
+        "the original scan was lost: its publisher died",
+    )
+    assert (cut.end_reason, cut.error) == (
+        databus.EndReason.INTERRUPTED,
+        "the capture stopped before the scan ended",
+    )
+    assert list(cut.channels["x"][:]) == [1.0, 2.0]
