@@ -15,6 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from analysis_clients import logged_deltas
+from analysis_clients.dumps import dump_frames
 from conftest import eventually
 
 import databus
@@ -417,3 +419,38 @@ def test_scans_that_were_lost_or_cut_are_replayed_interrupted(bus, tmp_path):
         "the capture stopped before the scan ended",
     )
     assert list(cut.channels["x"][:]) == [1.0, 2.0]
+
+
+def test_an_analysis_runs_offline_on_a_capture_as_on_a_dranspose_dump(bus, tmp_path):
+    """``databus run --replay FILE.dbcap`` (issue 16, part 3, over this format): the
+    tutorial's reducer gets the deltas it gets from a dranspose dump of the same frames."""
+    frames = np.random.default_rng(7).integers(0, 1000, (12, 32, 32)).astype(np.uint16)
+    with bus.session("live").create_scan(title="frames") as scan:
+        image = scan.channel("det:image", "uint16", (32, 32))
+        scan.prepare()
+        scan.start()
+        image.send(frames)
+    capture = tmp_path / "frames.dbcap"
+    Capture(bus, "live", capture).run()
+    dump = tmp_path / "frames.cbors"
+    dump_frames(dump, "xrd", frames)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "tests"), str(root)])}
+    env = {**env, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
+    deltas = []
+    for path, channels, session in ((capture, "xrd=det:image", "a"), (dump, "xrd", "b")):
+        command = ["--worker", "examples.analysis_tutorial.worker:TestWorker"]
+        command += ["--reducer", "examples.analysis_tutorial.reducer:TestReducer"]
+        command += ["--channels", channels, "--replay", str(path), "--session", session]
+        command += ["--url", bus.url]
+        run = subprocess.run(
+            [sys.executable, "-m", "databus", "run", *command],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        deltas.append(logged_deltas(run.stdout + run.stderr))
+    assert len(deltas[0]) == 12 and deltas[0] == deltas[1]
