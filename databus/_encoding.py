@@ -157,7 +157,7 @@ def pack_meta(obj: Any, what: str = "value") -> bytes:
         ) from None
 
 
-def unpack_meta(raw: bytes) -> Any:
+def unpack_meta(raw: bytes | memoryview) -> Any:
     """The inverse of ``pack_meta`` (arrays come back as numpy arrays)."""
     return msgpack.unpackb(raw, ext_hook=_from_ext, raw=False, strict_map_key=False)
 

@@ -60,6 +60,7 @@ from ._store.schema import (
     file_record,
     log_entries,
     message,
+    state_times,
     warn_skipped,
     written_record,
 )
@@ -309,6 +310,14 @@ class ScanNode(Walks, Node):
         """When the publisher sealed every channel (``Scan.seal()``: the data is complete,
         the final info and the end are to come); None if it did not, as last read."""
         return self._parsed.sealed
+
+    def state_times(self) -> dict[ScanState, float]:
+        """When the scan moved to each state it has reached (PREPARED, STARTED, ENDED;
+        unix seconds), as its scan log records them: one read of the log. Empty once the
+        scan is gone. The walks announce PREPARED and STARTED as one PREPARED_SCAN; this
+        tells them apart (a capture records both)."""
+        log_key = keys.scan_log(self.key)
+        return state_times(log_entries(log_key, xrange_entries(self.bus, log_key), warn_skipped))
 
     def refresh(self) -> ScanNode:
         """Read the scan record again; ``UnknownScan`` if it is gone, ``CorruptEntry``

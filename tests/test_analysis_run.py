@@ -157,6 +157,9 @@ def test_a_failing_event_is_reported_and_the_scan_goes_on(bus):
     assert "function" in out  # event 4's payload cannot be sent: named at the worker
 
 
+PARAM_WORKER = ["--worker", "analysis_clients.workers:ParamWorker", "--channels", "x"]
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
@@ -164,20 +167,9 @@ def test_a_failing_event_is_reported_and_the_scan_goes_on(bus):
         (["--worker", "analysis_clients.workers:Nope", "--channels", "x"], "has no class"),
         (["--worker", "nocolon", "--channels", "x"], "module:Class"),
         (["--worker", "analysis_clients.workers:IndexWorker", "--channels", ","], "--channels"),
-        (
-            ["--worker", "analysis_clients.workers:ParamWorker", "--channels", "x", "--param", "k"],
-            "--param takes KEY=VALUE",
-        ),
-        (
-            ["--worker", "analysis_clients.workers:ParamWorker", "--channels", "x"]
-            + ["--param", "nope=1"],
-            "nope",
-        ),
-        (
-            ["--worker", "analysis_clients.workers:ParamWorker", "--channels", "x"]
-            + ["--param", "scale=x"],
-            "scale",
-        ),
+        ([*PARAM_WORKER, "--param", "k"], "--param takes KEY=VALUE"),
+        ([*PARAM_WORKER, "--param", "nope=1"], "nope"),
+        ([*PARAM_WORKER, "--param", "scale=x"], "scale"),
     ],
 )
 def test_bad_arguments_exit_2_naming_what_is_wrong(bus, args, error):

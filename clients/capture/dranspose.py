@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import IO, Any, TypeGuard, cast
 
 import cbor2
 import numpy as np
@@ -60,7 +60,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 #: cbor2 >= 6 reads ahead of a record and seeks back after it (in a gzip file, a seek back
 #: decompresses again from the start) unless its read size is 1; older ones never read ahead.
-_NO_READ_AHEAD = {"read_size": 1} if int(metadata.version("cbor2").split(".")[0]) >= 6 else {}
+_NO_READ_AHEAD: dict[str, Any] = (
+    {"read_size": 1} if int(metadata.version("cbor2").split(".")[0]) >= 6 else {}
+)
 
 
 class CborsError(ValueError):
@@ -113,7 +115,7 @@ def read_dump(path: str | Path) -> Iterator[DumpMessage]:
             try:
                 if not fp.peek(1):
                     return
-                record = cbor2.load(fp, **_NO_READ_AHEAD)
+                record = cbor2.load(cast(IO[bytes], fp), **_NO_READ_AHEAD)
             except cbor2.CBORDecodeEOF as exc:
                 raise CborsError(
                     f"{path}: truncated: the record at byte {offset} goes past the end of "

@@ -37,7 +37,6 @@ replies already handed to 0MQ still go out (linger), and requests still waiting 
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import socket as socketlib
 import threading
@@ -53,6 +52,7 @@ import databus
 from databus import EventType
 
 from .._arguments import parse_assignments
+from .._malloc import keep_freed_memory
 from .._xpub import PublishSocket, zmq_address
 from ..bridge import argument_parser, serve
 from ._crystfel import IMAGE_KEY, FrameEncoder
@@ -66,8 +66,6 @@ log = logging.getLogger(__name__)
 Mode = Literal["rep", "pub", "karabo"]
 #: How long (ms) closing a socket lets replies already handed to 0MQ go out.
 LINGER_MS = 10_000
-#: glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 #: How long (s) a frame made ready waits for a request before it goes back to the share.
 HOLD_S = 0.5
 #: The karabo image key unless ``key`` names another.
@@ -422,18 +420,6 @@ def _frame(channel: databus.ChannelNode, index: int) -> np.ndarray:
     return frame
 
 
-def _keep_freed_memory() -> None:
-    """Let glibc keep freed buffers in the process instead of unmapping them: each frame
-    read, encoded and sent makes and frees several 2 MiB buffers, and a fresh mapping costs
-    a page fault per 4 KiB touched. Nothing on other C libraries."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 512 << 20)
-    except (OSError, AttributeError):
-        log.debug("not glibc: freed frame buffers go back to the system")
-
-
 def _train_id() -> int:
     """A train ID that grows across restarts of the bridge: microseconds since 2020."""
     return int((time.time() - 1_577_836_800) * 1e6)
@@ -460,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hwm", type=int, default=2, help="frames queued per client")
     parser.add_argument("--source", default=None, help="karabo source name")
     args = parser.parse_args(argv)
-    _keep_freed_memory()
+    keep_freed_memory()
     mode: Mode = "rep" if args.rep else "pub" if args.pub else "karabo"
     address = args.rep or args.pub or args.karabo
 

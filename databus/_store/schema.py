@@ -315,6 +315,28 @@ def log_entries(
             skip(key, text(entry_id), str(exc))
 
 
+_MOVES = {
+    LogEvent.PREPARED.value: ScanState.PREPARED,
+    LogEvent.STARTED.value: ScanState.STARTED,
+    LogEvent.ENDED.value: ScanState.ENDED,
+}
+
+
+def state_times(entries: Iterable[LogEntry]) -> dict[ScanState, float]:
+    """When a scan moved to each state its log ``entries`` record (PREPARED, STARTED,
+    ENDED), in unix seconds; an entry whose time does not decode is left out."""
+    times = {}
+    for entry in entries:
+        state = _MOVES.get(entry.event)
+        raw = field(entry.fields, "time")
+        if state is not None and raw is not None:
+            try:
+                times[state] = _time(raw)
+            except ValueError:
+                continue
+    return times
+
+
 def warn_skipped(key: str, entry_id: str, why: str) -> None:
     """The one log line for a corrupt entry a read leaves out."""
     log.warning("databus: skipped %s entry %s: %s", key, entry_id, why)
