@@ -4,6 +4,9 @@ the bus (``databus.clients.capture.dranspose``)."""
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 
 import cbor2
 import numpy as np
@@ -14,9 +17,9 @@ from dranspose.middlewares.stream1 import parse as dranspose_parse
 
 import databus
 from databus.clients.analysis.stream1 import parse as bus_parse
+from databus.clients.capture._pace import Pace
 from databus.clients.capture.dranspose import (
     CborsError,
-    Pace,
     is_cbors,
     read_dump,
     replay_cbors,
@@ -81,6 +84,27 @@ def test_a_gzipped_dump_replays_the_same_whatever_its_name(bus, tmp_path):
     assert is_cbors(packed)
     (node,) = _scans(bus, replay_cbors(bus, packed, "replayed"))
     np.testing.assert_array_equal(node.channels["xrd"].get_as_array(0, -1), frames)
+
+
+def test_databus_replay_takes_a_dump_by_its_content(bus, tmp_path):
+    path = tmp_path / "dump_xrd.bin"
+    frames = _frames(3)
+    dump_frames(path, "xrd", frames)
+    env = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
+
+    def replay(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "databus", "replay", str(path), "--session", "cli"]
+        return subprocess.run([*command, *args], env=env, capture_output=True, text=True)
+
+    done = replay("--speed", "max")
+    assert done.returncode == 0, done.stderr
+    assert "1 series of the dranspose dump" in done.stdout
+    (node,) = bus.session("cli").scans()
+    np.testing.assert_array_equal(node.channels["xrd"].get_as_array(0, -1), frames)
+    refused = replay("--scan", "1")
+    assert refused.returncode == 2 and "not dranspose dumps" in refused.stderr
+    refused = replay("--speed", "fast")
+    assert refused.returncode == 2 and "--speed is 'max' or a factor" in refused.stderr
 
 
 def test_only_a_dranspose_dump_is_taken_for_one(tmp_path):

@@ -45,20 +45,6 @@ def publish(bus: databus.Bus, path: Path, session: str, speed: float | None) -> 
     return replay(bus, path, session, speed=speed)
 
 
-def parse_speed(text: str) -> float | None:
-    """``--speed``: ``max`` (None: as fast as possible) or a factor > 0 of the captured
-    pace; ValueError otherwise."""
-    if text == "max":
-        return None
-    try:
-        speed = float(text)
-    except ValueError:
-        speed = 0.0
-    if not speed > 0 or speed == float("inf"):
-        raise ValueError(f"--speed is 'max' or a factor > 0 (1: as captured), not {text!r}")
-    return speed
-
-
 class Completion:
     """Which replayed scans the reducer has finished; ``done`` is set once every scan
     ``expect`` named is (``finished`` is the reducer's ``on_finish``)."""

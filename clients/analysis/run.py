@@ -49,7 +49,8 @@ from typing import Any
 import databus
 
 from .._arguments import parse_assignments
-from ._offline import Completion, parse_speed, private_bus, publish, with_points
+from ..capture._pace import parse_speed
+from ._offline import Completion, private_bus, publish, with_points
 from ._parameters import Parameters
 from ._reducer import ReducerRunner
 from ._worker import WorkerRunner, describe, parse_channels, share_group

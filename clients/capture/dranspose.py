@@ -29,9 +29,8 @@ import io
 import json
 import logging
 import math
-import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -42,7 +41,9 @@ import numpy as np
 
 import databus
 
-__all__ = ["CborsError", "DumpMessage", "Pace", "is_cbors", "read_dump", "replay_cbors"]
+from ._pace import Pace
+
+__all__ = ["CborsError", "DumpMessage", "is_cbors", "read_dump", "replay_cbors"]
 
 log = logging.getLogger(__name__)
 
@@ -329,34 +330,6 @@ class _Series:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             self.scan.end(reason, error=f"{type(exc).__name__}: {exc}")
             self.scan = None
-
-
-class Pace:
-    """Waits so that messages go out ``speed`` times as fast as they were captured (None:
-    no wait); ``clock`` and ``sleep`` are injected so tests control time."""
-
-    def __init__(
-        self,
-        speed: float | None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if speed is not None and (isinstance(speed, bool) or not speed > 0 or math.isinf(speed)):
-            raise ValueError(f"speed is a factor > 0 (1: as captured) or None (max), not {speed!r}")
-        self.speed, self.clock, self.sleep = speed, clock, sleep
-        self.start: tuple[float, float] | None = None  # (captured, clock) at the first message
-
-    def wait(self, created_at: float | None) -> None:
-        """Return when the message captured at ``created_at`` (seconds) is due."""
-        if self.speed is None or created_at is None:
-            return
-        if self.start is None:
-            self.start = (created_at, self.clock())
-            return
-        due = self.start[1] + (created_at - self.start[0]) / self.speed
-        delay = due - self.clock()
-        if delay > 0:
-            self.sleep(delay)
 
 
 def replay_cbors(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import signal
 import sys
 import threading
@@ -41,6 +40,8 @@ from ._format import (
     ScanStarted,
     StateChanged,
 )
+from ._pace import Pace, check_speed, parse_speed
+from .dranspose import is_cbors, replay_cbors
 
 #: The scan-info keys a publisher sets itself (number, session, key): not replayed.
 IDENTITY_KEYS = frozenset(identity("", 0, ""))
@@ -79,17 +80,8 @@ class Replay:
         scans: Sequence[int] | None = None,
         partial_ok: bool = False,
     ) -> None:
-        if speed is not None and (
-            isinstance(speed, bool)
-            or not isinstance(speed, (int, float))
-            or not math.isfinite(speed)
-            or speed <= 0
-        ):
-            raise ValueError(
-                f"speed must be a number > 0 (1: the captured pace) or None, not {speed!r}"
-            )
+        self.speed = check_speed(speed)
         self.session = bus.session(session)
-        self.speed = speed
         self.path = str(Path(path).resolve())
         self._wanted = None if scans is None else set(scans)
         self.reader: CaptureReader = read_capture(path, partial_ok=partial_ok)
@@ -105,7 +97,7 @@ class Replay:
         self._stopped = threading.Event()
         self._open: dict[str, _Open] = {}
         self._numbers: list[int] = []
-        self._clock: tuple[float, float] | None = None  # (monotonic, capture time) at the start
+        self._pace = Pace(self.speed, sleep=self._stopped.wait)
 
     def stop(self) -> None:
         """End the replay at the next record (or at once, if it waits for its pace)."""
@@ -135,27 +127,16 @@ class Replay:
                 scan.scan.end("interrupted", error=why)
         self._open.clear()
 
-    def _pace(self, at: float) -> None:
-        """Wait until capture time ``at`` (seconds since the capture began) is due."""
-        if self.speed is None:
-            return
-        now = time.monotonic()
-        if self._clock is None:
-            self._clock = (now, at)
-        due = self._clock[0] + (at - self._clock[1]) / self.speed
-        if due > now:
-            self._stopped.wait(due - now)
-
     def _replay(self, record: Record) -> None:
         if isinstance(record, ScanStarted):
             if self._wanted is None or record.number in self._wanted:
-                self._pace(record.at)
+                self._pace.wait(record.at)
                 self._start(record)
             return
         scan = self._open.get(record.scan)
         if scan is None:
             return  # a scan not asked for
-        self._pace(scan.at + record.t)
+        self._pace.wait(scan.at + record.t)
         if isinstance(record, ChannelDeclared):
             d = record.descriptor
             scan.writers[record.name] = scan.scan.channel(
@@ -232,18 +213,6 @@ def replay(
     return Replay(bus, path, session, speed=speed, scans=scans, partial_ok=partial_ok).run()
 
 
-def _speed(text: str) -> float | None:
-    if text == "max":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"a number > 0 or 'max', not {text!r}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``databus replay``; exit 2 for what it refuses, 1 if the replay failed."""
     parser = argparse.ArgumentParser(
@@ -251,9 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("file", help="a capture made by databus capture")
+    parser.add_argument("file", help="a capture made by databus capture, or a dranspose dump")
     parser.add_argument("--session", required=True, help="the session to publish into")
-    parser.add_argument("--speed", type=_speed, default=1.0, help="1 (default), 10... or max")
+    parser.add_argument("--speed", default="1", help="1 (default), 10... or max")
     parser.add_argument(
         "--scan", type=int, nargs="+", action="extend", metavar="N", help="captured numbers"
     )
@@ -264,17 +233,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()
     try:
+        speed = parse_speed(args.speed)
+        dump = is_cbors(args.file)
+        if dump and (args.scan or args.partial):
+            raise ValueError("--scan and --partial are for databus captures, not dranspose dumps")
         bus = databus.connect(args.url)
-    except (ValueError, databus.DatabusError) as exc:
+    except (ValueError, OSError, databus.DatabusError) as exc:
         print(f"databus replay: error: {exc}", file=sys.stderr)
         return 2
+    if dump:
+        return _replay_dump(bus, args.file, args.session, speed)
     try:
         try:
             job = Replay(
                 bus,
                 args.file,
                 args.session,
-                speed=args.speed,
+                speed=speed,
                 scans=args.scan,
                 partial_ok=args.partial,
             )
@@ -305,4 +280,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif not job.reader.complete:
         print(f"replay: {args.file} has no closing record (the capture was killed)", flush=True)
+    return 0
+
+
+def _replay_dump(bus: databus.Bus, path: str, session: str, speed: float | None) -> int:
+    """``databus replay`` of a dranspose dump (``dranspose.replay_cbors``)."""
+    started = time.monotonic()
+    try:
+        numbers = replay_cbors(bus, path, session, speed=speed)
+    except (ValueError, OSError, databus.DatabusError) as exc:
+        print(f"databus replay: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bus.close()
+    print(
+        f"replay: {len(numbers)} series of the dranspose dump {path} into session {session} "
+        f"as scan(s) {', '.join(map(str, numbers)) or '-'} in "
+        f"{time.monotonic() - started:.3f} s",
+        flush=True,
+    )
     return 0
