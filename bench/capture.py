@@ -22,6 +22,9 @@ each (``capture_figures``); a run calls every group once.
 - replay_same_content: 1 if a capture of the replayed scan (made by this script) holds
   the same content as the first capture (``same_content``: every frame bit for bit), else
   0; the worst run's.
+- crystal_map_recall, crystal_map_frames_per_s (and points/s, peaks matched, spurious):
+  the crystal-mapping example of seed 000 under ``databus run`` with 2 workers on a
+  BraggDetector mesh (``bench/_crystal_map.py``, which says how; it also runs alone).
 
 Prints one table, then as its last line one JSON object with the medians.
 """
@@ -40,6 +43,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _crystal_map
 import numpy as np
 from _server import Figure, bench_arguments, bench_server, print_table, stop_process
 
@@ -214,6 +218,7 @@ GROUPS: list[
     tuple[dict[str, Figure], tuple[str, ...], Callable[[str, int, bool], dict[str, float]]]
 ] = [
     (CAPTURE_FIGURES, WORST, capture_figures),
+    (_crystal_map.FIGURES, _crystal_map.WORST, _crystal_map.one_run),
 ]
 
 
