@@ -91,6 +91,7 @@ _OWN_OPTIONS = {
     "bridge": "databus.clients.bridge",
     "run": "databus.clients.analysis.run",
     "params": "databus.clients.analysis.params",
+    "web": "databus.clients.web.server",
 }
 
 
@@ -122,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("bridge", help="bridges to bluesky and others (bridge -h)", add_help=False)
     sub.add_parser("run", help="an analysis (workers and a reducer) on a session", add_help=False)
     sub.add_parser("params", help="show or change an analysis' live parameters", add_help=False)
+    sub.add_parser("web", help="the live view in the browser (web -h)", add_help=False)
     stop = sub.add_parser("stop", help="ask a running scan to stop before its next point")
     stop.add_argument("scan", help="the scan's key, e.g. databus:scan:{demo_session:3}")
     stop.add_argument("--reason", default="requested from the command line")
