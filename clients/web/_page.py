@@ -326,9 +326,9 @@ class Page:
             values = view.scalars[name].values()
         self.mesh_points = len(values)
         rows, cols = shape
-        grid = np.full(rows * cols, np.nan)
-        grid[: min(len(values), grid.size)] = values[: grid.size]
-        grid = grid.reshape(rows, cols)
+        flat = np.full(rows * cols, np.nan)
+        flat[: min(len(values), flat.size)] = values[: flat.size]
+        grid = flat.reshape(rows, cols)
         low, high = auto_levels(grid)
         header = {
             "type": "mesh",

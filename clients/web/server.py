@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 import databus
 
@@ -116,11 +116,21 @@ def make_app(
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
 
+    sockets: set[web.WebSocketResponse] = set()
+
     async def socket_handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1 << 20)
         await ws.prepare(request)
-        await Page(ws, hub, max_fps=max_fps, allow_set=allow_set).run()
+        sockets.add(ws)
+        try:
+            await Page(ws, hub, max_fps=max_fps, allow_set=allow_set).run()
+        finally:
+            sockets.discard(ws)
         return ws
+
+    async def on_shutdown(app: web.Application) -> None:
+        for ws in list(sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
     async def on_startup(app: web.Application) -> None:
         await hub.start()
@@ -132,6 +142,7 @@ def make_app(
     app.router.add_get("/ws", socket_handler)
     app.router.add_static("/static/", STATIC)
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
 
