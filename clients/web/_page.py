@@ -192,10 +192,11 @@ class Page:
         try:
             while not self.ws.closed:
                 due = await self._push()
+                pushed = time.monotonic()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), due)
                 self.changed.clear()
-                await asyncio.sleep(POINTS_INTERVAL_S)
+                await asyncio.sleep(max(0.0, pushed + POINTS_INTERVAL_S - time.monotonic()))
         except (ConnectionResetError, RuntimeError):
             return
 
@@ -223,8 +224,9 @@ class Page:
         messages = self._images(view)
         for message in messages:
             await self.ws.send_bytes(message)
-        if messages:
-            self.sent_image_at = now
+        if messages:  # keep the cadence: a late send does not push the next one back
+            late = now - (self.sent_image_at + self.frame_interval)
+            self.sent_image_at = now - late if late < self.frame_interval else now
         return min(due, self.frame_interval)
 
     async def _push_points(self, view: ScanView) -> None:
