@@ -93,6 +93,7 @@ _OWN_OPTIONS = {
     "params": "databus.clients.analysis.params",
     "capture": "databus.clients.capture.capture",
     "replay": "databus.clients.capture.replay",
+    "web": "databus.clients.web.server",
 }
 
 
@@ -126,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("params", help="show or change an analysis' live parameters", add_help=False)
     sub.add_parser("capture", help="write a session's scans to a capture file", add_help=False)
     sub.add_parser("replay", help="publish a capture's scans again, as new scans", add_help=False)
+    sub.add_parser("web", help="the live view in the browser (web -h)", add_help=False)
     stop = sub.add_parser("stop", help="ask a running scan to stop before its next point")
     stop.add_argument("scan", help="the scan's key, e.g. databus:scan:{demo_session:3}")
     stop.add_argument("--reason", default="requested from the command line")

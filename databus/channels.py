@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._encoding import pack_meta, unpack_meta
+from ._encoding import pack_meta, text, unpack_meta
 from ._errors import ReadTimeout, ServerUnavailable
 from ._store import commands, keys
 from ._store.wire import Outage
@@ -251,6 +251,18 @@ class _Hub:
                 log.error(
                     "shared channels: ignored a malformed message on %s: %r", topic, data[:80]
                 )
+
+
+def shared_names(bus: Bus) -> list[str]:
+    """The names of the shared channels that hold a value on ``bus``, sorted."""
+    prefix = bus.settings.prefix
+    names: set[str] = set()
+    cursor = 0
+    while True:
+        cursor, found = bus.wire.call(*commands.shared_keys(prefix, cursor))
+        names.update(keys.shared_name(prefix, text(key)) for key in found)
+        if int(cursor) == 0:
+            return sorted(names)
 
 
 def _hub(bus: Bus) -> _Hub:

@@ -428,6 +428,11 @@ def write_shared(key: str, packed: bytes, ttl: float, *, only_if_absent: bool) -
     return ("EVAL", _WRITE_SHARED, 1, key, packed, flag, milliseconds(ttl))
 
 
+def shared_keys(prefix: str, cursor: int) -> Command:
+    """One SCAN step over the shared channels' hashes; replies [next cursor, keys]."""
+    return ("SCAN", cursor, "MATCH", keys.shared_pattern(prefix), "COUNT", 1000, "TYPE", "hash")
+
+
 def read_shared(key: str) -> Command:
     """Shared channel ``key``'s [version, packed value] (None, None if it has none)."""
     return ("HMGET", key, "n", "v")

@@ -143,6 +143,16 @@ def shared(prefix: str, name: str) -> str:
     return f"{prefix}:shared:{escape(name)}"
 
 
+def shared_pattern(prefix: str) -> str:
+    """The SCAN pattern that matches every shared channel's hash."""
+    return f"{prefix}:shared:*"
+
+
+def shared_name(prefix: str, key: str) -> str:
+    """The name of the shared channel whose hash is ``key``."""
+    return unescape(key[len(f"{prefix}:shared:") :])
+
+
 def share(prefix: str, session: str, group: str) -> str:
     """The work items of point share ``group`` over ``session``'s scans (a stream whose
     consumer group of the same name hands each item to one member)."""

@@ -1,0 +1,236 @@
+"""What the server knows of one scan, built from the events of a walk (or read from the
+bus for a scan that ended before the server started): its summary for the scans list,
+its scalar series, the latest frame and spectrum of each channel, its gaps. Written by a
+session's follower thread, read by the pages' tasks, under the view's lock."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import numpy as np
+
+import databus
+
+#: Longest list of gaps kept per scan (the count of lost points covers them all).
+MAX_GAPS = 50
+
+
+class Series:
+    """A growing float64 series: points are put at their index (a hole is NaN)."""
+
+    def __init__(self) -> None:
+        self._data = np.full(1024, np.nan)
+        self.length = 0
+
+    def put(self, first: int, block: np.ndarray) -> None:
+        """Points ``first`` .. ``first + len(block) - 1``."""
+        stop = first + len(block)
+        if stop > len(self._data):
+            grown = np.full(max(stop, 2 * len(self._data)), np.nan)
+            grown[: self.length] = self._data[: self.length]
+            self._data = grown
+        self._data[first:stop] = block
+        self.length = max(self.length, stop)
+
+    def values(self, start: int = 0) -> np.ndarray:
+        """A copy of points ``start`` .. the last."""
+        return self._data[start : self.length].copy()
+
+
+@dataclasses.dataclass
+class Latest:
+    """The newest point of a spectrum or image channel, with its index."""
+
+    index: int
+    value: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelSpec:
+    """What the page needs to know of a channel: dimensions, shape, dtype, unit, kind."""
+
+    dim: int
+    shape: tuple[int, ...]
+    dtype: str
+    unit: str | None
+    kind: str
+
+    @classmethod
+    def of(cls, node: databus.ChannelNode) -> ChannelSpec:
+        dtype = "" if node.dtype is None else node.dtype.str
+        return cls(len(node.shape), tuple(node.shape), dtype, node.unit, node.desc.kind)
+
+
+class ScanView:
+    """One scan as the pages see it. ``followed``: its events come from a walk; else its
+    data is read from the bus on first demand (``load``)."""
+
+    def __init__(self, node: databus.ScanNode, *, followed: bool) -> None:
+        self.node = node
+        self.key = node.key
+        self.lock = threading.Lock()
+        self.channels: dict[str, ChannelSpec] = {}
+        self.scalars: dict[str, Series] = {}
+        self.latest: dict[str, Latest] = {}
+        self.gaps: list[dict[str, Any]] = []
+        self.lost: dict[str, int] = {}
+        self.points = 0
+        self.end: databus.ScanEnd | None = None
+        self.evicted = False
+        self.gone = False
+        self.loaded = followed
+        self.version = 0
+        self.cache: dict[tuple, Any] = {}
+        if not followed:
+            self.end = databus.ScanEnd(node.end_reason, node.error) if node.end_reason else None
+
+    def on_event(self, event: databus.Event) -> None:
+        """Take one event of the walk about this scan or one of its channels."""
+        kind = event.type
+        with self.lock:
+            if kind is databus.EventType.NEW_NODE and event.node is not self.node:
+                self.channels[event.node.name] = ChannelSpec.of(event.node)
+            elif kind is databus.EventType.NEW_DATA:
+                self._data(event.node, event.data)
+            elif kind is databus.EventType.GAP:
+                self._gap(event.node.name, event.data)
+            elif kind is databus.EventType.END_SCAN:
+                self.end = event.data
+            self.version += 1
+
+    def _data(self, node: databus.ChannelNode, data: databus.EventData) -> None:
+        spec = self.channels.get(node.name) or ChannelSpec.of(node)
+        self.channels.setdefault(node.name, spec)
+        last = data.first_index + data.block_size - 1
+        self.points = max(self.points, last + 1)
+        if spec.kind != "array":
+            return
+        if spec.dim == 0:
+            self.scalars.setdefault(node.name, Series()).put(data.first_index, data.data)
+        elif spec.dim in (1, 2):
+            self.latest[node.name] = Latest(last, np.asarray(data.data[-1]))
+
+    def _gap(self, channel: str, gap: databus.DataGap) -> None:
+        self.lost[gap.reason] = self.lost.get(gap.reason, 0) + gap.block_size
+        if gap.reason == "evicted":
+            self.evicted = True
+        if len(self.gaps) < MAX_GAPS:
+            self.gaps.append(
+                {
+                    "channel": channel,
+                    "first": gap.first_index,
+                    "size": gap.block_size,
+                    "reason": gap.reason,
+                }
+            )
+
+    def load(self) -> None:
+        """Read the scan's channels from the bus (a scan not followed): whole scalar
+        series, the last point of the others. A scan gone from the bus is marked so."""
+        found: dict[str, ChannelSpec] = {}
+        scalars: dict[str, Series] = {}
+        latest: dict[str, Latest] = {}
+        points = 0
+        try:
+            for name, node in self.node.channels.items():
+                spec = found[name] = ChannelSpec.of(node)
+                length = len(node)
+                points = max(points, length)
+                if spec.kind != "array" or length == 0:
+                    continue
+                if spec.dim == 0:
+                    series = scalars[name] = Series()
+                    series.put(0, np.asarray(node.get_as_array(0, -1), dtype=np.float64))
+                elif spec.dim in (1, 2):
+                    latest[name] = Latest(length - 1, np.asarray(node.get(length - 1)))
+        except (databus.DataExpired, databus.DataLost, databus.UnknownScan):
+            with self.lock:
+                self.gone, self.loaded = True, True
+                self.version += 1
+            return
+        with self.lock:
+            self.channels, self.scalars, self.latest = found, scalars, latest
+            self.points, self.loaded = points, True
+            self.version += 1
+
+    def unload(self) -> None:
+        """Forget the data (kept in the bus: ``load`` reads it again on demand)."""
+        with self.lock:
+            self.scalars, self.latest, self.cache = {}, {}, {}
+            self.loaded = False
+
+    def mark_gone(self) -> None:
+        """The scan is no longer in the bus (expired or evicted)."""
+        with self.lock:
+            if not self.gone:
+                self.gone = True
+                self.version += 1
+
+    def summary(self) -> dict[str, Any]:
+        """The scan as the scans list shows it (JSON data)."""
+        node, info = self.node, self.node.info
+        with self.lock:
+            end = self.end
+            channels = {
+                name: {
+                    "dim": s.dim,
+                    "shape": list(s.shape),
+                    "dtype": s.dtype,
+                    "unit": s.unit,
+                    "kind": s.kind,
+                }
+                for name, s in self.channels.items()
+            }
+            points, gaps, lost = self.points, list(self.gaps), dict(self.lost)
+        return {
+            "key": self.key,
+            "session": node.parent.name if node.parent is not None else "",
+            "number": node.number,
+            "title": _text(info.get("title"), node.name),
+            "type": _text(info.get("type"), "scan"),
+            "state": "ENDED" if end is not None else node.state.name,
+            "npoints": _count(info.get("npoints")),
+            "points": points,
+            "created": node.created,
+            "ended": node.ended,
+            "reason": None if end is None else str(end.reason),
+            "error": None if end is None else end.error,
+            "file": _text(info.get("filename"), None),
+            "channels": channels,
+            "x": default_x(info, channels),
+            "mesh": mesh_shape(info),
+            "gaps": gaps,
+            "lost": lost,
+            "evicted": self.evicted,
+            "gone": self.gone,
+        }
+
+
+def _text(value: Any, default: str | None) -> str | None:
+    return value if isinstance(value, str) else default
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def default_x(info: dict[str, Any], channels: dict[str, Any]) -> str | None:
+    """The channel to plot against: the first scanned motor (None: the point index)."""
+    motors = info.get("motors")
+    if isinstance(motors, list) and motors and f"axis:{motors[0]}" in channels:
+        return f"axis:{motors[0]}"
+    return next((name for name in channels if name.startswith("axis:")), None)
+
+
+def mesh_shape(info: dict[str, Any]) -> list[int] | None:
+    """[slow, fast] point counts of a mesh scan (``data_dim`` 2 and its ``shape``)."""
+    shape = info.get("shape")
+    if info.get("data_dim") == 2 and isinstance(shape, list) and len(shape) == 2:
+        rows, cols = (_count(n) for n in shape)
+        return [rows, cols] if rows and cols else None
+    return None

@@ -1,0 +1,379 @@
+"""``databus web`` in a real browser (Debian's chromium, headless, driven by playwright):
+the page shows sessions, scans, plots, frames and mesh maps as they arrive, reconnects
+after a server restart, and serves 20 pages at once. Screenshots go to the test's
+tmp_path (printed). Plus the server's safety rules and its pure parts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import eventually
+
+from databus.channels import Channel, shared_names
+from databus.clients.web import _decimate, _wire
+from databus.clients.web._page import View
+from databus.clients.web.server import check_exposure
+
+CHROMIUM = "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"no {CHROMIUM}: apt-get install chromium (.ci/run does) for the browser tests",
+)
+
+
+class WebServer:
+    """``databus web`` as a subprocess on the test's bus, on a free (or given) port."""
+
+    def __init__(self, make_bus, *args: str, port: int = 0) -> None:
+        env = {**os.environ, "DATABUS_URL": make_bus.url, "DATABUS_PREFIX": make_bus.prefix}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "databus", "web", "--port", str(port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        line = self.proc.stdout.readline()
+        if "serving" not in line:
+            self.stop()
+            raise AssertionError(f"databus web did not start: {line}{self.proc.stdout.read()}")
+        self.url = line.split()[3]
+        self.port = int(self.url.rsplit(":", 1)[1].strip("/"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def web(make_bus) -> Iterator:
+    """Starts ``databus web`` servers for this test's bus; stops them after."""
+    started: list[WebServer] = []
+
+    def start(*args: str, port: int = 0) -> WebServer:
+        server = WebServer(make_bus, *args, port=port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}: apt-get install chromium (.ci/run does)")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def state(page, expression: str):
+    return page.evaluate(f"() => window.databusView.{expression}")
+
+
+def wait(page, condition: str, timeout: float = 15.0) -> None:
+    page.wait_for_function(
+        f"() => {{ const s = window.databusView; return {condition}; }}", timeout=timeout * 1000
+    )
+
+
+def canvas_sum(page, canvas: str) -> int:
+    return page.evaluate(
+        """(id) => { const c = document.getElementById(id);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let s = 0; for (let i = 0; i < d.length; i += 7) s = (s * 31 + d[i]) % 1000000007;
+        return s; }""",
+        canvas,
+    )
+
+
+def screenshot(page, tmp_path: Path, name: str) -> None:
+    where = tmp_path / f"{name}.png"
+    page.screenshot(path=str(where), full_page=True)
+    print(f"screenshot: {where}")
+
+
+def run_in_thread(function, *args, **kwargs) -> threading.Thread:
+    thread = threading.Thread(target=function, args=args, kwargs=kwargs, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def det():
+    from databus.sim import SimDetector
+
+    return SimDetector("sim_det", shape=(256, 256))
+
+
+@needs_chromium
+def test_scan_appears_grows_and_ends_in_the_page(beamline, web, browser, det, tmp_path):
+    from databus.scan import ascan
+
+    server = web("--session", "runner", "--max-fps", "20")
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected && s.sessions.includes('runner')")
+    scan = ascan(beamline["robz"], 0, 1, 40, 0.03, beamline["diode"], det, save=False, run=False)
+    thread = run_in_thread(scan.run)
+    wait(page, "s.frame.drawn >= 1")
+    first = canvas_sum(page, "frame")
+    wait(page, "s.frame.drawn >= 3")
+    assert canvas_sum(page, "frame") != first, "the frame image did not change"
+    thread.join(30)
+    wait(page, "s.scans.length === 1 && s.scans[0].reason === 'finished'")
+    wait(page, "s.plot.rows === 40 && s.plot.points === 40")
+    assert state(page, "plot.bin") == 1
+    node = beamline["bus"].scan(scan.key).channels["simulation:diode"]
+    assert state(page, "plot.cols['simulation:diode']") == pytest.approx(list(np.asarray(node)))
+    row = page.locator("#scans tbody tr").first
+    assert row.locator(".state").inner_text() == "finished"
+    assert row.locator(".count").inner_text() == "40/40"
+    assert page.locator("#plot canvas").count() >= 1
+    assert state(page, "frame.index") == 39
+    page.hover("#frame", position={"x": 256, "y": 256})
+    wait(page, "s.pixel !== null")
+    pixel = state(page, "pixel")
+    assert pixel["value"] == int(det_frame_value(beamline["bus"], scan.key, pixel))
+    screenshot(page, tmp_path, "ascan")
+    page.close()
+
+
+def det_frame_value(bus, key: str, pixel: dict) -> float:
+    frames = bus.scan(key).channels["sim_det:image"]
+    return frames.get(pixel["index"])[pixel["row"], pixel["col"]]
+
+
+@needs_chromium
+def test_mesh_scan_draws_a_map(beamline, web, browser, tmp_path):
+    from databus.scan import amesh
+
+    server = web("--session", "runner")
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected")
+    amesh(beamline["robz"], 0, 1, 6, beamline["roby"], 0, 1, 5, 0.01, beamline["gauss"], save=False)
+    wait(page, "s.mesh.points === 30 && s.plot.points === 30")
+    assert page.locator("#mesh-box").is_visible()
+    assert canvas_sum(page, "mesh") != 0
+    assert page.evaluate(
+        "() => [document.getElementById('mesh').width, document.getElementById('mesh').height]"
+    ) == [6, 5]
+    screenshot(page, tmp_path, "amesh")
+    page.close()
+
+
+@needs_chromium
+def test_page_on_a_session_without_scans(bus, web, browser):
+    server = web("--session", "nothing_here")
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected && s.sessions.length === 1")
+    assert page.locator("#no-scans").is_visible()
+    assert page.locator("#scans tbody tr").count() == 0
+    assert "nothing_here" in page.locator("#sessions").inner_text()
+    page.close()
+
+
+@needs_chromium
+def test_page_reconnects_after_a_server_restart(beamline, web, browser):
+    from databus.scan import loopscan
+
+    server = web("--session", "runner")
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected")
+    loopscan(25, 0.001, beamline["diode"], save=False)
+    wait(page, "s.plot.points === 25 && s.plot.rows === 25")
+    port = server.port
+    server.stop()
+    wait(page, "!s.connected")
+    again = web("--session", "runner", port=port)
+    wait(page, "s.connected && s.connects === 2")
+    loopscan(10, 0.001, beamline["diode"], save=False)
+    wait(page, "s.scans.length === 2 && s.plot.points === 10 && s.plot.rows === 10")
+    assert again.url == server.url
+    page.close()
+
+
+@needs_chromium
+def test_twenty_pages_at_once(beamline, web, browser):
+    from databus.scan import ascan
+
+    server = web("--session", "runner")
+    context = browser.new_context()
+    pages = [context.new_page() for _ in range(20)]
+    for page in pages:
+        page.goto(server.url)
+    for page in pages:
+        wait(page, "s.connected")
+    ascan(beamline["robz"], 0, 1, 50, 0.002, beamline["diode"], beamline["mon"], save=False)
+    for page in pages:
+        wait(page, "s.scans.length === 1 && s.scans[0].reason === 'finished'")
+        wait(page, "s.plot.points === 50 && s.plot.rows === 50")
+    context.close()
+
+
+@needs_chromium
+def test_shared_channels_listed_and_set_only_when_allowed(bus, web, browser):
+    holder = Channel("attenuator", value=3, bus=bus)
+    try:
+        read_only = web("--session", "runner")
+        page = browser.new_page()
+        page.goto(read_only.url)
+        wait(page, "s.shared.attenuator === 3")
+        assert page.locator("#shared tr[data-name=attenuator] .value").inner_text() == "3"
+        assert page.locator("#shared button").count() == 0
+        page.close()
+        writable = web("--session", "runner", "--allow-set")
+        page = browser.new_page()
+        page.goto(writable.url)
+        wait(page, "s.shared.attenuator === 3 && s.allowSet")
+        page.fill("#shared tr[data-name=attenuator] input", "5")
+        page.click("#shared tr[data-name=attenuator] button")
+        wait(page, "s.shared.attenuator === 5")
+        assert eventually(lambda: holder.value == 5)
+        page.close()
+    finally:
+        holder.close()
+
+
+def test_shared_names_lists_channels_with_a_value(bus):
+    first = Channel("b:one", value=1, bus=bus)
+    second = Channel("a two", value="x", bus=bus)
+    try:
+        assert shared_names(bus) == ["a two", "b:one"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_read_only_server_refuses_to_set(bus, web):
+    server = web("--session", "runner")
+    import asyncio
+
+    import aiohttp
+
+    async def talk() -> dict:
+        async with aiohttp.ClientSession() as session, session.ws_connect(server.url + "ws") as ws:
+            assert (await ws.receive_json())["type"] == "hello"
+            await ws.send_json({"op": "set", "name": "x", "value": 1})
+            while True:
+                message = await ws.receive_json()
+                if message["type"] == "error":
+                    return message
+
+    found: list[dict] = []  # in a thread of its own: playwright's loop runs in this one
+    run_in_thread(lambda: found.append(asyncio.run(talk()))).join(20)
+    (error,) = found
+    assert "read-only" in error["message"] and "--allow-set" in error["message"]
+    assert "x" not in shared_names(bus)
+
+
+def test_non_loopback_bind_needs_a_token(make_bus):
+    env = {**os.environ, "DATABUS_PREFIX": make_bus.prefix}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "databus",
+            "web",
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--url",
+            "redis://127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "--token" in proc.stderr
+    with pytest.raises(ValueError, match="--token"):
+        check_exposure("192.168.1.2", None, None)
+    check_exposure("127.0.0.1", None, None)
+    check_exposure("::1", None, None)
+    check_exposure("0.0.0.0", "secret", None)
+    check_exposure("0.0.0.0", None, ("databus", "pw"))
+
+
+def test_token_guards_every_request(web):
+    server = web("--session", "runner", "--token", "s3cret")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(server.url, timeout=5)
+    assert refused.value.code == 401
+    with urllib.request.urlopen(server.url + "?token=s3cret", timeout=5) as ok:
+        assert b"databus live view" in ok.read()
+    with contextlib.suppress(urllib.error.HTTPError), pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(server.url + "static/app.js?token=wrong", timeout=5)
+
+
+def test_envelope_keeps_min_and_max_per_bin():
+    values = np.array([1.0, 5.0, np.nan, 2.0, 9.0, -1.0, 4.0])
+    rows = _decimate.envelope({"y": values}, 3, 30)
+    assert list(rows["index"]) == [30, 32, 33, 35, 36, 36]
+    assert list(rows["y"]) == [1.0, 5.0, -1.0, 9.0, 4.0, 4.0]
+    raw = _decimate.envelope({"y": values[:2]}, 1, 7)
+    assert list(raw["index"]) == [7, 8] and list(raw["y"]) == [1.0, 5.0]
+
+
+def test_bin_size_follows_the_plan_or_powers_of_two():
+    assert _decimate.bin_size(1000, 10, 800) == 1
+    assert _decimate.bin_size(10_000, 10, 800) == 13
+    assert _decimate.bin_size(0, 1600, 800) == 1
+    assert _decimate.bin_size(0, 1601, 800) == 4
+    with pytest.raises(ValueError, match="1 pixel"):
+        _decimate.bin_size(10, 10, 0)
+
+
+def test_frames_shrink_by_block_maximum_and_map_to_8_bits():
+    frame = np.zeros((100, 60), dtype=np.uint16)
+    frame[51, 7] = 1000
+    small, factor = _decimate.shrink(frame, 50, 50)
+    assert factor == 2 and small.shape == (50, 30) and small[25, 3] == 1000
+    codes = _decimate.to_8bit(np.array([0.0, 50.0, 100.0, np.nan, 200.0]), 0, 100)
+    assert list(codes) == [1, 128, 255, _decimate.NO_VALUE, 255]
+    logged = _decimate.to_8bit(np.array([-1.0, 1.0, 10.0, 100.0]), 1, 100, log=True)
+    assert list(logged) == [1, 1, 128, 255]
+    with pytest.raises(ValueError, match="2D"):
+        _decimate.shrink(np.zeros(5), 2, 2)
+
+
+def test_messages_round_trip():
+    arrays = {"a": np.arange(3.0), "b": np.arange(5, dtype=np.uint8)}
+    header, back = _wire.unpack(_wire.pack({"type": "t", "level": float("nan")}, arrays))
+    assert header == {"type": "t", "level": None}
+    assert list(back["a"]) == [0.0, 1.0, 2.0] and list(back["b"]) == [0, 1, 2, 3, 4]
+
+
+def test_bad_view_messages_name_the_field():
+    assert View.parse({"scan": "k", "width": 640}).width == 640
+    with pytest.raises(ValueError, match=r"width must be 1\.\.4096"):
+        View.parse({"width": 0})
+    with pytest.raises(ValueError, match="frame must be"):
+        View.parse({"frame": [1]})
+    with pytest.raises(ValueError, match="levels"):
+        View.parse({"levels": 3})
