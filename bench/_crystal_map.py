@@ -27,7 +27,6 @@ run alone, this prints one table and, as its last line, one JSON object.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _server import Figure, bench_arguments, bench_server, print_table, stop_process
+from _server import Figure, bench_arguments, bench_server, report, stop_process
 
 import databus
 from databus import scan
@@ -145,9 +144,7 @@ def main() -> int:
         f"{fast}x{slow} points of {FRAMES} uint16 {size}x{size} frames, 2 workers; "
         f"{time.monotonic() - started:.0f} s"
     )
-    all_met = print_table(FIGURES, out)
-    print(json.dumps({k: round(v, 4) for k, v in out.items()}))
-    return 0 if all_met or args.quick else 1
+    return report(FIGURES, out, quick=args.quick)
 
 
 if __name__ == "__main__":

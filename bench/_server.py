@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import subprocess
 import tempfile
@@ -59,6 +60,14 @@ def print_table(figures: dict[str, Figure], out: dict[str, float]) -> bool:
             met, shown = ("yes" if ok else "NO"), f"{op} {target:g}"
         print(f"{name:<{width}}{value:>14,.2f}  {unit:<9}{shown:>9}  {met}")
     return all_met
+
+
+def report(figures: dict[str, Figure], out: dict[str, float], *, quick: bool) -> int:
+    """Print the table of ``out`` and, as the last line, its values as one JSON object;
+    the exit code: 0 if every target is met (or for a quick smoke run), else 1."""
+    all_met = print_table(figures, out)
+    print(json.dumps({k: round(v, 4) for k, v in out.items()}))
+    return 0 if all_met or quick else 1
 
 
 def stop_process(proc: subprocess.Popen, grace: float) -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import _crystal_map
 import numpy as np
-from _server import Figure, bench_arguments, bench_server, print_table, stop_process
+from _server import Figure, bench_arguments, bench_server, report, stop_process
 
 import databus
 from databus.clients.capture import Capture, same_content
@@ -247,9 +247,7 @@ def main() -> int:
         f"databus capture bench: {runs} run(s), medians; {frames} float32 "
         f"{SHAPE[0]}x{SHAPE[1]} frames a scan, the capture on {TMPFS}"
     )
-    all_met = print_table(figures, out)
-    print(json.dumps({k: round(v, 4) for k, v in out.items()}))
-    return 0 if all_met or args.quick else 1
+    return report(figures, out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ from typing import NoReturn
 import msgpack
 import numpy as np
 import zmq
-from _server import Figure, bench_arguments, bench_server, print_table, stop_process
+from _server import Figure, bench_arguments, bench_server, report, stop_process
 
 import databus
 
@@ -488,9 +488,7 @@ def main() -> int:
         f"databus frames bench: {runs} run(s), medians; {big} float32 {BIG[0]}x{BIG[1]} "
         f"frames a live scan; exactly-once: 2 bridges, 2 scans x {small} {SMALL[0]}x{SMALL[1]}"
     )
-    all_met = print_table(FIGURES, out)
-    print(json.dumps({k: round(v, 4) for k, v in out.items()}))
-    return 0 if all_met or args.quick else 1
+    return report(FIGURES, out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ class _Chain(DocumentRouter):
     def __init__(self) -> None:
         super().__init__()
         self._callbacks: list[Callable[[str, Any], Any]] = []
+        self._run: ComposeRunBundle | None = None  # the run this one emits, while open
 
     def subscribe(self, callback: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
         """Send ``callback(name, doc)`` every document this one emits; returns it."""
@@ -72,6 +73,17 @@ class _Chain(DocumentRouter):
     def emit(self, name: str, doc: Any) -> None:
         for callback in self._callbacks:
             callback(name, doc)
+
+    def stop(self, doc: Any) -> Any:
+        """The source run stopped: stop the run this one emits, with its exit status."""
+        if self._run is not None:
+            self.emit(
+                "stop",
+                self._run.compose_stop(
+                    exit_status=doc["exit_status"], reason=doc.get("reason", "")
+                ),
+            )
+            self._run = None
 
 
 def _following(start: Mapping[str, Any], **more: Any) -> dict[str, Any]:
@@ -121,7 +133,6 @@ class ImageProcessor(_Chain):
             raise ValueError(
                 f"the subtrahend is one frame (2-d), not shape {self.subtrahend.shape}"
             )
-        self._run: ComposeRunBundle | None = None
         self._streams: dict[str, ComposeDescriptorBundle] = {}  # by the raw descriptor's uid
 
     def start(self, doc: Any) -> Any:
@@ -157,16 +168,6 @@ class ImageProcessor(_Chain):
         )
         self.emit("event", event)
 
-    def stop(self, doc: Any) -> Any:
-        if self._run is not None:
-            self.emit(
-                "stop",
-                self._run.compose_stop(
-                    exit_status=doc["exit_status"], reason=doc.get("reason", "")
-                ),
-            )
-            self._run = None
-
 
 class PeakTracker(_Chain):
     """The Bragg peaks of each processed image (``data_key``), ``trackpy.locate`` with
@@ -185,7 +186,6 @@ class PeakTracker(_Chain):
         self.data_key = data_key
         self.diameter, self.percentile = diameter, percentile
         self.separation, self.min_intensity = separation, min_intensity
-        self._run: ComposeRunBundle | None = None
         self._raw: str | None = None  # the uid of the descriptor of the images
         self._points: ComposeDescriptorBundle | None = None
         self._peaks: ComposeDescriptorBundle | None = None
@@ -244,16 +244,6 @@ class PeakTracker(_Chain):
             self.emit(
                 "event", self._peaks.compose_event(data=row, timestamps=dict.fromkeys(row, now))
             )
-
-    def stop(self, doc: Any) -> Any:
-        if self._run is not None:
-            self.emit(
-                "stop",
-                self._run.compose_stop(
-                    exit_status=doc["exit_status"], reason=doc.get("reason", "")
-                ),
-            )
-            self._run = None
 
 
 class TrackLinker(_Chain):
