@@ -96,6 +96,7 @@ class Bus:
             connect_timeout=self.settings.connect_timeout,
             python_packer=True,
             probe=False,
+            cluster=self.wire.cluster,
         )
 
     def attachment(self, name: str, make: Callable[[], C]) -> C:

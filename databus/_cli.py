@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._bus import Bus, embedded_server
 from ._config import Settings
 from ._errors import DatabusError, redact
+from ._local_cluster import CLUSTER_DIR, PRIMARY, ClusterState, LocalCluster
 from ._server import ADMIN_USER, DATABUS_USER, ServerState
 from ._store import commands
 
@@ -40,8 +41,83 @@ def _print_status(url: str, settings: Settings, state: ServerState | None) -> No
     print(f"scans:     {live}")
 
 
+def _local_cluster(settings: Settings, args: argparse.Namespace) -> LocalCluster:
+    """The local cluster in the embedded server's run directory, as ``args`` ask for
+    (the defaults when they do not: stop and status)."""
+    return LocalCluster(
+        settings.server_dir / CLUSTER_DIR,
+        shards=getattr(args, "cluster", None) or 3,
+        replicas=getattr(args, "replicas", None) or 0,
+        maxmemory=settings.memory_cap,
+        binary=settings.server_binary,
+        auth="none" if getattr(args, "no_auth", False) else "acl",
+        node_timeout_ms=getattr(args, "node_timeout", None) or 1000,
+    )
+
+
+def _slots(ranges: Sequence[tuple[int, int]]) -> str:
+    return ",".join(f"{low}-{high}" if high > low else str(low) for low, high in ranges) or "-"
+
+
+def _print_cluster(cluster: LocalCluster, state: ClusterState) -> None:
+    """The cluster's URL and users, then one line per node: port, pid, role, slots, memory."""
+    print(
+        f"cluster:   {state.shards} primaries, {state.replicas} "
+        f"{'replica' if state.replicas == 1 else 'replicas'} each, node timeout "
+        f"{state.node_timeout_ms} ms (run dir {cluster.run_dir})"
+    )
+    print(f"url:       DATABUS_URL={redact(state.url)}")
+    if state.auth == "acl":
+        print(f"users:     {DATABUS_USER!r} (clients), {ADMIN_USER!r} (admin), secrets in")
+        print(f"           {cluster.state_file} (yours only)")
+    else:
+        print("users:     none: anyone who reaches the ports gets in (--no-auth)")
+    memory = cluster.used_memory()
+    print(f"{'port':>7} {'pid':>8}  {'role':<8} {'slots':<12} memory")
+    for node in state.nodes:
+        used = memory.get(node.port)
+        role = node.role if node.running else f"{node.role} (down)"
+        slots = _slots(node.slots) if node.role == PRIMARY else f"of {node.replica_of or '?'}"
+        mb = "-" if used is None else f"{used / 1e6:.1f} MB"
+        pid = node.pid if node.running else "-"
+        print(f"{node.port:>7} {pid:>8}  {role:<8} {slots:<12} {mb}")
+
+
+def _start_cluster(settings: Settings, args: argparse.Namespace) -> int:
+    """``server start --cluster N``: start the local cluster (or find it running)."""
+    if args.appendonly:
+        raise ValueError("--appendonly is for the single embedded server, not --cluster")
+    cluster = _local_cluster(settings, args)
+    before = cluster.status()
+    state = cluster.start()
+    print("already running" if before is not None else "started the local cluster")
+    _print_cluster(cluster, state)
+    return 0
+
+
+def _int_at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least``."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+
+    return parse
+
+
 def _cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     server = embedded_server(settings)
+    cluster_only = ("replicas", "node_timeout")
+    asked = [f"--{k.replace('_', '-')}" for k in cluster_only if getattr(args, k, None) is not None]
+    if asked and not (args.action == "start" and args.cluster):
+        raise ValueError(f"{' and '.join(asked)}: only with `databus server start --cluster N`")
+    if args.action == "start" and args.cluster:
+        return _start_cluster(settings, args)
     if args.action == "start":
         before = server.status()
         server.auth = "none" if args.no_auth else "acl"
@@ -55,14 +131,27 @@ def _cmd_server(args: argparse.Namespace, settings: Settings) -> int:
                 f"{server.state_file} (yours only), read by databus.connect()"
             )
         return 0
+    cluster = _local_cluster(settings, args)
     if args.action == "stop":
-        print("stopped" if server.stop() else "no server was running")
+        stopped = [
+            what
+            for what, ran in (
+                ("stopped", server.stop()),
+                ("stopped the local cluster", cluster.stop()),
+            )
+            if ran
+        ]
+        print("\n".join(stopped) or "no server was running")
         return 0
     current = server.status()
-    if current is None:
+    cluster_state = cluster.status()
+    if current is None and cluster_state is None:
         print(f"no embedded server running (run dir {server.run_dir})")
         return 1
-    _print_status(current.url, settings, current)
+    if current is not None:
+        _print_status(current.url, settings, current)
+    if cluster_state is not None:
+        _print_cluster(cluster, cluster_state)
     return 0
 
 
@@ -115,6 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-auth", action="store_true", help="no users: anyone who reaches the port gets in"
     )
     srv.add_argument("--appendonly", action="store_true", help="keep an append-only file")
+    srv.add_argument(
+        "--cluster",
+        type=_int_at_least(1),
+        metavar="N",
+        help="start: a local Redis Cluster of N primaries instead (stop and status see it too)",
+    )
+    srv.add_argument(
+        "--replicas", type=_int_at_least(0), metavar="R", help="replicas per primary (--cluster)"
+    )
+    srv.add_argument(
+        "--node-timeout",
+        type=_int_at_least(1),
+        metavar="MS",
+        help="the cluster's cluster-node-timeout in ms (--cluster; default 1000)",
+    )
     sub.add_parser("status", help="URL, memory used, sessions and scans of the bus")
     sub.add_parser("demo", help="run a short simulated session, followed live", add_help=False)
     sub.add_parser("monitor", help="watch a session's scans live", add_help=False)

@@ -17,7 +17,7 @@ from ._flush_policy import FlushPolicy, FlushTimers, FullServer, Job
 from ._sender import Sender
 from ._store import commands
 from ._store.commands import Command
-from ._store.wire import OutOfMemory
+from ._store.protocol import OutOfMemory
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,10 @@ The server runs with ``maxmemory`` and ``noeviction``: it refuses writes past th
 rather than dropping keys at random. ``MemoryGuard.check()`` reads ``used_memory``; past
 ``high`` x cap it deletes ended scans, oldest first (from the ``P:scans`` index), every key
 of each, and notes ``evicted`` in their session's log, until usage is under ``low`` x cap.
-A running scan is never touched. The publisher runs the guard when it creates a scan,
-about once a second while it flushes, and whenever the server answers OOM; ``databus
-memory-guard`` runs it in a loop for servers no databus publisher writes to.
+A running scan is never touched; each primary of a cluster is guarded on its own. The
+publisher runs the guard when it creates a scan, about once a second while it flushes, and
+whenever the server answers OOM; ``databus memory-guard`` runs it in a loop for servers no
+databus publisher writes to.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from ._encoding import Descriptor, pack_meta, points_through
 from ._errors import CorruptEntry, DatabusError
 from ._states import ScanState
 from ._store import commands, keys
+from ._store.protocol import OutOfMemory
 from ._store.schema import evicted_entry, message, raw_descriptors, recorded_end, scan_state
-from ._store.wire import OutOfMemory
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -45,7 +46,9 @@ class GuardReport:
 
 class MemoryGuard:
     """Deletes ended scans, oldest first, when the server's memory passes ``high`` x cap,
-    until it is under ``low`` x cap. ``cap`` None reads the server's ``maxmemory``."""
+    until it is under ``low`` x cap. ``cap`` None reads the server's ``maxmemory``. On a
+    cluster each primary is a server of its own: the guard reads each one's memory and
+    deletes, on a shard that is full, the ended scans that shard holds."""
 
     def __init__(
         self, bus: Bus, cap: int | None = None, high: float = 0.85, low: float = 0.7
@@ -54,33 +57,38 @@ class MemoryGuard:
             raise ValueError(f"need 0 < low < high <= 1, got low={low}, high={high}")
         self.bus, self.high, self.low = bus, high, low
         self._cap = cap
+        self._caps: dict[str, int] = {}
         #: Evicted scans whose session-log note the server had no room for yet.
         self._unnoted: list[tuple[str, dict[str, Any]]] = []
 
     def cap(self) -> int:
-        """The memory cap in bytes (the server's ``maxmemory`` unless given)."""
-        if self._cap is None:
-            info = self.bus.wire.call(*commands.memory())
-            self._cap = int(info.get("maxmemory", 0) or 0)
-        return self._cap
+        """The memory cap in bytes (the servers' ``maxmemory`` summed, unless given)."""
+        return sum(self._node_cap(node) for node in self.bus.wire.nodes())
 
     def used(self) -> int:
-        """The server's ``used_memory`` in bytes."""
-        return self._memory()[0]
+        """The servers' ``used_memory`` in bytes (summed over a cluster's primaries)."""
+        return sum(self._memory(node)[0] for node in self.bus.wire.nodes())
 
-    def _memory(self) -> tuple[int, int]:
-        """(used_memory, lazyfree_pending_objects): keys deleted and not yet freed by the
-        server's background thread still count as used."""
-        info = self.bus.wire.call(*commands.memory())
-        if self._cap is None:  # the same INFO gives the cap: no second round trip
-            self._cap = int(info.get("maxmemory", 0) or 0)
+    def _node_cap(self, node: str) -> int:
+        if self._cap is not None:
+            return self._cap
+        if node not in self._caps:
+            self._memory(node)
+        return self._caps[node]
+
+    def _memory(self, node: str) -> tuple[int, int]:
+        """(used_memory, lazyfree_pending_objects) of ``node``: keys deleted and not yet
+        freed by the server's background thread still count as used."""
+        info = self.bus.wire.on_node(node, *commands.memory())
+        if node not in self._caps:  # the same INFO gives the cap: no second round trip
+            self._caps[node] = int(info.get("maxmemory", 0) or 0)
         return int(info["used_memory"]), int(info.get("lazyfree_pending_objects", 0))
 
-    def _settled(self) -> tuple[int, int]:
-        """``_memory()`` once the background frees are done (up to ``LAZYFREE_WAIT_S``)."""
+    def _settled(self, node: str) -> tuple[int, int]:
+        """``_memory(node)`` once its background frees are done (up to ``LAZYFREE_WAIT_S``)."""
         deadline = time.monotonic() + LAZYFREE_WAIT_S
         while True:
-            used, freeing = self._memory()
+            used, freeing = self._memory(node)
             if not freeing or time.monotonic() > deadline:
                 return used, freeing
             time.sleep(0.002)
@@ -88,32 +96,48 @@ class MemoryGuard:
     def check(self, force: bool = False) -> GuardReport:
         """Evict ended scans if memory is past the high-water mark, or with ``force``
         (the server has just refused a write: a large pipeline counts toward its memory
-        while it is queued, so usage read afterwards can look lower than it was).
+        while it is queued, so usage read afterwards can look lower than it was; on a
+        cluster, ``force`` applies to the shards past the low-water mark).
 
         While the server is still freeing what was deleted, usage overstates: a routine
         check then waits for the next one (it runs in the publisher's flusher, which must
         not stall); a forced one waits for the frees, as its publisher is blocked anyway."""
-        used, freeing = self._settled() if force else self._memory()
-        cap = self.cap()
+        nodes = self.bus.wire.nodes()
+        reports = [self._check(node, force, len(nodes) > 1) for node in nodes]
+        return GuardReport(
+            sum(r.used_before for r in reports),
+            sum(r.used_after for r in reports),
+            sum(r.cap for r in reports),
+            tuple(key for r in reports for key in r.evicted),
+        )
+
+    def _check(self, node: str, force: bool, shards: bool) -> GuardReport:
+        """``check`` on one server (``shards``: one primary of several)."""
+        used, freeing = self._settled(node) if force else self._memory(node)
+        cap = self._node_cap(node)
         before = used
+        if force and shards:
+            force = used > self.low * cap
         evicted: list[str] = []
         if cap and not freeing and (force or used > self.high * cap):
-            for key in self._ended_scans_oldest_first():
+            for key in self._ended_scans_oldest_first(node if shards else None):
                 self._evict(key)
                 evicted.append(key)
-                used, freeing = self._settled() if force else self._memory()
+                used, freeing = self._settled(node) if force else self._memory(node)
                 if freeing or used < self.low * cap:
                     break
             if used > self.high * cap and not evicted:
                 log.warning(
-                    "memory %.0f MB of %.0f MB cap, and no ended scan is left to delete: "
-                    "the running scans fill it",
+                    "memory of %s %.0f MB of %.0f MB cap, and no ended scan is left to "
+                    "delete there: the running scans fill it",
+                    node,
                     used / 1e6,
                     cap / 1e6,
                 )
         if evicted:
             log.warning(
-                "memory was %.0f MB of %.0f MB: deleted %d ended scans (%s), now %.0f MB%s",
+                "memory of %s was %.0f MB of %.0f MB: deleted %d ended scans (%s), now %.0f MB%s",
+                node,
                 before / 1e6,
                 cap / 1e6,
                 len(evicted),
@@ -123,14 +147,17 @@ class MemoryGuard:
             )
         return GuardReport(before, used, cap, tuple(evicted))
 
-    def _ended_scans_oldest_first(self) -> list[str]:
-        """Ended scans, oldest first; those a file writer has started and not finished
-        (its ``file`` in the record, no ``written`` yet) come last, so a writer that
-        lags loses a scan only when nothing else is left to delete. A scan whose state
-        cannot be read is kept, with a warning: it may be running."""
+    def _ended_scans_oldest_first(self, node: str | None) -> list[str]:
+        """Ended scans (held by primary ``node``, if given), oldest first; those a file
+        writer has started and not finished (its ``file`` in the record, no ``written``
+        yet) come last, so a writer that lags loses a scan only when nothing else is left
+        to delete. A scan whose state cannot be read is kept, with a warning: it may be
+        running."""
         prefix = self.bus.settings.prefix
         scan_keys: list[Any] = self.bus.wire.call(*commands.scans(prefix))
         names = [message(k) or "" for k in scan_keys]
+        if node is not None:
+            names = [key for key in names if self.bus.wire.node_of(key) == node]
         records = self.bus.wire.run_each([commands.writer_marks(key) for key in names])
         ended = [
             (key, record[1] is not None and record[2] is None)
@@ -167,7 +194,7 @@ class MemoryGuard:
         was over its cap, as far as it has room for them now."""
         while self._unnoted:
             key, entry = self._unnoted[0]
-            self._settled()
+            self._settled(self.bus.wire.node_of(keys.session_log(*keys.parse_scan(key)[:2])))
             try:
                 self.bus.wire.call(*commands.evict_note(key, entry))
             except OutOfMemory:

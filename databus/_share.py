@@ -32,7 +32,7 @@ from ._states import ScanState
 from ._store import commands, keys, schema
 from ._store.commands import Command
 from ._store.schema import ShareItem, warn_skipped
-from ._store.wire import Link, Outage, ReadLink
+from ._store.wire import AnyLink, Outage, ReadLink
 from ._subscribe import ChannelNode, ScanNode
 from ._timing import milliseconds
 
@@ -139,7 +139,7 @@ class PointShare:
         self._first_scan = first_scan
         self.key = keys.share(bus.settings.prefix, session, group)
         self._ttl = bus.settings.retention_ttl
-        self._link: Link = bus.wire.link()
+        self._link: AnyLink = bus.wire.link()
         self._outage = Outage(f"share {group}", revive=bus.revive_server)
         self._scans: dict[str, _Scan] = {}
         self._nodes: dict[str, ScanNode] = {}

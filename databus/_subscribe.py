@@ -64,7 +64,7 @@ from ._store.schema import (
     warn_skipped,
     written_record,
 )
-from ._store.wire import Link
+from ._store.wire import AnyLink
 from ._timing import milliseconds
 from ._walks import (
     BLOCK_S,
@@ -416,7 +416,7 @@ class ScanNode(Walks, Node):
         deadline = None if timeout is None else time.monotonic() + timeout
         log_key = keys.scan_log(self.key)
         cursor = START
-        link: Link | None = None  # its own connection, for the blocking read
+        link: AnyLink | None = None  # its own connection, for the blocking read
         try:
             while True:
                 entries = xrange_entries(self.bus, log_key, _after(cursor))

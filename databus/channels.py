@@ -257,12 +257,14 @@ def shared_names(bus: Bus) -> list[str]:
     """The names of the shared channels that hold a value on ``bus``, sorted."""
     prefix = bus.settings.prefix
     names: set[str] = set()
-    cursor = 0
-    while True:
-        cursor, found = bus.wire.call(*commands.shared_keys(prefix, cursor))
-        names.update(keys.shared_name(prefix, text(key)) for key in found)
-        if int(cursor) == 0:
-            return sorted(names)
+    for node in bus.wire.nodes():  # each shard of a cluster holds some of them
+        cursor = 0
+        while True:
+            cursor, found = bus.wire.on_node(node, *commands.shared_keys(prefix, cursor))
+            names.update(keys.shared_name(prefix, text(key)) for key in found)
+            if int(cursor) == 0:
+                break
+    return sorted(names)
 
 
 def _hub(bus: Bus) -> _Hub:

@@ -35,7 +35,7 @@ from ._scan_info import end_info, start_info
 from ._states import EndReason
 from ._store import keys
 from ._store.schema import stop_reason
-from ._store.wire import Link, Outage
+from ._store.wire import AnyLink, Outage
 from ._timing import milliseconds
 from .sim import ElapsedTimeCounter, PointContext, SimDetector, SimMotor
 
@@ -355,7 +355,7 @@ class StepScan:
         finally:
             link.close()
 
-    def _watch_once(self, link: Link, outage: Outage, ctl: str, cursor: Any) -> Any:
+    def _watch_once(self, link: AnyLink, outage: Outage, ctl: str, cursor: Any) -> Any:
         """One round of ``_monitor``: read stop requests (blocking up to 0.1 s), then
         call ``on_timeout`` if it is due. Returns the control stream's new cursor."""
         timeout = self._watchdog.watchdog_timeout if self._watchdog else 1.0

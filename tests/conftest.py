@@ -19,6 +19,7 @@ import redis
 from hypothesis import settings as hypothesis_settings
 
 import databus
+from databus._local_cluster import ClusterState, LocalCluster
 from databus._server import EmbeddedServer, ServerState
 
 #: Every numeric dtype a channel takes.
@@ -74,6 +75,29 @@ def redis7_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSt
             "for the 7.0 compatibility tests"
         )
     yield from _start(tmp_path_factory, "redis7", binary)
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterState]:
+    """A local Redis Cluster of the embedded Valkey (3 primaries, no replicas, free ports),
+    for the whole test session; its ``url`` lists every node."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), shards=3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_with_replicas(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A local cluster of 3 primaries with 1 replica each, for one test, which may kill
+    nodes (``status()`` gives its state, ``restart(port)`` a node back)."""
+    cluster = LocalCluster(tmp_path / "cluster", shards=3, replicas=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(params=["valkey", "redis7"])

@@ -10,7 +10,7 @@ from databus._errors import CorruptEntry
 from databus._events import EventType, ScanEnd
 from databus._store import keys
 
-SLOG = "p:session:s:log"
+SLOG = "p:session:{s}:log"
 SCAN = keys.scan("p", "s", 1)
 SCAN_LOG = keys.scan_log(SCAN)
 

@@ -8,7 +8,8 @@ import pytest
 
 import databus
 from databus._server import EmbeddedServer
-from databus._store.wire import CredentialsRefused, Outage, OutOfMemory, Wire
+from databus._store.protocol import CredentialsRefused, OutOfMemory
+from databus._store.wire import Outage, Wire
 
 
 @pytest.fixture

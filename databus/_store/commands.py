@@ -19,6 +19,23 @@ from . import keys, schema
 #: A command as its arguments: ("XADD", key, id, field, value, ...).
 Command = tuple[Any, ...]
 
+#: Commands that name no key (a cluster runs them on any node, or on each: ``wire``).
+KEYLESS = frozenset({"PING", "INFO", "SCAN", "TIME", "MULTI", "EXEC", "ASKING", "CLIENT"})
+
+
+def key_of(command: Command) -> str | None:
+    """The first key ``command`` names (its cluster slot decides the node that runs it);
+    None for a command without keys (``KEYLESS``, an EVAL of no key)."""
+    name = str(command[0]).upper()
+    if name in KEYLESS:
+        return None
+    if name in ("EVAL", "EVALSHA"):
+        return str(command[3]) if int(command[2]) > 0 else None
+    if name in ("XREAD", "XREADGROUP"):
+        return str(command[[str(a).upper() for a in command].index("STREAMS") + 1])
+    return str(command[1])
+
+
 #: Raises a session's scan counter to at least ARGV[1], adds ARGV[2], returns it: a
 #: server restarted without its data restarts counters at 0, and a process must not hand
 #: out a number it has already used.

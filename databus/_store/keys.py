@@ -5,8 +5,8 @@ Layout (``P`` is the settings' prefix, names are %-escaped by ``escape``)::
     P:sessions                      ZSET  session name -> last activity (unix s)
     P:scans                         ZSET  scan key -> creation time (unix s)
     P:feed                          STREAM  every scan created, all sessions, in order
-    P:session:<session>:seq         STRING  last scan number (INCR)
-    P:session:<session>:log         STREAM  scan created / prepared / started / ended
+    P:session:{<session>}:seq       STRING  last scan number (INCR)
+    P:session:{<session>}:log       STREAM  scan created / prepared / started / ended
     P:scan:{<session>:<n>}          HASH  the scan record: info, state, descriptors
     P:scan:{<session>:<n>}:log      STREAM  channel created, state changes, end
     P:scan:{<session>:<n>}:ch:<ch>  STREAM  one channel's points, ID = first index
@@ -18,8 +18,10 @@ Layout (``P`` is the settings' prefix, names are %-escaped by ``escape``)::
     P:share:{<session>}:<group>:marks  HASH  scan key -> points handed to the share so far
     P:share:{<session>}:<group>:results  STREAM  (scan, first, stop, data) per claim served
 
-The braces are the scan's hash tag: every key of one scan lands in one Redis Cluster slot,
-so one XREAD covers all of its streams. Escaping keeps user names from adding braces.
+The braces are hash tags: every key of one scan lands in one Redis Cluster slot (one
+XREAD covers all of its streams, one MULTI/EXEC writes them), the session's own keys and
+its point shares in the session's slot; the global indexes are one key (one slot) each.
+Escaping keeps user names from adding braces.
 
 Names are checked by ``check_name`` before any key is built from them: a non-empty
 ``str`` of at most ``MAX_SESSION_NAME`` (sessions) or ``MAX_CHANNEL_NAME`` (scan and
@@ -110,12 +112,12 @@ def feed(prefix: str) -> str:
 
 def session_seq(prefix: str, session: str) -> str:
     """Counter that numbers a session's scans."""
-    return f"{prefix}:session:{escape(session)}:seq"
+    return f"{prefix}:session:{{{escape(session)}}}:seq"
 
 
 def session_log(prefix: str, session: str) -> str:
     """The session's log stream."""
-    return f"{prefix}:session:{escape(session)}:log"
+    return f"{prefix}:session:{{{escape(session)}}}:log"
 
 
 def scan(prefix: str, session: str, number: int) -> str:

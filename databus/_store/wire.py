@@ -18,11 +18,10 @@ Every exception leaving this module is a ``DatabusError`` (``translated``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -30,6 +29,7 @@ import redis.exceptions as rex
 from redis._parsers.base import BaseParser
 from redis._parsers.encoders import Encoder
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 
@@ -37,12 +37,19 @@ from .._encoding import Entries, text
 from .._errors import (
     DatabusError,
     InvalidURL,
-    PermissionDenied,
-    ServerError,
     ServerUnavailable,
     redact,
 )
-from .commands import Command
+from .cluster import ClusterLink, by_slot, cluster_client, is_cluster_node, split_nodes
+from .commands import Command, key_of
+from .protocol import (
+    exchange,
+    parse_read,
+    read_command,
+    send_read,
+    translate,
+    translated,
+)
 from .resp import EntriesReader, ProtocolError, ServerReply
 
 log = logging.getLogger(__name__)
@@ -68,50 +75,6 @@ READ_SIZE = 2**20
 #: redis-py's threshold above which its Python packer sends an argument as its own buffer
 #: (no copy into the command's bytes): any frame is above it.
 _UNCOPIED_ABOVE = 6000
-
-
-class OutOfMemory(ServerError):
-    """The server is at its memory cap and refused a write; a refused MULTI/EXEC applied
-    nothing (the publisher waits for room, then sends it all again)."""
-
-
-class CredentialsRefused(ServerUnavailable):
-    """The server answers but refuses the user name or password."""
-
-
-def _user(url: str) -> str:
-    """The ACL user named in ``url`` ("default" when none is)."""
-    _, sep, rest = url.partition("://")
-    creds = rest.rpartition("@")[0] if sep and "@" in rest else ""
-    return creds.partition(":")[0] or "default"
-
-
-def translate(exc: BaseException, url: str) -> BaseException:
-    """The databus error for redis-py's ``exc`` (other exceptions are returned as they are)."""
-    where = redact(url)
-    if isinstance(exc, rex.NoPermissionError):
-        return PermissionDenied(
-            f"the server at {where} refuses this to user {_user(url)!r}: {exc} "
-            f"(a read-only user can follow and read sessions, not publish or set channels)"
-        )
-    if isinstance(exc, rex.AuthenticationError):
-        return CredentialsRefused(f"the server at {where} refuses the credentials: {exc}", url)
-    if isinstance(exc, (rex.ConnectionError, rex.TimeoutError)):
-        return ServerUnavailable(f"cannot reach the server at {where}: {exc}", url)
-    if isinstance(exc, rex.OutOfMemoryError):
-        return OutOfMemory(f"the server at {where} is at its memory cap: {exc}")
-    if isinstance(exc, rex.RedisError):
-        return ServerError(f"the server at {where} answered: {exc}")
-    return exc
-
-
-@contextlib.contextmanager
-def translated(url: str) -> Iterator[None]:
-    """Raise redis-py exceptions raised inside the block as databus ones (``from exc``)."""
-    try:
-        yield
-    except rex.RedisError as exc:
-        raise translate(exc, url) from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,13 +137,10 @@ class Outage:
         return lost
 
 
-def _client(
-    url: str,
-    connect_timeout: float,
-    read_timeout: float | None,
-    python_packer: bool,
-    retry: bool,
-) -> redis.Redis:
+def _options(
+    connect_timeout: float, read_timeout: float | None, url: str, python_packer: bool
+) -> dict[str, Any]:
+    """redis-py's client settings for a connection to ``url``."""
     kwargs: dict[str, Any] = {
         "socket_connect_timeout": connect_timeout,
         "socket_timeout": read_timeout,
@@ -194,6 +154,17 @@ def _client(
         # hiredis' packer copies a 2 MiB frame in 3 ms; the Python one sends it as is.
         encoder = Encoder("utf-8", "strict", False)
         kwargs["command_packer"] = PythonRespSerializer(_UNCOPIED_ABOVE, encoder.encode)
+    return kwargs
+
+
+def _client(
+    url: str,
+    connect_timeout: float,
+    read_timeout: float | None,
+    python_packer: bool,
+    retry: bool,
+) -> redis.Redis:
+    kwargs = _options(connect_timeout, read_timeout, url, python_packer)
     if not retry:
         kwargs["retry"] = Retry(NoBackoff(), 0)  # a dead server is an answer, not a wait
     try:
@@ -210,6 +181,8 @@ class Wire:
     ``read_timeout``, None by default: blocking reads wait as long as they are told).
     ``python_packer`` sends large arguments without copying them (publishers). ``retry``
     False makes one attempt per command (an admin's look at a server that may be dead).
+    ``cluster``: whether ``url`` is a Redis Cluster (``cluster.py``); None finds out: a URL
+    naming several nodes is one, and so is a single node that says so when probed.
     """
 
     def __init__(
@@ -221,28 +194,77 @@ class Wire:
         python_packer: bool = False,
         retry: bool = True,
         probe: bool = True,
+        cluster: bool | None = None,
     ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
+        first_url, nodes = split_nodes(url)
+        if cluster is None and (nodes or not probe):
+            cluster = bool(nodes)
         if probe:
-            prober = _client(url, connect_timeout, connect_timeout, False, retry)
+            prober = _client(first_url, connect_timeout, connect_timeout, False, retry)
             try:
                 with translated(url):
                     prober.ping()
+                    if cluster is None:
+                        cluster = is_cluster_node(prober)
             finally:
                 prober.close()
-        self.client = _client(url, connect_timeout, read_timeout, python_packer, retry)
+        #: True on a Redis Cluster: ``client`` is redis-py's ``RedisCluster``.
+        self.cluster = bool(cluster)
+        self.client: Any
+        if self.cluster:
+            kwargs = _options(connect_timeout, read_timeout, first_url, python_packer)
+            with translated(url):
+                self.client = cluster_client(first_url, nodes, kwargs, retry)
+        else:
+            self.client = _client(url, connect_timeout, read_timeout, python_packer, retry)
 
     def call(self, *command: Any) -> Any:
         """Run one command; its reply as redis-py parses it (HGETALL a dict, INFO a dict...)."""
         with translated(self.url):
+            if self.cluster and key_of(command) is None:
+                return self.client.execute_command(*command, target_nodes=RedisCluster.RANDOM)
             return self.client.execute_command(*command)
+
+    def nodes(self) -> list[str]:
+        """The primaries' names ("host:port"; the one server's redacted URL)."""
+        if not self.cluster:
+            return [redact(self.url)]
+        return [node.name for node in self.client.get_primaries()]
+
+    def node_of(self, key: str) -> str:
+        """The name (as ``nodes`` gives it) of the primary that holds ``key``."""
+        return self.client.get_node_from_key(key).name if self.cluster else redact(self.url)
+
+    def on_node(self, name: str, *command: Any) -> Any:
+        """Run a command without keys on the primary ``name`` (see ``nodes``)."""
+        with translated(self.url):
+            if not self.cluster:
+                return self.client.execute_command(*command)
+            node = self.client.get_node(node_name=name)
+            if node is None:
+                raise ServerUnavailable(f"no node {name} in the cluster at {redact(self.url)}")
+            # The node's own client: its replies as one server gives them (SCAN's cursor).
+            return self.client.get_redis_connection(node).execute_command(*command)
 
     def run(self, commands: Sequence[Command], *, atomic: bool = False) -> list[Any]:
         """Run ``commands`` in one round trip (MULTI/EXEC if ``atomic``); their replies.
         The first error is raised."""
         if not commands:
             return []
+        if atomic and self.cluster:
+            replies: list[Any] = [None] * len(commands)
+            for slot, positions in by_slot(commands):
+                group = [commands[i] for i in positions]
+                for i, reply in zip(
+                    positions, self._pipeline(group, slot is not None), strict=True
+                ):
+                    replies[i] = reply
+            return replies
+        return self._pipeline(commands, atomic)
+
+    def _pipeline(self, commands: Sequence[Command], atomic: bool) -> list[Any]:
         with translated(self.url):
             pipe = self.client.pipeline(transaction=atomic)
             for command in commands:
@@ -268,8 +290,8 @@ class Wire:
         other straight into ``out`` (``resp.EntriesReader``: big frames without a copy);
         (entries, each value a view of ``out``, bytes filled, True if a value did not fit).
         Tried once: the caller falls back to ``run`` (and its retries) on an error."""
-        pool = self.client.connection_pool
         with translated(self.url):
+            pool = self._pool_of(command)
             conn: Any = pool.get_connection()
         in_step = False
         try:
@@ -292,9 +314,16 @@ class Wire:
                 conn.disconnect()
             pool.release(conn)
 
-    def link(self) -> Link:
-        """A connection of its own (see ``Link``)."""
-        return Link(self)
+    def _pool_of(self, command: Command) -> Any:
+        """The connection pool of the node that runs ``command``."""
+        if not self.cluster:
+            return self.client.connection_pool
+        node = self.client.get_node_from_key(key_of(command))
+        return self.client.get_redis_connection(node).connection_pool
+
+    def link(self) -> AnyLink:
+        """A connection of its own (see ``Link``; ``cluster.ClusterLink`` on a cluster)."""
+        return ClusterLink(self) if self.cluster else Link(self)
 
     def subscriber(self) -> Subscriber:
         """A pub/sub connection (see ``Subscriber``)."""
@@ -325,27 +354,10 @@ class Link:
         (``OutOfMemory`` when the server is at its cap: nothing was applied). ``resent``:
         the batch may have reached the server before the connection dropped, so entries it
         already holds (refused as "equal or smaller" IDs) are not an error."""
-        conn = self._conn
-        first: BaseException | None = None
-        replies: list[Any] = []
         # try/except rather than ``translated``: free when nothing fails, on the hot path.
         try:
             self._pending = True
-            conn.send_packed_command(
-                conn.pack_commands([("MULTI",), *commands, ("EXEC",)]), check_health=False
-            )
-            for _ in range(len(commands) + 2):  # +OK, QUEUED..., then EXEC's array
-                try:
-                    reply = conn.read_response()
-                except rex.ResponseError as exc:
-                    first = first or exc
-                    continue
-                if isinstance(reply, list):
-                    replies = reply
-                    errors = [r for r in reply if isinstance(r, Exception)]
-                    if resent:
-                        errors = [e for e in errors if "equal or smaller" not in str(e)]
-                    first = first or (errors[0] if errors else None)
+            replies, first = exchange(self._conn, commands, resent=resent)
             self._pending = False
         except rex.RedisError as exc:
             raise translate(exc, self.wire.url) from exc
@@ -367,40 +379,16 @@ class Link:
         out, ``0`` for the consumer's own pending ones (those deleted since have no fields).
         ``before``: commands sent in the same write, ahead of the read (their first error
         is raised, after the read's reply is taken)."""
-        args: list[Any] = ["XREAD", "COUNT", count]
-        if group is not None:
-            args = ["XREADGROUP", "GROUP", *group, "COUNT", count]
-        if block_ms is not None:
-            args += ["BLOCK", block_ms]
-        args += ["STREAMS", *streams.keys(), *streams.values()]
-        conn = self._conn
-        first: BaseException | None = None
+        args = read_command(streams, count, block_ms, group)
         try:
             self._pending = True
-            if before:
-                conn.send_packed_command(conn.pack_commands([*before, args]), check_health=False)
-                for _ in before:
-                    try:
-                        conn.read_response()
-                    except rex.ResponseError as exc:
-                        first = first or exc
-            else:
-                conn.send_command(*args, check_health=False)
-            reply = conn.read_response()
+            reply, first = send_read(self._conn, args, before)
             self._pending = False
         except rex.RedisError as exc:
             raise translate(exc, self.wire.url) from exc
         if first is not None:
             raise translate(first, self.wire.url) from first
-        if not reply:
-            return []
-        pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 array
-        if group is not None:  # a pending entry deleted since comes back without fields
-            pairs = [(key, [(eid, f or []) for eid, f in entries]) for key, entries in pairs]
-        return [
-            (text(key), [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries])
-            for key, entries in pairs
-        ]
+        return parse_read(reply, group is not None)
 
     def reset(self) -> None:
         """Drop the connection; the next command connects again."""
@@ -417,6 +405,10 @@ class Link:
         if self._pending:
             self._conn.disconnect()
         self._pool.release(self._conn)
+
+
+#: What ``Wire.link`` gives: a ``Link``, or a ``cluster.ClusterLink`` (the same methods).
+AnyLink = Link | ClusterLink
 
 
 class ReadLink:

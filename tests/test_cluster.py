@@ -1,0 +1,218 @@
+"""The same SDK on a Redis Cluster (a local cluster of embedded Valkey processes, three
+primaries): scans spread over shards, walks across them, transactions split by slot,
+shared channels, the memory guard per shard, and the file writer unchanged."""
+
+import itertools
+import os
+import signal
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+from conftest import Running, eventually
+from test_subscribe import Collector, check_order, data_of, ended, publish
+
+import databus
+from databus import channels
+from databus._errors import InvalidURL
+from databus._events import EventType
+from databus._memory import MemoryGuard
+from databus._store import commands, keys
+from databus._store.cluster import by_slot, split_nodes
+
+_PREFIXES = itertools.count()
+
+
+@pytest.fixture
+def cbus(valkey_cluster):
+    """A bus on the local cluster, with a key prefix of its own."""
+    settings = databus.Settings(url=valkey_cluster.url, prefix=f"c{next(_PREFIXES)}")
+    bus = databus.connect(valkey_cluster.url, settings=settings)
+    yield bus
+    bus.close()
+
+
+def _until_ends(n):
+    """Stops a ``Collector`` at the ``n``-th END_SCAN."""
+    count = itertools.count(1)
+    return lambda event: ended(event) and next(count) == n
+
+
+def _shards(bus, scan_keys):
+    return {bus.wire.node_of(key) for key in scan_keys}
+
+
+def test_a_url_naming_several_nodes_or_one_cluster_node_connects_to_the_cluster(valkey_cluster):
+    bus = databus.connect(valkey_cluster.url)
+    assert bus.wire.cluster and len(bus.wire.nodes()) == 3
+    first, nodes = split_nodes(valkey_cluster.url)
+    assert len(nodes) == len(valkey_cluster.nodes) and "," not in first
+    one = databus.connect(first)  # one node: it says it is in a cluster
+    assert one.wire.cluster and sorted(one.wire.nodes()) == sorted(bus.wire.nodes())
+    bus.close()
+    one.close()
+
+
+def test_a_bad_node_list_or_a_database_is_refused_with_the_reason():
+    with pytest.raises(InvalidURL, match="host:port"):
+        split_nodes("redis://a:1,b")
+    with pytest.raises(InvalidURL, match="database 0 only"):
+        databus.connect("redis://127.0.0.1:1,127.0.0.1:2/3")
+
+
+def test_a_transaction_is_split_by_slot_in_the_order_of_its_commands():
+    create = commands.create_scan(
+        "p", "s", 7, b"{}", 1.0, 1.0, running_ttl=60, retention_ttl=60, feed_length=10
+    )
+    groups = by_slot(create)
+    assert [i for _, positions in groups for i in sorted(positions)] == sorted(range(len(create)))
+    scan_key = keys.scan("p", "s", 7)
+    first_slot, first = groups[0]
+    assert first_slot == keys.hash_slot(scan_key) and first[0] == 0  # the record first
+    session_slot = keys.hash_slot(keys.session_log("p", "s"))
+    assert keys.hash_slot(keys.session_seq("p", "s")) == session_slot
+    assert keys.hash_slot(keys.share("p", "s", "g")) == session_slot
+    assert session_slot != first_slot and session_slot in dict(groups)
+    assert by_slot([("PING",)]) == [(None, [0])]
+
+
+def test_scans_of_one_session_land_on_several_shards_and_are_followed_as_one(cbus):
+    session = cbus.session("spread")
+    collector = Collector(session.follow, until=_until_ends(6), timeout=20)
+    scans = [publish(session, n=30) for _ in range(6)]
+    assert len(_shards(cbus, [s.key for s in scans])) >= 2
+    events = collector.join(timeout=20)
+    check_order(events)
+    for s in scans:
+        mine = [e for e in events if getattr(e.node, "db_name", "").startswith(s.key)
+                or (e.node.parent is not None and e.node.parent.db_name == s.key)]  # fmt: skip
+        np.testing.assert_array_equal(data_of(mine, "axis:robz"), np.arange(30) / 10)
+
+
+def test_a_walk_gets_two_scans_running_at_once_on_different_shards(cbus):
+    session = cbus.session("both")
+    collector = Collector(session.follow, timeout=20)
+    first = session.create_scan(title="a")
+    second = session.create_scan(title="b")
+    while cbus.wire.node_of(second.key) == cbus.wire.node_of(first.key):
+        second.end()
+        second = session.create_scan(title="b")
+    chans = [s.channel("x", "int64") for s in (first, second)]
+    for s in (first, second):
+        s.prepare()
+        s.start()
+    for i in range(200):
+        for c in chans:
+            c.send(i)
+    for s in (first, second):
+        s.end()
+    keys_ended = lambda: {e.node.db_name for e in collector.events if ended(e)}  # noqa: E731
+    assert eventually(lambda: {first.key, second.key} <= keys_ended(), timeout=20)
+    collector.stop.stop()
+    events = collector.join(timeout=10)
+    check_order(events)
+    for s in (first, second):
+        mine = [e for e in events if e.node.parent is not None and e.node.parent.db_name == s.key]
+        np.testing.assert_array_equal(data_of(mine, "x"), np.arange(200))
+
+
+def test_shared_channels_reach_every_client_and_are_listed_from_every_shard(cbus, valkey_cluster):
+    other = databus.connect(valkey_cluster.url, settings=cbus.settings)
+    names = [f"flag{i}" for i in range(12)]  # enough to land on every shard
+    assert len({cbus.wire.node_of(keys.shared(cbus.settings.prefix, n)) for n in names}) == 3
+    seen = threading.Event()
+    channels.Channel("flag0", default_value=False, callback=lambda v: v and seen.set(), bus=other)
+    for name in names:
+        channels.Channel(name, default_value=False, bus=cbus).value = True
+    assert seen.wait(10)
+    assert channels.shared_names(other) == sorted(names)
+    other.close()
+
+
+def test_the_memory_guard_deletes_ended_scans_shard_by_shard_never_a_running_one(cbus):
+    session = cbus.session("full")
+    done = [publish(session, n=20) for _ in range(6)]
+    running = publish(session, n=20, end=False)
+    report = MemoryGuard(cbus, cap=1).check()  # every shard past its cap
+    assert set(report.evicted) == {s.key for s in done}
+    assert len(_shards(cbus, report.evicted)) >= 2
+    assert cbus.scan(running.key).channels["axis:robz"].get_as_array().size == 20
+    exist = cbus.wire.run([commands.exists(s.key) for s in done])
+    assert exist == [0] * len(done)
+    running.end()
+
+
+def test_the_writer_writes_scans_of_several_shards_unchanged(cbus, tmp_path):
+    from databus import scan
+    from databus.sim import GaussNoiseCounter, SimMotor
+
+    databus.set_default_bus(cbus)
+    scan.set_session("runner")
+    try:
+        writer = Running(cbus, tmp_path)
+        robz, gauss = SimMotor("robz", low=-10, high=10), GaussNoiseCounter(seed=1)
+        done = [scan.ascan(robz, -1, 1, 11, 0.001, gauss) for _ in range(4)]
+        writer.wait_for(4)
+        writer.stop()
+    finally:
+        databus.set_default_bus(None)
+        scan.set_session(None)
+    assert len(_shards(cbus, [s.key for s in done])) >= 2
+    [path] = sorted((tmp_path / "runner").glob("*.h5"))
+    with h5py.File(path, "r") as f:
+        assert sorted(f) == ["1.1", "2.1", "3.1", "4.1"]
+        for entry in f.values():
+            assert entry["end_reason"][()] == b"finished"
+            np.testing.assert_allclose(entry["measurement/robz"][()], np.linspace(-1, 1, 11))
+
+
+def _primary_of(state, key):
+    slot = keys.hash_slot(key)
+    return next(
+        n
+        for n in state.nodes
+        if n.role == "primary" and any(a <= slot <= b for a, b in n.slots) and n.running
+    )
+
+
+def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replicas):
+    """The scan's primary is SIGKILLed; its replica takes over; the publisher and two
+    followers carry on: every point is delivered, or reported as a gap (server lost)."""
+    state = cluster_with_replicas.status()
+    bus = databus.connect(state.url, settings=databus.Settings(url=state.url, prefix="f"))
+    session = bus.session("failover")
+    followers = [Collector(session.follow, until=_until_ends(1), timeout=20) for _ in range(2)]
+    scan = session.create_scan(title="failover")
+    x = scan.channel("x", "int64")
+    scan.prepare()
+    scan.start()
+    total = 600
+    victim = None
+    for i in range(total):
+        x.send(i)
+        if i == total // 3:
+            victim = _primary_of(cluster_with_replicas.status(), scan.key)
+            os.kill(victim.pid, signal.SIGKILL)
+        time.sleep(0.005)
+    scan.end()
+    assert victim is not None
+    new_primary = _primary_of(cluster_with_replicas.status(), scan.key)
+    assert new_primary.port != victim.port
+    for follower in followers:
+        events = follower.join(timeout=30)
+        delivered: list[int] = []
+        reported: list[int] = []
+        for e in events:
+            if e.node.name != "x":
+                continue
+            if e.type is EventType.NEW_DATA:
+                assert list(e.data.data) == list(
+                    range(e.data.first_index, e.data.first_index + e.data.block_size)
+                )
+                delivered += list(e.data.data)
+            elif e.type is EventType.GAP:
+                reported += range(e.data.first_index, e.data.first_index + e.data.block_size)
+        assert sorted(delivered + reported) == list(range(total)), reported
+    bus.close()
