@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import Running, eventually
+from test_share import test_two_members_share_two_scans_each_point_once as share_two_scans
 from test_subscribe import Collector, check_order, data_of, ended, publish
 
 import databus
@@ -142,6 +143,13 @@ def test_the_memory_guard_deletes_ended_scans_shard_by_shard_never_a_running_one
     exist = cbus.wire.run([commands.exists(s.key) for s in done])
     assert exist == [0] * len(done)
     running.end()
+
+
+def test_a_point_share_hands_out_each_point_of_scans_on_two_shards_once(cbus):
+    """What the frames bridges and the analysis workers share work through."""
+    share_two_scans(cbus)
+    scan_keys = [keys.scan(cbus.settings.prefix, "s", n) for n in (1, 2)]
+    assert len(_shards(cbus, scan_keys)) == 2
 
 
 def test_the_writer_writes_scans_of_several_shards_unchanged(cbus, tmp_path):
