@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from conftest import eventually
 
 from databus.channels import Channel, shared_names
 from databus.clients.web import _decimate, _wire
+from databus.clients.web._files import FileRoot
 from databus.clients.web._page import View
 from databus.clients.web.server import check_exposure
 
@@ -45,8 +47,9 @@ class WebServer:
         )
         line = self.proc.stdout.readline()
         if "serving" not in line:
+            rest = self.proc.stdout.read()
             self.stop()
-            raise AssertionError(f"databus web did not start: {line}{self.proc.stdout.read()}")
+            raise AssertionError(f"databus web did not start: {line}{rest}")
         self.url = line.split()[3]
         self.port = int(self.url.rsplit(":", 1)[1].strip("/"))
 
@@ -181,6 +184,74 @@ def test_mesh_scan_draws_a_map(beamline, web, browser, tmp_path):
     ) == [6, 5]
     screenshot(page, tmp_path, "amesh")
     page.close()
+
+
+@needs_chromium
+def test_a_written_scan_links_its_file_which_downloads(beamline, web, browser, tmp_path):
+    from conftest import Running
+
+    from databus.scan import loopscan
+
+    root = tmp_path / "data"
+    root.mkdir()
+    server = web("--session", "runner", "--files", str(root))
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected")
+    writer = Running(beamline["bus"], root)
+    try:
+        scan = loopscan(5, 0.001, beamline["diode"])
+        writer.wait_for(1)
+    finally:
+        writer.stop()
+    node = beamline["bus"].scan(scan.key)
+    assert node.file is not None and Path(node.file).is_absolute() and node.written is not None
+    wait(page, "s.scans.length === 1 && s.scans[0].download !== null && s.scans[0].written")
+    assert state(page, "scans[0].file") == node.file
+    assert page.locator("#scan-meta .file").inner_text() == node.file
+    with page.expect_download() as download:
+        page.click("#scan-meta a.download")
+    assert Path(download.value.path()).read_bytes()[:4] == b"\x89HDF"
+    page.close()
+
+
+def test_files_outside_the_directory_served_are_refused(web, tmp_path):
+    root = tmp_path / "served"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a b.h5").write_bytes(b"\x89HDF inside")
+    (tmp_path / "secret.h5").write_bytes(b"secret")
+    (root / "link.h5").symlink_to(tmp_path / "secret.h5")
+    files = FileRoot(root)
+    assert files.link(str(root / "sub" / "a b.h5")) == "files/sub/a%20b.h5"
+    assert files.link(str(tmp_path / "secret.h5")) is None and files.link(None) is None
+    for outside in ["../secret.h5", str(tmp_path / "secret.h5"), "link.h5", "sub/../../secret.h5"]:
+        with pytest.raises(PermissionError, match="outside"):
+            files.find(outside)
+    with pytest.raises(FileNotFoundError):
+        files.find("sub")
+    with pytest.raises(ValueError, match="not a directory"):
+        FileRoot(tmp_path / "secret.h5")
+
+    def status(server, path: str) -> int | bytes:
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=5) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    served = web("--session", "runner", "--files", str(root))
+    assert status(served, "files/sub/a%20b.h5") == b"\x89HDF inside"
+    refused = [
+        "files/../secret.h5",
+        "files/%2E%2E/secret.h5",
+        "files/sub/..%2F..%2Fsecret.h5",
+        "files/" + str(tmp_path / "secret.h5"),
+        "files/%2F" + quote(str(tmp_path / "secret.h5")[1:], safe=""),
+        "files/link.h5",
+    ]
+    assert {path: status(served, path) for path in refused} == dict.fromkeys(refused, 403)
+    assert status(served, "files/missing.h5") == 404
+    assert status(web("--session", "runner"), "files/sub/a%20b.h5") == 404
 
 
 @needs_chromium

@@ -83,6 +83,7 @@ class ScanView:
         self.loaded = followed
         self.version = 0
         self.cache: dict[tuple, Any] = {}
+        self.file, self.written = node.file, node.written
         if not followed:
             self.end = databus.ScanEnd(node.end_reason, node.error) if node.end_reason else None
 
@@ -125,6 +126,13 @@ class ScanView:
                     "reason": gap.reason,
                 }
             )
+
+    def take_notes(self, node: databus.ScanNode) -> None:
+        """The file writer's notes as ``node`` (the scan, read again) has them."""
+        with self.lock:
+            if (node.file, node.written) != (self.file, self.written):
+                self.file, self.written = node.file, node.written
+                self.version += 1
 
     def load(self) -> None:
         """Read the scan's channels from the bus (a scan not followed): whole scalar
@@ -184,6 +192,7 @@ class ScanView:
                 for name, s in self.channels.items()
             }
             points, gaps, lost = self.points, list(self.gaps), dict(self.lost)
+            file, written = self.file, self.written
         return {
             "key": self.key,
             "session": node.parent.name if node.parent is not None else "",
@@ -197,7 +206,8 @@ class ScanView:
             "ended": node.ended,
             "reason": None if end is None else str(end.reason),
             "error": None if end is None else end.error,
-            "file": _text(info.get("filename"), None),
+            "file": file,
+            "written": written,
             "channels": channels,
             "x": default_x(info, channels),
             "mesh": mesh_shape(info),

@@ -402,11 +402,18 @@ function renderDetail() {
     elapsed(scan)];
   $("scan-meta").textContent = meta.join(" · ") + (scan.error ? ` · ${scan.error}` : "");
   if (scan.file) {
-    const a = document.createElement("a");
-    a.href = `file://${scan.file}`;
-    a.textContent = scan.file;
-    a.className = "file";
-    $("scan-meta").append(" · NeXus file ", a);
+    const path = document.createElement("span");
+    path.className = "file";
+    path.textContent = scan.file;
+    $("scan-meta").append(" · NeXus file ", path, scan.written ? "" : " (being written)");
+    if (scan.download) {
+      const a = document.createElement("a");
+      a.href = scan.download;
+      a.download = scan.file.split("/").pop();
+      a.textContent = "download";
+      a.className = "download";
+      $("scan-meta").append(" ", a);
+    }
   }
   const alerts = [];
   for (const [reason, count] of Object.entries(scan.lost)) {
