@@ -23,8 +23,10 @@ from conftest import eventually
 from databus.channels import Channel, shared_names
 from databus.clients.web import _decimate, _wire
 from databus.clients.web._files import FileRoot
+from databus.clients.web._model import mesh_axes, mesh_spans
 from databus.clients.web._page import View
 from databus.clients.web.server import check_exposure
+from databus.scan import mesh_shape
 
 CHROMIUM = "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(
@@ -183,6 +185,44 @@ def test_mesh_scan_draws_a_map(beamline, web, browser, tmp_path):
         "() => [document.getElementById('mesh').width, document.getElementById('mesh').height]"
     ) == [6, 5]
     screenshot(page, tmp_path, "amesh")
+    page.close()
+
+
+@needs_chromium
+def test_a_snake_mesh_is_mapped_by_its_motors_positions(beamline, web, browser, tmp_path):
+    from databus.scan import StepScan
+
+    server = web("--session", "runner")
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected")
+    rows, cols = 4, 6
+    fast, slow = np.meshgrid(np.linspace(-1, 1, cols), np.linspace(-1, 1, rows))
+    fast[1::2] = fast[1::2, ::-1]  # every other line runs backwards
+    info = {"start": [-1.0, -1.0], "stop": [1.0, 1.0], "data_dim": 2, "shape": [rows, cols]}
+    snake = StepScan(
+        "amesh",
+        "snake mesh",
+        [beamline["robz"], beamline["roby"]],
+        np.column_stack([fast.ravel(), slow.ravel()]),
+        0.001,
+        [beamline["gauss"]],
+        npoints=rows * cols,
+        save=False,
+        info=info,
+    )
+    snake.run()
+    wait(page, f"s.mesh.points === {rows * cols} && s.mesh.drawn >= 1")
+    counts = np.asarray(beamline["bus"].scan(snake.key).channels["simulation:sim_ct_gauss_noise"])
+    placed = counts.reshape(rows, cols)
+    placed[1::2] = placed[1::2, ::-1]
+    expected = _decimate.to_8bit(placed, *_decimate.auto_levels(placed))
+    assert page.evaluate("() => Array.from(window.databusView.mesh.codes)") == list(
+        expected.ravel()
+    )
+    assert state(page, "mesh.axes") == ["axis:robz", "axis:roby"]
+    assert "over axis:robz (across) and axis:roby (down)" in page.inner_text("#mesh-info")
+    screenshot(page, tmp_path, "snake")
     page.close()
 
 
@@ -431,6 +471,40 @@ def test_frames_shrink_by_block_maximum_and_map_to_8_bits():
     assert list(logged) == [1, 1, 128, 255]
     with pytest.raises(ValueError, match="2D"):
         _decimate.shrink(np.zeros(5), 2, 2)
+
+
+def test_mesh_points_go_where_their_motors_were():
+    values = np.arange(6.0)
+    by_index = _decimate.mesh_grid(values[:5], (2, 3))
+    assert by_index.tolist()[0] == [0.0, 1.0, 2.0] and np.isnan(by_index[1, 2])
+    snake_fast, slow = np.array([0, 1, 2, 2, 1, 0.0]), np.array([0, 0, 0, 1, 1, 1.0])
+    spans = ((0.0, 2.0), (0.0, 1.0))
+    snake = _decimate.mesh_grid(values, (2, 3), snake_fast, slow, spans)
+    assert snake.tolist() == [[0, 1, 2], [5, 4, 3]]
+    jittered = _decimate.mesh_grid(
+        values[:4], (2, 2), np.array([0.1, 4.9, -0.2, 5.1]), np.array([0.0, 0.1, 2.0, 1.9])
+    )  # spans: the positions'
+    assert jittered.tolist() == [[0, 1], [2, 3]]
+    descending = _decimate.mesh_grid(
+        values[:3], (1, 3), np.array([1, 0.5, 0]), np.zeros(3), ((1.0, 0.0), (0.0, 0.0))
+    )
+    assert descending.tolist() == [[0, 1, 2]]
+    channels = ["axis:a", "axis:b", "axis:c", "x"]
+    scatter = {
+        "plots": [
+            {
+                "kind": "scatter-plot",
+                "items": [{"kind": "scatter", "x": "axis:c", "y": "axis:a", "value": "x"}],
+            }
+        ]
+    }
+    assert mesh_axes(scatter, channels) == ("axis:c", "axis:a")
+    assert mesh_axes({"motors": ["b", "a"]}, channels) == ("axis:b", "axis:a")
+    assert mesh_axes({}, channels) == ("axis:a", "axis:b") and mesh_axes({}, ["x"]) is None
+    assert mesh_spans({"start": [0, 1], "stop": [2, 3.5]}) == ((0.0, 2.0), (1.0, 3.5))
+    assert mesh_spans({"start": [0], "stop": [2]}) is None
+    for bad in (["4", 5], [0, 5], [True, 5], [4.0, 5]):  # any publisher's info: no map
+        assert mesh_shape({"data_dim": 2, "shape": bad}) is None
 
 
 def test_messages_round_trip():

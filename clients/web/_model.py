@@ -12,6 +12,9 @@ from typing import Any
 import numpy as np
 
 import databus
+from databus.scan import mesh_shape
+
+from ._decimate import Span
 
 #: Longest list of gaps kept per scan (the count of lost points covers them all).
 MAX_GAPS = 50
@@ -237,10 +240,34 @@ def default_x(info: dict[str, Any], channels: dict[str, Any]) -> str | None:
     return next((name for name in channels if name.startswith("axis:")), None)
 
 
-def mesh_shape(info: dict[str, Any]) -> list[int] | None:
-    """[slow, fast] point counts of a mesh scan (``data_dim`` 2 and its ``shape``)."""
-    shape = info.get("shape")
-    if info.get("data_dim") == 2 and isinstance(shape, list) and len(shape) == 2:
-        rows, cols = (_count(n) for n in shape)
-        return [rows, cols] if rows and cols else None
-    return None
+def mesh_axes(info: dict[str, Any], channels: Any) -> tuple[str, str] | None:
+    """The (fast, slow) motor channels of a mesh scan: the x and y of the scatter plot its
+    info declares, else its first two ``motors``, else its first two ``axis:`` channels;
+    None if it has fewer than two of them among ``channels``."""
+    plots = info.get("plots")
+    for plot in plots if isinstance(plots, list) else []:
+        items = plot.get("items") if isinstance(plot, dict) else None
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("kind") == "scatter":
+                pair = item.get("x"), item.get("y")
+                if all(isinstance(n, str) and n in channels for n in pair):
+                    return pair[0], pair[1]
+    motors = info.get("motors")
+    if isinstance(motors, list) and len(motors) >= 2:
+        pair = f"axis:{motors[0]}", f"axis:{motors[1]}"
+        if all(n in channels for n in pair):
+            return pair
+    axes = [name for name in channels if name.startswith("axis:")]
+    return (axes[0], axes[1]) if len(axes) >= 2 else None
+
+
+def mesh_spans(info: dict[str, Any]) -> tuple[Span, Span] | None:
+    """The (fast, slow) motors' first and last planned positions (``amesh``'s info
+    ``start`` and ``stop``, fast first); None if the info does not give them."""
+    start, stop = info.get("start"), info.get("stop")
+    if not all(isinstance(p, list) and len(p) >= 2 for p in (start, stop)):
+        return None
+    ends = [*start[:2], *stop[:2]]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ends):
+        return None
+    return (float(start[0]), float(stop[0])), (float(start[1]), float(stop[1]))

@@ -305,12 +305,16 @@ $("frame").addEventListener("mousemove", (event) => {
 
 function onMesh(header, pixels) {
   paint($("mesh"), header.shape, pixels);
-  Object.assign(state.mesh, { channel: header.channel, points: header.points });
+  Object.assign(state.mesh, {
+    channel: header.channel, points: header.points, axes: header.axes, codes: pixels,
+  });
   state.mesh.drawn += 1;
   const [lo, hi] = header.levels;
+  const [fast, slow] = header.axes;
+  const placed = fast ? ` over ${fast} (across) and ${slow} (down)` : "";
   $("mesh-info").textContent =
-    `${header.channel}: ${header.points} of ${header.shape[0] * header.shape[1]} points, ` +
-    `${fmt(lo)} … ${fmt(hi)}`;
+    `${header.channel}${placed}: ${header.points} of ${header.shape[0] * header.shape[1]} ` +
+    `points, ${fmt(lo)} … ${fmt(hi)}`;
 }
 
 function onSpectrum(header, arrays) {
