@@ -164,6 +164,37 @@ def test_scan_appears_grows_and_ends_in_the_page(beamline, web, browser, det, tm
     page.close()
 
 
+@needs_chromium
+def test_frames_given_as_references_to_files_are_shown(beamline, web, browser, tmp_path):
+    from databus.scan import ascan
+    from databus.sim import SimDetector
+
+    det = SimDetector("file_det", shape=(96, 128), mode="file", directory=tmp_path / "det")
+    server = web("--session", "runner")
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected")
+    scan = ascan(beamline["robz"], 0, 1, 8, 0.01, det, save=False)
+    frames = beamline["bus"].scan(scan.key).channels["file_det:image"]
+    assert frames.type == "lima" and frames.file_refs()[0].file.startswith(str(tmp_path))
+    wait(page, "s.frame.index === 7 && s.frame.channel === 'file_det:image'")
+    assert state(page, "frame.full") == [96, 128] and canvas_sum(page, "frame") != 0
+    page.hover("#frame", position={"x": 300, "y": 200})
+    wait(page, "s.pixel !== null")
+    pixel = state(page, "pixel")
+    assert pixel["value"] == int(frames.get(pixel["index"])[pixel["row"], pixel["col"]])
+    page.close()
+    for path in (tmp_path / "det").rglob("*.h5"):
+        path.unlink()
+    later = web("--session", "runner")  # reads the ended scan afresh: its file is gone
+    page = browser.new_page()
+    page.goto(later.url)
+    wait(page, "s.scans.length === 1 && Object.keys(s.scans[0].unreadable).length === 1")
+    assert "file_det:image" in page.inner_text("#alerts")
+    assert "cannot be read" in state(page, "scans[0].unreadable['file_det:image']")
+    page.close()
+
+
 def det_frame_value(bus, key: str, pixel: dict) -> float:
     frames = bus.scan(key).channels["sim_det:image"]
     return frames.get(pixel["index"])[pixel["row"], pixel["col"]]

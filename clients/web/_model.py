@@ -1,7 +1,8 @@
 """What the server knows of one scan, built from the events of a walk (or read from the
 bus for a scan that ended before the server started): its summary for the scans list,
-its scalar series, the latest frame and spectrum of each channel, its gaps. Written by a
-session's follower thread, read by the pages' tasks, under the view's lock."""
+its scalar series, the latest frame and spectrum of each channel (read through the SDK
+when the channel gives references to frames in files), its gaps. Written by a session's
+follower thread, read by the pages' tasks, under the view's lock."""
 
 from __future__ import annotations
 
@@ -44,10 +45,14 @@ class Series:
 
 @dataclasses.dataclass
 class Latest:
-    """The newest point of a spectrum or image channel, with its index."""
+    """The newest point of a spectrum or image channel, with its index. A point given as
+    a reference to a frame in a file (a lima channel) has ``value`` None until
+    ``ScanView.read_references`` reads it through its ``node``, or ``error`` says why not."""
 
     index: int
-    value: np.ndarray
+    value: np.ndarray | None
+    node: databus.ChannelNode | None = None
+    error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,7 @@ class ScanView:
         self.loaded = followed
         self.version = 0
         self.cache: dict[tuple, Any] = {}
+        self._reading = threading.Lock()
         self.file, self.written = node.file, node.written
         if not followed:
             self.end = databus.ScanEnd(node.end_reason, node.error) if node.end_reason else None
@@ -109,6 +115,8 @@ class ScanView:
         self.channels.setdefault(node.name, spec)
         last = data.first_index + data.block_size - 1
         self.points = max(self.points, last + 1)
+        if spec.kind == "ref" and spec.dim in (1, 2):
+            self.latest[node.name] = Latest(last, None, node)
         if spec.kind != "array":
             return
         if spec.dim == 0:
@@ -149,6 +157,8 @@ class ScanView:
                 spec = found[name] = ChannelSpec.of(node)
                 length = len(node)
                 points = max(points, length)
+                if spec.kind == "ref" and spec.dim in (1, 2) and length > 0:
+                    latest[name] = Latest(length - 1, None, node)
                 if spec.kind != "array" or length == 0:
                     continue
                 if spec.dim == 0:
@@ -165,6 +175,31 @@ class ScanView:
             self.channels, self.scalars, self.latest = found, scalars, latest
             self.points, self.loaded = points, True
             self.version += 1
+
+    def unread(self) -> bool:
+        """Whether a newest point given as a reference waits to be read."""
+        with self.lock:
+            return any(i.value is None and i.error is None for i in self.latest.values())
+
+    def read_references(self) -> None:
+        """Read the newest point of each channel given as references to frames in files,
+        through the SDK (which checks the file and dataset): blocks on the file, so run
+        it in a thread. One reader at a time; a point that cannot be read keeps why."""
+        with self._reading:
+            with self.lock:
+                todo = [
+                    (i, i.node)
+                    for i in self.latest.values()
+                    if i.node is not None and i.value is None and i.error is None
+                ]
+            for item, node in todo:
+                try:
+                    value, error = np.asarray(node.get(item.index)), None
+                except (databus.DatabusError, ImportError) as exc:
+                    value, error = None, str(exc)
+                with self.lock:
+                    item.value, item.error = value, error
+                    self.version += 1
 
     def unload(self) -> None:
         """Forget the data (kept in the bus: ``load`` reads it again on demand)."""
@@ -195,6 +230,7 @@ class ScanView:
                 for name, s in self.channels.items()
             }
             points, gaps, lost = self.points, list(self.gaps), dict(self.lost)
+            unreadable = {n: i.error for n, i in self.latest.items() if i.error is not None}
             file, written = self.file, self.written
         return {
             "key": self.key,
@@ -216,6 +252,7 @@ class ScanView:
             "mesh": mesh_shape(info),
             "gaps": gaps,
             "lost": lost,
+            "unreadable": unreadable,
             "evicted": self.evicted,
             "gone": self.gone,
         }

@@ -167,7 +167,7 @@ class Page:
             raise ValueError("pixel: needs a selected scan, and integer row and col")
         with view.lock:
             latest = view.latest.get(channel) if isinstance(channel, str) else None
-            if latest is None or latest.value.ndim != 2:
+            if latest is None or latest.value is None or latest.value.ndim != 2:
                 raise ValueError(f"pixel: scan {view.key} has no frame of {channel!r}")
             h, w = latest.value.shape
             if not (0 <= row < h and 0 <= col < w):
@@ -223,6 +223,8 @@ class Page:
         wait = self.sent_image_at + self.frame_interval - now
         if wait > 0:
             return min(due, wait)
+        if view.unread():
+            await asyncio.to_thread(view.read_references)
         messages = self._images(view)
         for message in messages:
             await self.ws.send_bytes(message)
@@ -266,6 +268,8 @@ class Page:
         if image is None:
             image = next((n for n, s in channels.items() if s.dim == 2 and n in latest), None)
         for name, item in latest.items():
+            if item.value is None:
+                continue
             key = f"image:{name}" if item.value.ndim == 2 else f"spec:{name}"
             if (item.value.ndim == 2 and name != image) or self.sent_index.get(key) == item.index:
                 continue

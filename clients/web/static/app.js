@@ -426,6 +426,7 @@ function renderDetail() {
   for (const gap of scan.gaps) {
     alerts.push(`gap in ${gap.channel}: points ${gap.first}…${gap.first + gap.size - 1} (${gap.reason})`);
   }
+  for (const why of Object.values(scan.unreadable)) alerts.push(why);
   if (scan.evicted) alerts.push("the memory guard evicted this scan");
   if (scan.gone) alerts.push("this scan is no longer in the bus (expired or evicted)");
   $("alerts").replaceChildren(...alerts.map((text) => {
