@@ -18,21 +18,15 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from conftest import eventually
+from conftest import canvas_sum, eventually, needs_chromium, state, wait
 
 from databus.channels import Channel, shared_names
 from databus.clients.web import _decimate, _wire
 from databus.clients.web._files import FileRoot
 from databus.clients.web._model import mesh_axes, mesh_spans
 from databus.clients.web._page import View
-from databus.clients.web.server import check_exposure
+from databus.clients.web.server import ServerThread, check_exposure, listen, make_app
 from databus.scan import mesh_shape
-
-CHROMIUM = "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"no {CHROMIUM}: apt-get install chromium (.ci/run does) for the browser tests",
-)
 
 
 class WebServer:
@@ -79,37 +73,6 @@ def web(make_bus) -> Iterator:
     yield start
     for server in started:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no {CHROMIUM}: apt-get install chromium (.ci/run does)")
-    with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        chromium.close()
-
-
-def state(page, expression: str):
-    return page.evaluate(f"() => window.databusView.{expression}")
-
-
-def wait(page, condition: str, timeout: float = 15.0) -> None:
-    page.wait_for_function(
-        f"() => {{ const s = window.databusView; return {condition}; }}", timeout=timeout * 1000
-    )
-
-
-def canvas_sum(page, canvas: str) -> int:
-    return page.evaluate(
-        """(id) => { const c = document.getElementById(id);
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let s = 0; for (let i = 0; i < d.length; i += 7) s = (s * 31 + d[i]) % 1000000007;
-        return s; }""",
-        canvas,
-    )
 
 
 def screenshot(page, tmp_path: Path, name: str) -> None:
@@ -398,6 +361,19 @@ def test_shared_channels_listed_and_set_only_when_allowed(bus, web, browser):
         page.close()
     finally:
         holder.close()
+
+
+def test_a_server_thread_stops_cleanly_and_frees_its_port(bus, tmp_path):
+    with ServerThread(make_app(bus, ["runner"], files=tmp_path)) as served:
+        with urllib.request.urlopen(served.url, timeout=5) as page:
+            assert b"databus live view" in page.read()
+        port = int(served.url.rsplit(":", 1)[1].strip("/"))
+        with pytest.raises(OSError):
+            ServerThread(make_app(bus, ["runner"]), port=port)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("databus-web")]
+    listen("127.0.0.1", port).close()
+    with pytest.raises(ValueError, match="not a directory"):
+        make_app(bus, ["runner"], files=tmp_path / "none")
 
 
 def test_shared_names_lists_channels_with_a_value(bus):

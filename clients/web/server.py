@@ -23,6 +23,7 @@ import logging
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -211,6 +212,65 @@ async def serve(app: web.Application, bind: str, port: int) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+class ServerThread:
+    """``app`` served by a thread with an asyncio loop of its own, for a program busy with
+    something else meanwhile (``databus demo``). The port is bound at once (OSError if it
+    is taken), so ``url`` is known; ``start`` returns once pages can connect, ``stop``
+    ends the thread and frees the port. A context manager (start, then stop)."""
+
+    def __init__(self, app: web.Application, bind: str = "127.0.0.1", port: int = 0) -> None:
+        self._app = app
+        self._sock = listen(bind, port)
+        self.url = page_url(self._sock)
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="databus-web", daemon=True)
+
+    def start(self, timeout: float = 20.0) -> ServerThread:
+        """Serve; raises what the application's start raised (a bus it cannot read...)."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"databus web did not start within {timeout} s")
+        if self._failed is not None:
+            self._thread.join()
+            raise self._failed
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Close the pages and stop serving; returns once the thread has ended."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        self._sock.close()  # (closed already once served: a no-op then)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            runner = await _started(self._app, self._sock)
+        except BaseException as exc:
+            self._failed = exc
+            return
+        finally:
+            self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
