@@ -240,7 +240,7 @@ def test_a_written_scan_links_its_file_which_downloads(beamline, web, browser, t
         writer.stop()
     node = beamline["bus"].scan(scan.key)
     assert node.file is not None and Path(node.file).is_absolute() and node.written is not None
-    wait(page, "s.scans.length === 1 && s.scans[0].download !== null && s.scans[0].written")
+    wait(page, "s.scans.length === 1 && s.scans[0].download !== null && s.scans[0].file_complete")
     assert state(page, "scans[0].file") == node.file
     assert page.locator("#scan-meta .file").inner_text() == node.file
     with page.expect_download() as download:

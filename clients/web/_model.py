@@ -246,7 +246,7 @@ class ScanView:
             "reason": None if end is None else str(end.reason),
             "error": None if end is None else end.error,
             "file": file,
-            "written": written,
+            "file_complete": written,
             "channels": channels,
             "x": default_x(info, channels),
             "mesh": mesh_shape(info),
@@ -286,9 +286,9 @@ def mesh_axes(info: dict[str, Any], channels: Any) -> tuple[str, str] | None:
         items = plot.get("items") if isinstance(plot, dict) else None
         for item in items if isinstance(items, list) else []:
             if isinstance(item, dict) and item.get("kind") == "scatter":
-                pair = item.get("x"), item.get("y")
-                if all(isinstance(n, str) and n in channels for n in pair):
-                    return pair[0], pair[1]
+                x, y = item.get("x"), item.get("y")
+                if isinstance(x, str) and isinstance(y, str) and x in channels and y in channels:
+                    return x, y
     motors = info.get("motors")
     if isinstance(motors, list) and len(motors) >= 2:
         pair = f"axis:{motors[0]}", f"axis:{motors[1]}"
@@ -302,7 +302,9 @@ def mesh_spans(info: dict[str, Any]) -> tuple[Span, Span] | None:
     """The (fast, slow) motors' first and last planned positions (``amesh``'s info
     ``start`` and ``stop``, fast first); None if the info does not give them."""
     start, stop = info.get("start"), info.get("stop")
-    if not all(isinstance(p, list) and len(p) >= 2 for p in (start, stop)):
+    if not (isinstance(start, list) and isinstance(stop, list)):
+        return None
+    if len(start) < 2 or len(stop) < 2:
         return None
     ends = [*start[:2], *stop[:2]]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ends):

@@ -409,7 +409,7 @@ function renderDetail() {
     const path = document.createElement("span");
     path.className = "file";
     path.textContent = scan.file;
-    $("scan-meta").append(" · NeXus file ", path, scan.written ? "" : " (being written)");
+    $("scan-meta").append(" · NeXus file ", path, scan.file_complete ? "" : " (being written)");
     if (scan.download) {
       const a = document.createElement("a");
       a.href = scan.download;
