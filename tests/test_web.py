@@ -246,6 +246,7 @@ def test_a_written_scan_links_its_file_which_downloads(beamline, web, browser, t
     with page.expect_download() as download:
         page.click("#scan-meta a.download")
     assert Path(download.value.path()).read_bytes()[:4] == b"\x89HDF"
+    assert download.value.suggested_filename == Path(node.file).name
     page.close()
 
 

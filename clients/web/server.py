@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import WSCloseCode, web
 
@@ -154,7 +154,7 @@ def make_app(
             raise web.HTTPForbidden(text=f"databus web: {exc}") from None
         except FileNotFoundError as exc:
             raise web.HTTPNotFound(text=f"databus web: {exc}") from None
-        disposition = f'attachment; filename="{path.name}"'
+        disposition = f"attachment; filename*=UTF-8''{quote(path.name)}"  # (RFC 6266)
         return web.FileResponse(path, headers={"Content-Disposition": disposition})
 
     app.router.add_get("/", index)
