@@ -181,10 +181,12 @@ class ScanView:
         with self.lock:
             return any(i.value is None and i.error is None for i in self.latest.values())
 
-    def read_references(self) -> None:
+    def read_references(self) -> bool:
         """Read the newest point of each channel given as references to frames in files,
         through the SDK (which checks the file and dataset): blocks on the file, so run
-        it in a thread. One reader at a time; a point that cannot be read keeps why."""
+        it in a thread. One reader at a time; a point that cannot be read keeps why, and
+        then True is returned (the scans list's alerts changed)."""
+        failed = False
         with self._reading:
             with self.lock:
                 todo = [
@@ -200,6 +202,8 @@ class ScanView:
                 with self.lock:
                     item.value, item.error = value, error
                     self.version += 1
+                failed |= error is not None
+        return failed
 
     def unload(self) -> None:
         """Forget the data (kept in the bus: ``load`` reads it again on demand)."""

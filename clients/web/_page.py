@@ -223,8 +223,8 @@ class Page:
         wait = self.sent_image_at + self.frame_interval - now
         if wait > 0:
             return min(due, wait)
-        if view.unread():
-            await asyncio.to_thread(view.read_references)
+        if view.unread() and await asyncio.to_thread(view.read_references):
+            self.hub.wake()  # the scans list shows why a frame cannot be read
         messages = self._images(view)
         for message in messages:
             await self.ws.send_bytes(message)
