@@ -5,7 +5,8 @@ Debian's chromium (headless, driven by playwright) as the pages.
     python bench/web.py --quick    # one short round
 
 Each round starts ``python -m databus web`` (a process of its own, on a free port, with
-DATABUS_URL and DATABUS_PREFIX) on a private embedded server; this script publishes.
+DATABUS_URL and a DATABUS_PREFIX of its own) on a private embedded server; this script
+publishes.
 
 - send_to_page_ms_p99: one page; a scan of 4 float64 channels at 1 kHz (4 s, planned
   4000 points). The page logs, for every plot message, the last point number it carries
@@ -20,12 +21,12 @@ DATABUS_URL and DATABUS_PREFIX) on a private embedded server; this script publis
 - server_cpu_per_page: 20 pages open on the 1 kHz scan of 4 channels; the web server
   process's CPU time (user + system, /proc) over the scan, per second, divided by 20.
 
-Prints one table, then as its last line one JSON object with the medians.
+Prints one table of the medians over the rounds (figures, units, targets), then as its
+last line one JSON object with them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _server import Figure, bench_arguments, bench_server, print_table, stop_process
+from _server import Figure, bench_arguments, bench_server, report, stop_process
 
 import databus
 
@@ -53,8 +54,8 @@ LOG_POINTS = """() => { const log = window.benchLog = [];
   window.databusView.onPoints = (h, a, t) => log.push([a.index[a.index.length - 1], t]); }"""
 
 
-def start_web(url: str, *args: str) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "DATABUS_URL": url, "DATABUS_PREFIX": PREFIX}
+def start_web(url: str, prefix: str, *args: str) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "DATABUS_URL": url, "DATABUS_PREFIX": prefix}
     proc = subprocess.Popen(
         [sys.executable, "-m", "databus", "web", "--port", "0", "--session", SESSION, *args],
         stdout=subprocess.PIPE,
@@ -164,11 +165,13 @@ def cpu_per_page(browser, url: str, pid: int, bus: databus.Bus, seconds: float) 
     return used / PAGES
 
 
-def one_round(url: str, seconds: float) -> dict[str, float]:
+def one_round(url: str, seconds: float, prefix: str) -> dict[str, float]:
+    """The figures of one round, on key prefix ``prefix``: a round's pages see none of
+    the scans of the rounds before (a page shows the newest scan first)."""
     from playwright.sync_api import sync_playwright
 
-    bus = databus.connect(url, settings=databus.Settings(url=url, prefix=PREFIX))
-    web, page_url = start_web(url, "--max-fps", "25")
+    bus = databus.connect(url, settings=databus.Settings(url=url, prefix=prefix))
+    web, page_url = start_web(url, prefix, "--max-fps", "25")
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -195,11 +198,9 @@ def main() -> int:
         print(f"bench/web.py needs {CHROMIUM} (apt-get install chromium)", file=sys.stderr)
         return 2
     with bench_server(args.url) as url:
-        results = [one_round(url, seconds) for _ in range(rounds)]
+        results = [one_round(url, seconds, f"{PREFIX}{i}") for i in range(rounds)]
     out = {name: statistics.median(r[name] for r in results) for name in FIGURES}
-    all_met = print_table(FIGURES, out)
-    print(json.dumps(out))
-    return 0 if all_met else 1
+    return report(FIGURES, out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,23 @@ while a monitor draws them and an analysis thread plays the online-analysis loop
   3. a small ``amesh`` with the 2D detector ``sim_det``.
 A NeXus writer follows the session too and writes every scan to ``--root`` (default
 ``./databus_demo``) while it runs. At the end it prints what happened and where the data is.
+
+The live view in the browser (``databus web``) is served while the scans run, its URL
+the first line printed: http://127.0.0.1:8000/, or a free port if 8000 is taken
+(``--web-port N``, 0 for a free port; ``--no-web`` to go without). Its pages link the
+NeXus files for download. ``--serve`` keeps serving it after the scans, until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 import databus
 from databus import channels, scan
@@ -24,7 +32,11 @@ from databus.hooks import StopOnChannel
 from databus.sim import SimDetector, diode, mon, roby, robz, sim_ct_gauss_noise
 
 from .monitor import Monitor
+from .web.server import ServerThread, make_app
 from .writer import NexusWriter
+
+#: The port the live view is served on when it is free (as ``databus web``'s default).
+WEB_PORT = 8000
 
 
 def _analysis(
@@ -49,13 +61,68 @@ def _analysis(
                 done = True
 
 
+def live_view(bus: databus.Bus, session: str, root: Path, port: int) -> ServerThread:
+    """The live view of ``session`` served on 127.0.0.1:``port`` (0: a free port; a free
+    one too if ``port`` is taken), with the files under ``root`` for download."""
+    app = make_app(bus, [session], files=root)
+    try:
+        server = ServerThread(app, port=port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port == 0:
+            raise
+        server = ServerThread(app, port=0)
+    return server.start()
+
+
 def run(
-    session_name: str = "demo", url: str | None = None, out=None, root: str = "databus_demo"
+    session_name: str = "demo",
+    url: str | None = None,
+    out: TextIO | None = None,
+    root: str = "databus_demo",
+    web_port: int | None = WEB_PORT,
+    serve: bool = False,
 ) -> int:
-    """Run the demo; returns the process exit code."""
+    """Run the demo with its live view on ``web_port`` (None: none; ``serve``: until
+    Ctrl-C or SIGTERM after the scans, from the main thread); the process exit code."""
     out = out or sys.stdout
-    started = time.monotonic()
     bus = databus.connect(url)
+    view: ServerThread | None = None
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        if web_port is not None:
+            view = live_view(bus, session_name, Path(root), web_port)
+            print(f"live view: {view.url}", file=out, flush=True)
+        _scans(bus, session_name, root, out)
+        if view is not None:
+            after = "" if serve else " (served while the demo ran: --serve keeps it up)"
+            print(f"\nlive view: {view.url}{after}", file=out, flush=True)
+            if serve:
+                _serve(out)
+    finally:
+        if view is not None:
+            view.stop()
+        bus.close()
+    return 0
+
+
+def _serve(out: TextIO) -> None:
+    """Keep serving the live view until Ctrl-C (SIGINT) or SIGTERM."""
+    print("serving it until Ctrl-C", file=out, flush=True)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _scans(bus: databus.Bus, session_name: str, root: str, out: TextIO) -> None:
+    """The three scans, followed by the monitor, the analysis and the writer; then what
+    happened and where the data is."""
+    started = time.monotonic()
     databus.set_default_bus(bus)
     scan.set_session(session_name)
     scan.set_saving(root)
@@ -89,6 +156,7 @@ def run(
         analysis.join(2)
         writer.stop_handler.stop()
         writer_thread.join(5)
+        flag.close()
 
     print(f"\ndone in {time.monotonic() - started:.1f} s:", file=out)
     for s in (align, loop, mesh):
@@ -126,8 +194,6 @@ def run(
         f"Follow a session live: python examples/follow_session.py --session {session_name}",
         file=out,
     )
-    bus.close()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,5 +205,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session", default="demo", help="session name (default: demo)")
     parser.add_argument("--url", default=None, help="server URL (default: DATABUS_URL or embedded)")
     parser.add_argument("--root", default="databus_demo", help="where the NeXus files go")
+    web = parser.add_mutually_exclusive_group()
+    web.add_argument(
+        "--web-port",
+        type=int,
+        default=WEB_PORT,
+        metavar="N",
+        help=f"serve the live view on port N (default {WEB_PORT}, a free one if taken; "
+        f"0: a free port)",
+    )
+    web.add_argument("--no-web", action="store_true", help="do not serve the live view")
+    parser.add_argument(
+        "--serve", action="store_true", help="keep serving the live view after the scans"
+    )
     args = parser.parse_args(argv)
-    return run(args.session, args.url, root=args.root)
+    if not 0 <= args.web_port <= 65535:
+        parser.error(f"--web-port must be a port number 0..65535, got {args.web_port}")
+    if args.serve and args.no_web:
+        parser.error("--serve keeps the live view up after the scans: drop --no-web")
+    port = None if args.no_web else args.web_port
+    return run(args.session, args.url, root=args.root, web_port=port, serve=args.serve)

@@ -245,10 +245,11 @@ def _assembler(
 
 class ScanNode(Walks, Node):
     """A scan: ``number``, ``info``, ``state``, ``end_reason``, ``error``, ``created``,
-    ``ended``, ``channels`` (name -> ChannelNode), ``wait_end()`` and walks over its
-    channels. ``type`` is ``scan``, or ``scan_group`` for a scan whose info declares it
-    a sequence of scans. ``session_class`` is the class of its parent when it is not
-    given, ``_channel_class`` that of its channel nodes (hooks for subclasses)."""
+    ``ended``, ``file`` and ``written`` (the file writer's notes), ``channels`` (name ->
+    ChannelNode), ``wait_end()`` and walks over its channels. ``type`` is ``scan``, or
+    ``scan_group`` for a scan whose info declares it a sequence of scans.
+    ``session_class`` is the class of its parent when it is not given,
+    ``_channel_class`` that of its channel nodes (hooks for subclasses)."""
 
     session_class: builtins.type[SessionNode] = SessionNode
 
@@ -310,6 +311,18 @@ class ScanNode(Walks, Node):
         """When the publisher sealed every channel (``Scan.seal()``: the data is complete,
         the final info and the end are to come); None if it did not, as last read."""
         return self._parsed.sealed
+
+    @property
+    def file(self) -> str | None:
+        """The file a writer writes the scan to (an absolute path, as its note in the
+        scan record says); None if no writer noted one, as last read."""
+        return self._parsed.file
+
+    @property
+    def written(self) -> float | None:
+        """When the writer's file of the scan was complete (unix seconds); None while it
+        is written or if no writer wrote it, as last read."""
+        return self._parsed.written
 
     def state_times(self) -> dict[ScanState, float]:
         """When the scan moved to each state it has reached (PREPARED, STARTED, ENDED;
@@ -403,8 +416,10 @@ class ScanNode(Walks, Node):
     def record_file(self, path: str, datasets: dict[str, str]) -> None:
         """Note in the scan's record the file it is written to and each channel's dataset
         there (by channel name): ``DataExpired`` names them, and the memory guard deletes
-        the scan last until ``record_written()``. A record gone is left gone."""
-        self.bus.wire.call(*commands.note(self.key, file_record(path, datasets)))
+        the scan last until ``record_written()``. A relative ``path`` is noted absolute
+        (readers run elsewhere). A record gone is left gone."""
+        where = os.path.abspath(path)
+        self.bus.wire.call(*commands.note(self.key, file_record(where, datasets)))
 
     def record_written(self) -> None:
         """Note in the scan's record that its file is complete."""

@@ -542,11 +542,14 @@ def amesh(
 
 def mesh_shape(info: Mapping[str, Any]) -> tuple[int, int] | None:
     """(slow, fast) points of a mesh scan, from its info (``amesh`` records ``data_dim`` 2
-    and ``shape`` [slow, fast]); None for any other scan."""
+    and ``shape`` [slow, fast]); None for any other scan, or a shape that is not two
+    positive whole counts (the info comes from any publisher)."""
     shape = info.get("shape")
     if info.get("data_dim") != 2 or not isinstance(shape, (list, tuple)) or len(shape) != 2:
         return None
-    return int(shape[0]), int(shape[1])
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        return None
+    return shape[0], shape[1]
 
 
 def loopscan(

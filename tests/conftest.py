@@ -310,3 +310,48 @@ CURSOR_BATCHES = {
     "singles": [[i] for i in range(10)],
     "mixed": [[0, 1], [2, 3, 4, 5, 6, 7], [8], [9, 10], [11, 12, 13], [14, 15]],
 }
+
+
+# ------------------------------------------------------------------ browser tests
+
+#: Debian's chromium, which playwright drives headless for the live view's tests.
+CHROMIUM = "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"no {CHROMIUM}: apt-get install chromium (.ci/run does) for the browser tests",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium (skips without playwright or chromium), one per test module."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}: apt-get install chromium (.ci/run does)")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def state(page, expression: str):
+    """``window.databusView.<expression>``: the live view page's state, as JSON data."""
+    return page.evaluate(f"() => window.databusView.{expression}")
+
+
+def wait(page, condition: str, timeout: float = 15.0) -> None:
+    """Wait until ``condition`` (JavaScript, the page's state as ``s``) holds."""
+    page.wait_for_function(
+        f"() => {{ const s = window.databusView; return {condition}; }}", timeout=timeout * 1000
+    )
+
+
+def canvas_sum(page, canvas: str) -> int:
+    """A checksum of canvas ``canvas``'s pixels (0: nothing drawn)."""
+    return page.evaluate(
+        """(id) => { const c = document.getElementById(id);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let s = 0; for (let i = 0; i < d.length; i += 7) s = (s * 31 + d[i]) % 1000000007;
+        return s; }""",
+        canvas,
+    )

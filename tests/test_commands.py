@@ -89,6 +89,15 @@ def test_an_end_gives_every_key_the_retention_ttl_and_reads_back():
     )
 
 
+def test_the_file_writers_notes_read_back():
+    fields = {**schema.file_record("/data/s.h5", {"a": "/7.1/a"}), **schema.written_record(9.5)}
+    note = commands.note(SCAN, fields)
+    record = schema.ScanRecord.parse(SCAN, _stored(_pairs(note, 4)))
+    assert (record.file, record.written) == ("/data/s.h5", 9.5)
+    bare = schema.ScanRecord.parse(SCAN, _stored({"number": 7}))
+    assert (bare.file, bare.written) == (None, None)
+
+
 @pytest.mark.parametrize(
     "entry",
     [

@@ -1,9 +1,8 @@
-"""Every example, and ``databus demo``, run against a real server."""
+"""Every example, run against a real server (``databus demo``: tests/test_demo.py)."""
 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import databus
@@ -91,27 +90,6 @@ def test_follow_session_and_live_table(bus):
     assert [int(r[0]) for r in rows] == list(range(6)) and float(rows[-1][1]) == 1.0
     assert "robz    elapsed_time           diode" in tabled  # every scalar channel
     assert f"-- {key} finished" in tabled
-
-
-def test_databus_demo(bus):
-    started = time.monotonic()
-    env = {**os.environ, "DATABUS_URL": bus.url, "DATABUS_PREFIX": bus.settings.prefix}
-    proc = subprocess.run(
-        [sys.executable, "-m", "databus", "demo", "--session", "demo_t"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=True,
-    )
-    assert time.monotonic() - started < 60
-    out = proc.stdout
-    assert "ascan robz -5 5 500 0.002: stopped after" in out
-    stopped_at = int(out.split("ascan robz -5 5 500 0.002: stopped after ")[1].split()[0])
-    assert 250 < stopped_at < 400  # past the peak (point ~250), by the half-maximum rule
-    assert "loopscan 50 0.005: finished after 50 points" in out
-    assert "amesh robz -1 1 6 roby -1 1 4 0.01: finished after 24 points" in out
-    assert "image[1024, 1024] x24" in out and "The data is in Redis at" in out
 
 
 def test_bluesky_live_table_and_runengine(bus):

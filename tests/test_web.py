@@ -14,21 +14,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
-from conftest import eventually
+from conftest import canvas_sum, eventually, needs_chromium, state, wait
 
 from databus.channels import Channel, shared_names
 from databus.clients.web import _decimate, _wire
+from databus.clients.web._files import FileRoot
+from databus.clients.web._model import mesh_axes, mesh_spans
 from databus.clients.web._page import View
-from databus.clients.web.server import check_exposure
-
-CHROMIUM = "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"no {CHROMIUM}: apt-get install chromium (.ci/run does) for the browser tests",
-)
+from databus.clients.web.server import ServerThread, check_exposure, listen, make_app
+from databus.scan import mesh_shape
 
 
 class WebServer:
@@ -45,8 +43,9 @@ class WebServer:
         )
         line = self.proc.stdout.readline()
         if "serving" not in line:
+            rest = self.proc.stdout.read()
             self.stop()
-            raise AssertionError(f"databus web did not start: {line}{self.proc.stdout.read()}")
+            raise AssertionError(f"databus web did not start: {line}{rest}")
         self.url = line.split()[3]
         self.port = int(self.url.rsplit(":", 1)[1].strip("/"))
 
@@ -74,37 +73,6 @@ def web(make_bus) -> Iterator:
     yield start
     for server in started:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no {CHROMIUM}: apt-get install chromium (.ci/run does)")
-    with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        chromium.close()
-
-
-def state(page, expression: str):
-    return page.evaluate(f"() => window.databusView.{expression}")
-
-
-def wait(page, condition: str, timeout: float = 15.0) -> None:
-    page.wait_for_function(
-        f"() => {{ const s = window.databusView; return {condition}; }}", timeout=timeout * 1000
-    )
-
-
-def canvas_sum(page, canvas: str) -> int:
-    return page.evaluate(
-        """(id) => { const c = document.getElementById(id);
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let s = 0; for (let i = 0; i < d.length; i += 7) s = (s * 31 + d[i]) % 1000000007;
-        return s; }""",
-        canvas,
-    )
 
 
 def screenshot(page, tmp_path: Path, name: str) -> None:
@@ -159,6 +127,37 @@ def test_scan_appears_grows_and_ends_in_the_page(beamline, web, browser, det, tm
     page.close()
 
 
+@needs_chromium
+def test_frames_given_as_references_to_files_are_shown(beamline, web, browser, tmp_path):
+    from databus.scan import ascan
+    from databus.sim import SimDetector
+
+    det = SimDetector("file_det", shape=(96, 128), mode="file", directory=tmp_path / "det")
+    server = web("--session", "runner")
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected")
+    scan = ascan(beamline["robz"], 0, 1, 8, 0.01, det, save=False)
+    frames = beamline["bus"].scan(scan.key).channels["file_det:image"]
+    assert frames.type == "lima" and frames.file_refs()[0].file.startswith(str(tmp_path))
+    wait(page, "s.frame.index === 7 && s.frame.channel === 'file_det:image'")
+    assert state(page, "frame.full") == [96, 128] and canvas_sum(page, "frame") != 0
+    page.hover("#frame", position={"x": 300, "y": 200})
+    wait(page, "s.pixel !== null")
+    pixel = state(page, "pixel")
+    assert pixel["value"] == int(frames.get(pixel["index"])[pixel["row"], pixel["col"]])
+    page.close()
+    for path in (tmp_path / "det").rglob("*.h5"):
+        path.unlink()
+    later = web("--session", "runner")  # reads the ended scan afresh: its file is gone
+    page = browser.new_page()
+    page.goto(later.url)
+    wait(page, "s.scans.length === 1 && Object.keys(s.scans[0].unreadable).length === 1")
+    assert "file_det:image" in page.inner_text("#alerts")
+    assert "cannot be read" in state(page, "scans[0].unreadable['file_det:image']")
+    page.close()
+
+
 def det_frame_value(bus, key: str, pixel: dict) -> float:
     frames = bus.scan(key).channels["sim_det:image"]
     return frames.get(pixel["index"])[pixel["row"], pixel["col"]]
@@ -181,6 +180,113 @@ def test_mesh_scan_draws_a_map(beamline, web, browser, tmp_path):
     ) == [6, 5]
     screenshot(page, tmp_path, "amesh")
     page.close()
+
+
+@needs_chromium
+def test_a_snake_mesh_is_mapped_by_its_motors_positions(beamline, web, browser, tmp_path):
+    from databus.scan import StepScan
+
+    server = web("--session", "runner")
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected")
+    rows, cols = 4, 6
+    fast, slow = np.meshgrid(np.linspace(-1, 1, cols), np.linspace(-1, 1, rows))
+    fast[1::2] = fast[1::2, ::-1]  # every other line runs backwards
+    info = {"start": [-1.0, -1.0], "stop": [1.0, 1.0], "data_dim": 2, "shape": [rows, cols]}
+    snake = StepScan(
+        "amesh",
+        "snake mesh",
+        [beamline["robz"], beamline["roby"]],
+        np.column_stack([fast.ravel(), slow.ravel()]),
+        0.001,
+        [beamline["gauss"]],
+        npoints=rows * cols,
+        save=False,
+        info=info,
+    )
+    snake.run()
+    wait(page, f"s.mesh.points === {rows * cols} && s.mesh.drawn >= 1")
+    counts = np.asarray(beamline["bus"].scan(snake.key).channels["simulation:sim_ct_gauss_noise"])
+    placed = counts.reshape(rows, cols)
+    placed[1::2] = placed[1::2, ::-1]
+    expected = _decimate.to_8bit(placed, *_decimate.auto_levels(placed))
+    assert page.evaluate("() => Array.from(window.databusView.mesh.codes)") == list(
+        expected.ravel()
+    )
+    assert state(page, "mesh.axes") == ["axis:robz", "axis:roby"]
+    assert "over axis:robz (across) and axis:roby (down)" in page.inner_text("#mesh-info")
+    screenshot(page, tmp_path, "snake")
+    page.close()
+
+
+@needs_chromium
+def test_a_written_scan_links_its_file_which_downloads(beamline, web, browser, tmp_path):
+    from conftest import Running
+
+    from databus.scan import loopscan
+
+    root = tmp_path / "data"
+    root.mkdir()
+    server = web("--session", "runner", "--files", str(root))
+    page = browser.new_page()
+    page.goto(server.url)
+    wait(page, "s.connected")
+    writer = Running(beamline["bus"], root)
+    try:
+        scan = loopscan(5, 0.001, beamline["diode"])
+        writer.wait_for(1)
+    finally:
+        writer.stop()
+    node = beamline["bus"].scan(scan.key)
+    assert node.file is not None and Path(node.file).is_absolute() and node.written is not None
+    wait(page, "s.scans.length === 1 && s.scans[0].download !== null && s.scans[0].file_complete")
+    assert state(page, "scans[0].file") == node.file
+    assert page.locator("#scan-meta .file").inner_text() == node.file
+    with page.expect_download() as download:
+        page.click("#scan-meta a.download")
+    assert Path(download.value.path()).read_bytes()[:4] == b"\x89HDF"
+    assert download.value.suggested_filename == Path(node.file).name
+    page.close()
+
+
+def test_files_outside_the_directory_served_are_refused(web, tmp_path):
+    root = tmp_path / "served"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a b.h5").write_bytes(b"\x89HDF inside")
+    (tmp_path / "secret.h5").write_bytes(b"secret")
+    (root / "link.h5").symlink_to(tmp_path / "secret.h5")
+    files = FileRoot(root)
+    assert files.link(str(root / "sub" / "a b.h5")) == "files/sub/a%20b.h5"
+    assert files.link(str(tmp_path / "secret.h5")) is None and files.link(None) is None
+    for outside in ["../secret.h5", str(tmp_path / "secret.h5"), "link.h5", "sub/../../secret.h5"]:
+        with pytest.raises(PermissionError, match="outside"):
+            files.find(outside)
+    with pytest.raises(FileNotFoundError):
+        files.find("sub")
+    with pytest.raises(ValueError, match="not a directory"):
+        FileRoot(tmp_path / "secret.h5")
+
+    def status(server, path: str) -> int | bytes:
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=5) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    served = web("--session", "runner", "--files", str(root))
+    assert status(served, "files/sub/a%20b.h5") == b"\x89HDF inside"
+    refused = [
+        "files/../secret.h5",
+        "files/%2E%2E/secret.h5",
+        "files/sub/..%2F..%2Fsecret.h5",
+        "files/" + str(tmp_path / "secret.h5"),
+        "files/%2F" + quote(str(tmp_path / "secret.h5")[1:], safe=""),
+        "files/link.h5",
+    ]
+    assert {path: status(served, path) for path in refused} == dict.fromkeys(refused, 403)
+    assert status(served, "files/missing.h5") == 404
+    assert status(web("--session", "runner"), "files/sub/a%20b.h5") == 404
 
 
 @needs_chromium
@@ -256,6 +362,19 @@ def test_shared_channels_listed_and_set_only_when_allowed(bus, web, browser):
         page.close()
     finally:
         holder.close()
+
+
+def test_a_server_thread_stops_cleanly_and_frees_its_port(bus, tmp_path):
+    with ServerThread(make_app(bus, ["runner"], files=tmp_path)) as served:
+        with urllib.request.urlopen(served.url, timeout=5) as page:
+            assert b"databus live view" in page.read()
+        port = int(served.url.rsplit(":", 1)[1].strip("/"))
+        with pytest.raises(OSError):
+            ServerThread(make_app(bus, ["runner"]), port=port)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("databus-web")]
+    listen("127.0.0.1", port).close()
+    with pytest.raises(ValueError, match="not a directory"):
+        make_app(bus, ["runner"], files=tmp_path / "none")
 
 
 def test_shared_names_lists_channels_with_a_value(bus):
@@ -360,6 +479,40 @@ def test_frames_shrink_by_block_maximum_and_map_to_8_bits():
     assert list(logged) == [1, 1, 128, 255]
     with pytest.raises(ValueError, match="2D"):
         _decimate.shrink(np.zeros(5), 2, 2)
+
+
+def test_mesh_points_go_where_their_motors_were():
+    values = np.arange(6.0)
+    by_index = _decimate.mesh_grid(values[:5], (2, 3))
+    assert by_index.tolist()[0] == [0.0, 1.0, 2.0] and np.isnan(by_index[1, 2])
+    snake_fast, slow = np.array([0, 1, 2, 2, 1, 0.0]), np.array([0, 0, 0, 1, 1, 1.0])
+    spans = ((0.0, 2.0), (0.0, 1.0))
+    snake = _decimate.mesh_grid(values, (2, 3), snake_fast, slow, spans)
+    assert snake.tolist() == [[0, 1, 2], [5, 4, 3]]
+    jittered = _decimate.mesh_grid(
+        values[:4], (2, 2), np.array([0.1, 4.9, -0.2, 5.1]), np.array([0.0, 0.1, 2.0, 1.9])
+    )  # spans: the positions'
+    assert jittered.tolist() == [[0, 1], [2, 3]]
+    descending = _decimate.mesh_grid(
+        values[:3], (1, 3), np.array([1, 0.5, 0]), np.zeros(3), ((1.0, 0.0), (0.0, 0.0))
+    )
+    assert descending.tolist() == [[0, 1, 2]]
+    channels = ["axis:a", "axis:b", "axis:c", "x"]
+    scatter = {
+        "plots": [
+            {
+                "kind": "scatter-plot",
+                "items": [{"kind": "scatter", "x": "axis:c", "y": "axis:a", "value": "x"}],
+            }
+        ]
+    }
+    assert mesh_axes(scatter, channels) == ("axis:c", "axis:a")
+    assert mesh_axes({"motors": ["b", "a"]}, channels) == ("axis:b", "axis:a")
+    assert mesh_axes({}, channels) == ("axis:a", "axis:b") and mesh_axes({}, ["x"]) is None
+    assert mesh_spans({"start": [0, 1], "stop": [2, 3.5]}) == ((0.0, 2.0), (1.0, 3.5))
+    assert mesh_spans({"start": [0], "stop": [2]}) is None
+    for bad in (["4", 5], [0, 5], [True, 5], [4.0, 5]):  # any publisher's info: no map
+        assert mesh_shape({"data_dim": 2, "shape": bad}) is None
 
 
 def test_messages_round_trip():

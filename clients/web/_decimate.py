@@ -1,6 +1,6 @@
 """What a screen can show, computed on the server so the page gets little: the min/max
-envelope of a long series per pixel column, and a frame shrunk to the display and turned
-into 8-bit levels. Pure numpy, no I/O."""
+envelope of a long series per pixel column, a frame shrunk to the display and turned
+into 8-bit levels, a mesh scan's points laid out as a map. Pure numpy, no I/O."""
 
 from __future__ import annotations
 
@@ -91,3 +91,47 @@ def to_8bit(image: np.ndarray, low: float, high: float, *, log: bool = False) ->
     codes = np.nan_to_num(scaled, nan=0.0).astype(np.uint8) + 1
     codes[nan_in] = NO_VALUE
     return codes
+
+
+#: (low, high) motor positions a mesh map's columns or rows span.
+Span = tuple[float, float]
+
+
+def mesh_grid(
+    values: np.ndarray,
+    shape: tuple[int, int],
+    fast: np.ndarray | None = None,
+    slow: np.ndarray | None = None,
+    spans: tuple[Span, Span] | None = None,
+) -> np.ndarray:
+    """A mesh scan's ``values`` as a (rows, cols) = ``shape`` map, NaN where no point is.
+    Given the ``fast`` and ``slow`` motors' positions at each point, a point goes to the
+    cell nearest its position, ``spans`` (fast, slow: the first and last cell's
+    positions; None: the positions' range so far) cut into cols and rows, so a snake or
+    an irregular mesh draws where it was measured; without them, in point order."""
+    rows, cols = shape
+    grid = np.full(rows * cols, np.nan)
+    if fast is None or slow is None:
+        n = min(len(values), grid.size)
+        grid[:n] = values[:n]
+        return grid.reshape(rows, cols)
+    n = min(len(values), len(fast), len(slow))
+    values, fast, slow = values[:n], np.asarray(fast[:n]), np.asarray(slow[:n])
+    known = np.isfinite(fast) & np.isfinite(slow)
+    values, fast, slow = values[known], fast[known], slow[known]
+    if len(values) == 0:
+        return grid.reshape(rows, cols)
+    fast_span, slow_span = spans or ((fast.min(), fast.max()), (slow.min(), slow.max()))
+    col = _cells(fast, fast_span, cols)
+    row = _cells(slow, slow_span, rows)
+    grid[row * cols + col] = values  # a cell measured twice shows its last point
+    return grid.reshape(rows, cols)
+
+
+def _cells(positions: np.ndarray, span: Span, count: int) -> np.ndarray:
+    """The index, 0 .. ``count`` - 1, of the cell nearest each position along ``span``."""
+    first, last = span
+    if count == 1 or first == last:
+        return np.zeros(len(positions), dtype=np.int64)
+    where = np.rint((positions - first) / (last - first) * (count - 1))
+    return np.clip(where, 0, count - 1).astype(np.int64)

@@ -49,12 +49,15 @@ class SessionFollower:
 
     def refresh(self) -> None:
         """List the session's scans again: add those ended before the follower started,
-        mark gone those no longer in the bus. Blocks on the bus (run it in a thread)."""
+        take the file writer's notes (no walk event tells of them), mark gone those no
+        longer in the bus. Blocks on the bus (run it in a thread)."""
         present = {node.key: node for node in self.session.scans()}
         with self._lock:
             for key, node in present.items():
                 if key not in self.scans:
                     self.scans[key] = ScanView(node, followed=False)
+                else:
+                    self.scans[key].take_notes(node)
             gone = [view for key, view in self.scans.items() if key not in present]
             self.scans = dict(sorted(self.scans.items(), key=lambda kv: kv[1].node.number))
         for view in gone:

@@ -14,6 +14,7 @@ from typing import Any
 import databus
 from databus.channels import Channel, shared_names
 
+from ._files import FileRoot
 from ._follower import SessionFollower
 from ._model import ScanView
 from ._wire import finite
@@ -29,11 +30,15 @@ LIST_INTERVAL_S = 0.25
 
 class Hub:
     """Followers of ``sessions`` (None: every session on the bus, new ones included) and
-    the shared channels of ``bus``; pages register an ``asyncio.Event`` to be woken."""
+    the shared channels of ``bus``; pages register an ``asyncio.Event`` to be woken.
+    ``files``: where the scans' files may be downloaded from (None: nowhere)."""
 
-    def __init__(self, bus: databus.Bus, sessions: list[str] | None) -> None:
+    def __init__(
+        self, bus: databus.Bus, sessions: list[str] | None, files: FileRoot | None = None
+    ) -> None:
         self.bus = bus
         self.fixed_sessions = sessions
+        self.files = files
         self.followers: dict[str, SessionFollower] = {}
         self.shared: dict[str, Channel] = {}
         self.version = 0
@@ -107,11 +112,17 @@ class Hub:
                 "type": "scans",
                 "now": time.time(),
                 "sessions": sorted(self.followers),
-                "scans": [view.summary() for view in self.views()],
+                "scans": [self._summary(view) for view in self.views()],
             }
             self._scans_text = json.dumps(finite(message), allow_nan=False)
             self._serial += 1
         return self._serial, self._scans_text
+
+    def _summary(self, view: ScanView) -> dict[str, Any]:
+        """The scan's summary, with ``download``: its file's link (None if not served)."""
+        summary = view.summary()
+        link = self.files.link(summary["file"]) if self.files is not None else None
+        return {**summary, "download": link}
 
     def scans_due(self) -> float:
         """Seconds until ``scans_message`` may change (0: now)."""

@@ -1,7 +1,8 @@
 """What the server knows of one scan, built from the events of a walk (or read from the
 bus for a scan that ended before the server started): its summary for the scans list,
-its scalar series, the latest frame and spectrum of each channel, its gaps. Written by a
-session's follower thread, read by the pages' tasks, under the view's lock."""
+its scalar series, the latest frame and spectrum of each channel (read through the SDK
+when the channel gives references to frames in files), its gaps. Written by a session's
+follower thread, read by the pages' tasks, under the view's lock."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any
 import numpy as np
 
 import databus
+from databus.scan import mesh_shape
+
+from ._decimate import Span
 
 #: Longest list of gaps kept per scan (the count of lost points covers them all).
 MAX_GAPS = 50
@@ -41,10 +45,14 @@ class Series:
 
 @dataclasses.dataclass
 class Latest:
-    """The newest point of a spectrum or image channel, with its index."""
+    """The newest point of a spectrum or image channel, with its index. A point given as
+    a reference to a frame in a file (a lima channel) has ``value`` None until
+    ``ScanView.read_references`` reads it through its ``node``, or ``error`` says why not."""
 
     index: int
-    value: np.ndarray
+    value: np.ndarray | None
+    node: databus.ChannelNode | None = None
+    error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +91,8 @@ class ScanView:
         self.loaded = followed
         self.version = 0
         self.cache: dict[tuple, Any] = {}
+        self._reading = threading.Lock()
+        self.file, self.written = node.file, node.written
         if not followed:
             self.end = databus.ScanEnd(node.end_reason, node.error) if node.end_reason else None
 
@@ -105,6 +115,8 @@ class ScanView:
         self.channels.setdefault(node.name, spec)
         last = data.first_index + data.block_size - 1
         self.points = max(self.points, last + 1)
+        if spec.kind == "ref" and spec.dim in (1, 2):
+            self.latest[node.name] = Latest(last, None, node)
         if spec.kind != "array":
             return
         if spec.dim == 0:
@@ -126,6 +138,13 @@ class ScanView:
                 }
             )
 
+    def take_notes(self, node: databus.ScanNode) -> None:
+        """The file writer's notes as ``node`` (the scan, read again) has them."""
+        with self.lock:
+            if (node.file, node.written) != (self.file, self.written):
+                self.file, self.written = node.file, node.written
+                self.version += 1
+
     def load(self) -> None:
         """Read the scan's channels from the bus (a scan not followed): whole scalar
         series, the last point of the others. A scan gone from the bus is marked so."""
@@ -138,6 +157,8 @@ class ScanView:
                 spec = found[name] = ChannelSpec.of(node)
                 length = len(node)
                 points = max(points, length)
+                if spec.kind == "ref" and spec.dim in (1, 2) and length > 0:
+                    latest[name] = Latest(length - 1, None, node)
                 if spec.kind != "array" or length == 0:
                     continue
                 if spec.dim == 0:
@@ -154,6 +175,35 @@ class ScanView:
             self.channels, self.scalars, self.latest = found, scalars, latest
             self.points, self.loaded = points, True
             self.version += 1
+
+    def unread(self) -> bool:
+        """Whether a newest point given as a reference waits to be read."""
+        with self.lock:
+            return any(i.value is None and i.error is None for i in self.latest.values())
+
+    def read_references(self) -> bool:
+        """Read the newest point of each channel given as references to frames in files,
+        through the SDK (which checks the file and dataset): blocks on the file, so run
+        it in a thread. One reader at a time; a point that cannot be read keeps why, and
+        then True is returned (the scans list's alerts changed)."""
+        failed = False
+        with self._reading:
+            with self.lock:
+                todo = [
+                    (i, i.node)
+                    for i in self.latest.values()
+                    if i.node is not None and i.value is None and i.error is None
+                ]
+            for item, node in todo:
+                try:
+                    value, error = np.asarray(node.get(item.index)), None
+                except (databus.DatabusError, ImportError) as exc:
+                    value, error = None, str(exc)
+                with self.lock:
+                    item.value, item.error = value, error
+                    self.version += 1
+                failed |= error is not None
+        return failed
 
     def unload(self) -> None:
         """Forget the data (kept in the bus: ``load`` reads it again on demand)."""
@@ -184,6 +234,8 @@ class ScanView:
                 for name, s in self.channels.items()
             }
             points, gaps, lost = self.points, list(self.gaps), dict(self.lost)
+            unreadable = {n: i.error for n, i in self.latest.items() if i.error is not None}
+            file, written = self.file, self.written
         return {
             "key": self.key,
             "session": node.parent.name if node.parent is not None else "",
@@ -197,12 +249,14 @@ class ScanView:
             "ended": node.ended,
             "reason": None if end is None else str(end.reason),
             "error": None if end is None else end.error,
-            "file": _text(info.get("filename"), None),
+            "file": file,
+            "file_complete": written,
             "channels": channels,
             "x": default_x(info, channels),
             "mesh": mesh_shape(info),
             "gaps": gaps,
             "lost": lost,
+            "unreadable": unreadable,
             "evicted": self.evicted,
             "gone": self.gone,
         }
@@ -227,10 +281,36 @@ def default_x(info: dict[str, Any], channels: dict[str, Any]) -> str | None:
     return next((name for name in channels if name.startswith("axis:")), None)
 
 
-def mesh_shape(info: dict[str, Any]) -> list[int] | None:
-    """[slow, fast] point counts of a mesh scan (``data_dim`` 2 and its ``shape``)."""
-    shape = info.get("shape")
-    if info.get("data_dim") == 2 and isinstance(shape, list) and len(shape) == 2:
-        rows, cols = (_count(n) for n in shape)
-        return [rows, cols] if rows and cols else None
-    return None
+def mesh_axes(info: dict[str, Any], channels: Any) -> tuple[str, str] | None:
+    """The (fast, slow) motor channels of a mesh scan: the x and y of the scatter plot its
+    info declares, else its first two ``motors``, else its first two ``axis:`` channels;
+    None if it has fewer than two of them among ``channels``."""
+    plots = info.get("plots")
+    for plot in plots if isinstance(plots, list) else []:
+        items = plot.get("items") if isinstance(plot, dict) else None
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("kind") == "scatter":
+                x, y = item.get("x"), item.get("y")
+                if isinstance(x, str) and isinstance(y, str) and x in channels and y in channels:
+                    return x, y
+    motors = info.get("motors")
+    if isinstance(motors, list) and len(motors) >= 2:
+        pair = f"axis:{motors[0]}", f"axis:{motors[1]}"
+        if all(n in channels for n in pair):
+            return pair
+    axes = [name for name in channels if name.startswith("axis:")]
+    return (axes[0], axes[1]) if len(axes) >= 2 else None
+
+
+def mesh_spans(info: dict[str, Any]) -> tuple[Span, Span] | None:
+    """The (fast, slow) motors' first and last planned positions (``amesh``'s info
+    ``start`` and ``stop``, fast first); None if the info does not give them."""
+    start, stop = info.get("start"), info.get("stop")
+    if not (isinstance(start, list) and isinstance(stop, list)):
+        return None
+    if len(start) < 2 or len(stop) < 2:
+        return None
+    ends = [*start[:2], *stop[:2]]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ends):
+        return None
+    return (float(start[0]), float(stop[0])), (float(start[1]), float(stop[1]))

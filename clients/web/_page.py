@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from ._decimate import auto_levels, bin_size, envelope, shrink, to_8bit
+from databus.scan import mesh_shape
+
+from ._decimate import auto_levels, bin_size, envelope, mesh_grid, shrink, to_8bit
 from ._hub import Hub
-from ._model import ScanView, mesh_shape
+from ._model import ScanView, mesh_axes, mesh_spans
 from ._wire import finite, pack
 
 log = logging.getLogger(__name__)
@@ -165,7 +167,7 @@ class Page:
             raise ValueError("pixel: needs a selected scan, and integer row and col")
         with view.lock:
             latest = view.latest.get(channel) if isinstance(channel, str) else None
-            if latest is None or latest.value.ndim != 2:
+            if latest is None or latest.value is None or latest.value.ndim != 2:
                 raise ValueError(f"pixel: scan {view.key} has no frame of {channel!r}")
             h, w = latest.value.shape
             if not (0 <= row < h and 0 <= col < w):
@@ -221,6 +223,8 @@ class Page:
         wait = self.sent_image_at + self.frame_interval - now
         if wait > 0:
             return min(due, wait)
+        if view.unread() and await asyncio.to_thread(view.read_references):
+            self.hub.wake()  # the scans list shows why a frame cannot be read
         messages = self._images(view)
         for message in messages:
             await self.ws.send_bytes(message)
@@ -264,6 +268,8 @@ class Page:
         if image is None:
             image = next((n for n, s in channels.items() if s.dim == 2 and n in latest), None)
         for name, item in latest.items():
+            if item.value is None:
+                continue
             key = f"image:{name}" if item.value.ndim == 2 else f"spec:{name}"
             if (item.value.ndim == 2 and name != image) or self.sent_index.get(key) == item.index:
                 continue
@@ -316,28 +322,34 @@ class Page:
         return pack(header, rows)
 
     def _mesh(self, view: ScanView) -> bytes | None:
-        """A mesh scan's map of the chosen counter (default: the first one), in 8 bits."""
-        shape = mesh_shape(view.node.info)
+        """A mesh scan's map of the chosen counter (default: the first one), each point
+        placed by its fast and slow motors' positions, in 8 bits."""
+        info = view.node.info
+        shape = mesh_shape(info)
         if shape is None:
             return None
         with view.lock:
             names = [n for n in view.scalars if not n.startswith(("axis:", "timer:"))]
             name = self.view.mesh if self.view.mesh in view.scalars else next(iter(names), None)
-            if name is None or view.scalars[name].length == self.mesh_points:
+            if name is None:
                 return None
-            values = view.scalars[name].values()
-        self.mesh_points = len(values)
-        rows, cols = shape
-        flat = np.full(rows * cols, np.nan)
-        flat[: min(len(values), flat.size)] = values[: flat.size]
-        grid = flat.reshape(rows, cols)
+            axes = mesh_axes(info, view.scalars)
+            series = [view.scalars[n] for n in (name, *(axes or ()))]
+            if min(s.length for s in series) == self.mesh_points:
+                return None
+            values, *positions = [s.values() for s in series]
+        points = min([len(values), *(len(p) for p in positions)])
+        self.mesh_points = points
+        fast, slow = positions if axes else (None, None)
+        grid = mesh_grid(values[:points], shape, fast, slow, mesh_spans(info))
         low, high = auto_levels(grid)
         header = {
             "type": "mesh",
             "scan": view.key,
             "channel": name,
-            "shape": [rows, cols],
+            "shape": list(shape),
+            "axes": list(axes or ()),
             "levels": [low, high],
-            "points": len(values),
+            "points": points,
         }
         return pack(header, {"pixels": to_8bit(grid, low, high)})

@@ -2,11 +2,13 @@
 the package) and one websocket per page, fed by one follower per session.
 
     databus web [--port 8000] [--bind 127.0.0.1] [--session S ...] [--max-fps 10]
-                [--allow-set] [--token T]
+                [--allow-set] [--token T] [--files DIR]
 
 Safe by default: binds loopback, read-only (``--allow-set`` lets pages set shared
 channels), and refuses a non-loopback ``--bind`` unless pages must show ``--token`` or
 the bus URL names an ACL user (pages then log in with that user's name and password).
+It serves no file but its own, except the files a writer wrote under ``--files DIR``
+(the writer's ``--root``: pages get a download link for each scan's file there).
 The server never publishes scan data nor deletes anything.
 """
 
@@ -21,13 +23,15 @@ import logging
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import WSCloseCode, web
 
 import databus
 
+from ._files import PREFIX, FileRoot
 from ._hub import Hub
 from ._page import Page
 
@@ -106,11 +110,14 @@ def make_app(
     allow_set: bool = False,
     token: str | None = None,
     login: tuple[str, str] | None = None,
+    files: str | Path | None = None,
 ) -> web.Application:
-    """The application: ``/`` the page, ``/static/`` its files, ``/ws`` its websocket."""
+    """The application: ``/`` the page, ``/static/`` its files, ``/ws`` its websocket, and
+    ``/files/`` the files under ``files`` (None: no file), for the scans' download links."""
     if not max_fps > 0:
         raise ValueError(f"--max-fps must be > 0 images per second, got {max_fps!r}")
-    hub = Hub(bus, sessions)
+    root = None if files is None else FileRoot(files)
+    hub = Hub(bus, sessions, root)
     app = web.Application(middlewares=[_guard(token, login)])
 
     async def index(request: web.Request) -> web.FileResponse:
@@ -138,8 +145,21 @@ def make_app(
     async def on_cleanup(app: web.Application) -> None:
         await hub.close()
 
+    async def download(request: web.Request) -> web.FileResponse:
+        if root is None:
+            raise web.HTTPNotFound(text="databus web: no files served (start it with --files)")
+        try:
+            path = await asyncio.to_thread(root.find, request.match_info["path"])
+        except PermissionError as exc:
+            raise web.HTTPForbidden(text=f"databus web: {exc}") from None
+        except FileNotFoundError as exc:
+            raise web.HTTPNotFound(text=f"databus web: {exc}") from None
+        disposition = f"attachment; filename*=UTF-8''{quote(path.name)}"  # (RFC 6266)
+        return web.FileResponse(path, headers={"Content-Disposition": disposition})
+
     app.router.add_get("/", index)
     app.router.add_get("/ws", socket_handler)
+    app.router.add_get(f"/{PREFIX}{{path:.+}}", download)
     app.router.add_static("/static/", STATIC)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
@@ -147,18 +167,43 @@ def make_app(
     return app
 
 
-async def serve(app: web.Application, bind: str, port: int) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT."""
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
+def listen(bind: str, port: int) -> socket.socket:
+    """A socket bound to ``bind``:``port`` (0: a free port); OSError if it is taken."""
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((bind, port))
-    site = web.SockSite(runner, sock)
-    await site.start()
-    host, actual = sock.getsockname()[:2]
-    print(f"databus web: serving http://{host}:{actual}/ (Ctrl-C to quit)", flush=True)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def page_url(sock: socket.socket) -> str:
+    """The URL of the page served on ``sock``."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+async def _started(app: web.Application, sock: socket.socket) -> web.AppRunner:
+    """``app`` served on ``sock``; ``runner.cleanup()`` stops it and closes the socket."""
+    runner = web.AppRunner(app, handle_signals=False)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        await runner.cleanup()
+        sock.close()
+        raise
+    return runner
+
+
+async def serve(app: web.Application, bind: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT."""
+    sock = listen(bind, port)
+    runner = await _started(app, sock)
+    print(f"databus web: serving {page_url(sock)} (Ctrl-C to quit)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -167,6 +212,65 @@ async def serve(app: web.Application, bind: str, port: int) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+class ServerThread:
+    """``app`` served by a thread with an asyncio loop of its own, for a program busy with
+    something else meanwhile (``databus demo``). The port is bound at once (OSError if it
+    is taken), so ``url`` is known; ``start`` returns once pages can connect, ``stop``
+    ends the thread and frees the port. A context manager (start, then stop)."""
+
+    def __init__(self, app: web.Application, bind: str = "127.0.0.1", port: int = 0) -> None:
+        self._app = app
+        self._sock = listen(bind, port)
+        self.url = page_url(self._sock)
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="databus-web", daemon=True)
+
+    def start(self, timeout: float = 20.0) -> ServerThread:
+        """Serve; raises what the application's start raised (a bus it cannot read...)."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"databus web did not start within {timeout} s")
+        if self._failed is not None:
+            self._thread.join()
+            raise self._failed
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Close the pages and stop serving; returns once the thread has ended."""
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        self._sock.close()  # (closed already once served: a no-op then)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            runner = await _started(self._app, self._sock)
+        except BaseException as exc:
+            self._failed = exc
+            return
+        finally:
+            self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-set", action="store_true", help="let pages set shared channels")
     parser.add_argument("--token", default=None, help="secret the pages must show (?token=)")
     parser.add_argument("--url", default=None, help="bus URL (default: $DATABUS_URL or embedded)")
+    parser.add_argument(
+        "--files",
+        default=None,
+        metavar="DIR",
+        help="let pages download the scans' files a writer wrote under DIR (its --root)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -205,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             allow_set=args.allow_set,
             token=args.token,
             login=login,
+            files=args.files,
         )
         asyncio.run(serve(app, args.bind, args.port))
     except (databus.DatabusError, ValueError, OSError) as exc:

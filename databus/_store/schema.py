@@ -389,8 +389,10 @@ def _end_reason(raw: Any) -> EndReason | str | None:
 @dataclasses.dataclass(frozen=True)
 class ScanRecord:
     """A scan record (its hash) decoded: ``number``, ``info`` (a dict), ``state``,
-    ``end_reason``, ``error``, and ``created``/``sealed``/``ended`` (unix s, None if
-    absent), checked here so that whoever reads them from the record cannot fail."""
+    ``end_reason``, ``error``, ``created``/``sealed``/``ended`` (unix s, None if
+    absent), and the file writer's notes ``file`` (the path it writes the scan to) and
+    ``written`` (when that file was complete), checked here so that whoever reads them
+    from the record cannot fail."""
 
     number: int
     info: dict[str, Any]
@@ -400,6 +402,8 @@ class ScanRecord:
     created: float | None
     ended: float | None
     sealed: float | None
+    file: str | None = None
+    written: float | None = None
 
     @classmethod
     def parse(cls, key: str, record: dict) -> ScanRecord:
@@ -418,6 +422,8 @@ class ScanRecord:
             created=get("created", _time),
             ended=get("ended", _time),
             sealed=get("sealed", _time),
+            file=message(field(record, FILE)),
+            written=get(WRITTEN, _time),
         )
 
 

@@ -305,12 +305,16 @@ $("frame").addEventListener("mousemove", (event) => {
 
 function onMesh(header, pixels) {
   paint($("mesh"), header.shape, pixels);
-  Object.assign(state.mesh, { channel: header.channel, points: header.points });
+  Object.assign(state.mesh, {
+    channel: header.channel, points: header.points, axes: header.axes, codes: pixels,
+  });
   state.mesh.drawn += 1;
   const [lo, hi] = header.levels;
+  const [fast, slow] = header.axes;
+  const placed = fast ? ` over ${fast} (across) and ${slow} (down)` : "";
   $("mesh-info").textContent =
-    `${header.channel}: ${header.points} of ${header.shape[0] * header.shape[1]} points, ` +
-    `${fmt(lo)} … ${fmt(hi)}`;
+    `${header.channel}${placed}: ${header.points} of ${header.shape[0] * header.shape[1]} ` +
+    `points, ${fmt(lo)} … ${fmt(hi)}`;
 }
 
 function onSpectrum(header, arrays) {
@@ -402,11 +406,18 @@ function renderDetail() {
     elapsed(scan)];
   $("scan-meta").textContent = meta.join(" · ") + (scan.error ? ` · ${scan.error}` : "");
   if (scan.file) {
-    const a = document.createElement("a");
-    a.href = `file://${scan.file}`;
-    a.textContent = scan.file;
-    a.className = "file";
-    $("scan-meta").append(" · NeXus file ", a);
+    const path = document.createElement("span");
+    path.className = "file";
+    path.textContent = scan.file;
+    $("scan-meta").append(" · NeXus file ", path, scan.file_complete ? "" : " (being written)");
+    if (scan.download) {
+      const a = document.createElement("a");
+      a.href = scan.download;
+      a.download = scan.file.split("/").pop();
+      a.textContent = "download";
+      a.className = "download";
+      $("scan-meta").append(" ", a);
+    }
   }
   const alerts = [];
   for (const [reason, count] of Object.entries(scan.lost)) {
@@ -415,6 +426,7 @@ function renderDetail() {
   for (const gap of scan.gaps) {
     alerts.push(`gap in ${gap.channel}: points ${gap.first}…${gap.first + gap.size - 1} (${gap.reason})`);
   }
+  for (const why of Object.values(scan.unreadable)) alerts.push(why);
   if (scan.evicted) alerts.push("the memory guard evicted this scan");
   if (scan.gone) alerts.push("this scan is no longer in the bus (expired or evicted)");
   $("alerts").replaceChildren(...alerts.map((text) => {
