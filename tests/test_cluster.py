@@ -179,17 +179,29 @@ def test_the_writer_writes_scans_of_several_shards_unchanged(cbus, tmp_path):
 def _primary_of(state, key):
     slot = keys.hash_slot(key)
     return next(
-        n
-        for n in state.nodes
-        if n.role == "primary" and any(a <= slot <= b for a, b in n.slots) and n.running
+        (
+            n
+            for n in state.nodes
+            if n.role == "primary" and any(a <= slot <= b for a, b in n.slots) and n.running
+        ),
+        None,
     )
 
 
-def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replicas):
+def _replace_and_restart(cluster, victim, key):
+    """Once the cluster has promoted ``victim``'s replica, start ``victim`` again."""
+    assert eventually(lambda: _primary_of(cluster.status(), key) not in (None, victim), 15)
+    cluster.restart(victim.port)
+
+
+@pytest.mark.parametrize("durability", ["primary", "replicated"])
+def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replicas, durability):
     """The scan's primary is SIGKILLed; its replica takes over; the publisher and two
-    followers carry on: every point is delivered, or reported as a gap (server lost)."""
+    followers carry on: every point is delivered, or reported as a gap (server lost);
+    with ``durability="replicated"`` every point is delivered."""
     state = cluster_with_replicas.status()
-    bus = databus.connect(state.url, settings=databus.Settings(url=state.url, prefix="f"))
+    settings = databus.Settings(url=state.url, prefix="f", durability=durability)
+    bus = databus.connect(state.url, settings=settings)
     session = bus.session("failover")
     followers = [Collector(session.follow, until=_until_ends(1), timeout=20) for _ in range(2)]
     scan = session.create_scan(title="failover")
@@ -198,16 +210,20 @@ def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replic
     scan.start()
     total = 600
     victim = None
+    victim = _primary_of(state, scan.key)
+    back = threading.Thread(
+        target=_replace_and_restart, args=(cluster_with_replicas, victim, scan.key)
+    )
     for i in range(total):
         x.send(i)
         if i == total // 3:
-            victim = _primary_of(cluster_with_replicas.status(), scan.key)
             os.kill(victim.pid, signal.SIGKILL)
+            back.start()  # an operator brings the node back, as the new primary's replica
         time.sleep(0.005)
     scan.end()
-    assert victim is not None
-    new_primary = _primary_of(cluster_with_replicas.status(), scan.key)
-    assert new_primary.port != victim.port
+    back.join(30)
+    assert _primary_of(cluster_with_replicas.status(), scan.key).port != victim.port
+    assert not back.is_alive()
     for follower in followers:
         events = follower.join(timeout=30)
         delivered: list[int] = []
@@ -223,4 +239,15 @@ def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replic
             elif e.type is EventType.GAP:
                 reported += range(e.data.first_index, e.data.first_index + e.data.block_size)
         assert sorted(delivered + reported) == list(range(total)), reported
+        if durability == "replicated":
+            assert not reported
     bus.close()
+
+
+def test_replicated_durability_needs_a_replica_of_every_primary(valkey_cluster, bus):
+    for url in (valkey_cluster.url, bus.url):
+        settings = databus.Settings(url=url, durability="replicated")
+        with pytest.raises(databus.ServerError, match="has none connected"):
+            databus.connect(url, settings=settings)
+    with pytest.raises(ValueError, match="durability must be"):
+        databus.Settings(durability="fsync")

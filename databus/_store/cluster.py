@@ -223,11 +223,15 @@ class ClusterLink:
             node = asked or self._node(slot)
             conn = self._writer(node)
             self._pending.add(conn)
-            replies, first = exchange(conn, group, resent=resent, asking=asked is not None)
+            replies, first = exchange(
+                conn, group, resent=resent, asking=asked is not None, replicas=self.wire.replicas
+            )
             self._pending.discard(conn)
             if first is None:
                 return replies
-            asked = self._redirected(first, tries)  # type: ignore[arg-type]
+            if not isinstance(first, rex.ResponseError):
+                raise first  # NotReplicated
+            asked = self._redirected(first, tries)
             tries += 1
 
     # ------------------------------------------------------------------ reads
