@@ -18,6 +18,7 @@ Every exception leaving this module is a ``DatabusError`` (``translated``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -41,7 +42,14 @@ from .._errors import (
     ServerUnavailable,
     redact,
 )
-from .cluster import ClusterLink, by_slot, cluster_client, is_cluster_node, split_nodes
+from .cluster import (
+    ClusterLink,
+    by_slot,
+    cluster_client,
+    is_cluster_node,
+    split_nodes,
+    where_lost,
+)
 from .commands import Command, key_of
 from .protocol import (
     exchange,
@@ -227,10 +235,16 @@ class Wire:
 
     def call(self, *command: Any) -> Any:
         """Run one command; its reply as redis-py parses it (HGETALL a dict, INFO a dict...)."""
-        with translated(self.url):
+        with self._translated([command]):
             if self.cluster and key_of(command) is None:
                 return self.client.execute_command(*command, target_nodes=RedisCluster.RANDOM)
             return self.client.execute_command(*command)
+
+    def _translated(self, commands: Sequence[Command]) -> contextlib.AbstractContextManager[None]:
+        """``translated``; on a cluster, a lost node is named with the slot it holds."""
+        if not self.cluster:
+            return translated(self.url)
+        return where_lost(self.client, self.url, next(filter(None, map(key_of, commands)), None))
 
     def nodes(self) -> list[str]:
         """The primaries' names ("host:port"; the one server's redacted URL)."""
@@ -285,7 +299,7 @@ class Wire:
         return self._pipeline(commands, atomic)
 
     def _pipeline(self, commands: Sequence[Command], atomic: bool) -> list[Any]:
-        with translated(self.url):
+        with self._translated(commands):
             pipe = self.client.pipeline(transaction=atomic)
             for command in commands:
                 pipe.execute_command(*command)
