@@ -73,6 +73,12 @@ class Bus:
         self.runner: ThreadRunner | GeventRunner = make_runner(settings.concurrency)
         self._closed = False
         self.wire = Wire(url, connect_timeout=settings.connect_timeout)
+        if settings.durability == "replicated":
+            try:
+                self.wire.check_replicated()
+            except DatabusError:
+                self.wire.close()
+                raise
         #: Frame buffers reused by this bus's scans (see ``sink.BufferPool``).
         self.buffer_pool = BufferPool(settings.buffer_bytes)
         self._attachments: dict[str, _Closable] = {}
@@ -97,6 +103,7 @@ class Bus:
             python_packer=True,
             probe=False,
             cluster=self.wire.cluster,
+            replicas=1 if self.settings.durability == "replicated" else 0,
         )
 
     def attachment(self, name: str, make: Callable[[], C]) -> C:

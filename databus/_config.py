@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 Concurrency = Literal["auto", "thread", "gevent"]
+#: When a publisher's flush counts as done: ``primary`` once the server (a cluster's
+#: primary) applied it; ``replicated`` once a replica confirmed it too (WAIT).
+Durability = Literal["primary", "replicated"]
 
 #: Every field of ``Settings`` is read from ``DATABUS_<FIELD>`` (``DATABUS_RECONNECT_TIMEOUT``).
 ENV_PREFIX = "DATABUS_"
@@ -59,6 +62,9 @@ class Settings:
         ``send()`` refuses more with ``MetadataError``, and the scan goes on.
     feed_length: about how many entries the feed of new scans keeps (``Bus.next_scan``);
         older ones are trimmed, as the feed's TTL (``retention_ttl``) would drop them.
+    durability: ``primary`` (a flush is done once the server applied it) or ``replicated``
+        (once a replica confirmed it too: a primary that dies loses none of it; needs a
+        replica of every primary, checked when the bus connects).
     """
 
     url: str | None = None
@@ -78,6 +84,7 @@ class Settings:
     max_info_bytes: int = 2**20
     max_record_bytes: int = 2**20
     feed_length: int = 100_000
+    durability: Durability = "primary"
 
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
@@ -101,6 +108,10 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.durability not in ("primary", "replicated"):
+            raise ValueError(
+                f"durability must be 'primary' or 'replicated', got {self.durability!r}"
+            )
         if self.concurrency not in ("auto", "thread", "gevent"):
             raise ValueError(
                 f"concurrency must be 'auto', 'thread' or 'gevent', got {self.concurrency!r}"

@@ -234,6 +234,8 @@ class LocalCluster:
             f"cluster-port {bus_port}",
             f"cluster-node-timeout {state.node_timeout_ms}",
             "repl-diskless-sync-delay 0",  # replicas sync at once, not after 5 s
+            # A shard lost for good stops its own slots only: the other scans go on.
+            "cluster-require-full-coverage no",
         ]
         passwords = None
         if state.password and state.admin_password:

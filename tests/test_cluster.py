@@ -11,6 +11,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+import redis
 from conftest import Running, eventually
 from test_share import test_two_members_share_two_scans_each_point_once as share_two_scans
 from test_subscribe import Collector, check_order, data_of, ended, publish
@@ -19,6 +20,7 @@ import databus
 from databus import channels
 from databus._errors import InvalidURL
 from databus._events import EventType
+from databus._local_cluster import LocalCluster
 from databus._memory import MemoryGuard
 from databus._store import commands, keys
 from databus._store.cluster import by_slot, split_nodes
@@ -179,17 +181,29 @@ def test_the_writer_writes_scans_of_several_shards_unchanged(cbus, tmp_path):
 def _primary_of(state, key):
     slot = keys.hash_slot(key)
     return next(
-        n
-        for n in state.nodes
-        if n.role == "primary" and any(a <= slot <= b for a, b in n.slots) and n.running
+        (
+            n
+            for n in state.nodes
+            if n.role == "primary" and any(a <= slot <= b for a, b in n.slots) and n.running
+        ),
+        None,
     )
 
 
-def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replicas):
+def _replace_and_restart(cluster, victim, key):
+    """Once the cluster has promoted ``victim``'s replica, start ``victim`` again."""
+    assert eventually(lambda: _primary_of(cluster.status(), key) not in (None, victim), 15)
+    cluster.restart(victim.port)
+
+
+@pytest.mark.parametrize("durability", ["primary", "replicated"])
+def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replicas, durability):
     """The scan's primary is SIGKILLed; its replica takes over; the publisher and two
-    followers carry on: every point is delivered, or reported as a gap (server lost)."""
+    followers carry on: every point is delivered, or reported as a gap (server lost);
+    with ``durability="replicated"`` every point is delivered."""
     state = cluster_with_replicas.status()
-    bus = databus.connect(state.url, settings=databus.Settings(url=state.url, prefix="f"))
+    settings = databus.Settings(url=state.url, prefix="f", durability=durability)
+    bus = databus.connect(state.url, settings=settings)
     session = bus.session("failover")
     followers = [Collector(session.follow, until=_until_ends(1), timeout=20) for _ in range(2)]
     scan = session.create_scan(title="failover")
@@ -198,16 +212,20 @@ def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replic
     scan.start()
     total = 600
     victim = None
+    victim = _primary_of(state, scan.key)
+    back = threading.Thread(
+        target=_replace_and_restart, args=(cluster_with_replicas, victim, scan.key)
+    )
     for i in range(total):
         x.send(i)
         if i == total // 3:
-            victim = _primary_of(cluster_with_replicas.status(), scan.key)
             os.kill(victim.pid, signal.SIGKILL)
+            back.start()  # an operator brings the node back, as the new primary's replica
         time.sleep(0.005)
     scan.end()
-    assert victim is not None
-    new_primary = _primary_of(cluster_with_replicas.status(), scan.key)
-    assert new_primary.port != victim.port
+    back.join(30)
+    assert _primary_of(cluster_with_replicas.status(), scan.key).port != victim.port
+    assert not back.is_alive()
     for follower in followers:
         events = follower.join(timeout=30)
         delivered: list[int] = []
@@ -223,4 +241,109 @@ def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replic
             elif e.type is EventType.GAP:
                 reported += range(e.data.first_index, e.data.first_index + e.data.block_size)
         assert sorted(delivered + reported) == list(range(total)), reported
+        if durability == "replicated":
+            assert not reported
     bus.close()
+
+
+def test_replicated_durability_needs_a_replica_of_every_primary(valkey_cluster, bus):
+    for url in (valkey_cluster.url, bus.url):
+        settings = databus.Settings(url=url, durability="replicated")
+        with pytest.raises(databus.ServerError, match="has none connected"):
+            databus.connect(url, settings=settings)
+    with pytest.raises(ValueError, match="durability must be"):
+        databus.Settings(durability="fsync")
+
+
+def _admin(state, node):
+    """The admin user's redis-py client of one node (cluster commands, MIGRATE)."""
+    return redis.Redis(
+        host="127.0.0.1", port=node.port, username="admin", password=state.admin_password
+    )
+
+
+def test_a_slot_migrated_while_a_scan_is_written_loses_and_repeats_nothing(valkey_cluster, cbus):
+    """CLUSTER SETSLOT IMPORTING/MIGRATING and MIGRATE of the scan's keys while its
+    publisher writes: ASK, TRYAGAIN then MOVED are followed; a follower gets every point
+    once, in order."""
+    state = valkey_cluster
+    session = cbus.session("moving")
+    collector = Collector(session.follow, until=_until_ends(1), timeout=20)
+    scan = session.create_scan(title="moving")
+    x = scan.channel("x", "int64")
+    scan.prepare()
+    scan.start()
+    slot = keys.hash_slot(scan.key)
+    source = _primary_of(state, scan.key)
+    target = next(n for n in state.nodes if n.role == "primary" and n.port != source.port)
+    src, dst = _admin(state, source), _admin(state, target)
+    src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+    total, moved_at = 3000, 1000
+    for i in range(total):
+        x.send(i)
+        if i == moved_at:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        if moved_at < i and i % 100 == 0:  # a few keys at a time, while points flow
+            names = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 2)
+            if names:
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                    "AUTH2", "admin", state.admin_password, "KEYS", *names,
+                )  # fmt: skip
+            elif i > moved_at + 500:
+                for node in (dst, src):
+                    node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                moved_at = total  # done
+        time.sleep(0.0005)
+    scan.end()
+    assert moved_at == total, "the slot was not handed over"
+    events = collector.join(timeout=30)
+    check_order(events)
+    np.testing.assert_array_equal(data_of(events, "x"), np.arange(total))
+    assert src.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    assert dst.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
+    assert cbus.scan(scan.key).channels["x"].get_as_array().tolist() == list(range(total))
+    src.close()
+    dst.close()
+
+
+def test_a_shard_lost_without_replica_is_named_and_the_other_scans_go_on(tmp_path):
+    cluster = LocalCluster(tmp_path / "c", shards=3)
+    state = cluster.start()
+    try:
+        settings = databus.Settings(url=state.url, prefix="lost", reconnect_timeout=2)
+        bus = databus.connect(state.url, settings=settings)
+        session = bus.session("lost")
+        home = bus.wire.node_of(keys.session_log("lost", "lost"))
+        scans = {}
+        while len(scans) < 3:
+            scan = session.create_scan(title="s")
+            node = bus.wire.node_of(scan.key)
+            x = scan.channel("x", "int64")
+            scan.prepare()
+            scan.start()
+            x.send(0)
+            if node in scans:
+                scan.end()
+            else:
+                scans[node] = (scan, x)
+        gone = next(n for n in scans if n != home)
+        victim_scan, _ = scans.pop(gone)
+        victim = next(n for n in state.nodes if f"127.0.0.1:{n.port}" == gone)
+        os.kill(victim.pid, signal.SIGKILL)
+        time.sleep(2 * state.node_timeout_ms / 1000)  # the cluster marks it failed
+        slot = keys.hash_slot(victim_scan.key)
+        with pytest.raises(databus.ServerUnavailable, match=rf"{gone}.*slot {slot}"):
+            bus.scan(victim_scan.key)
+        for scan, x in scans.values():  # the other shards: unaffected
+            for i in range(1, 100):
+                x.send(i)
+            scan.end()
+            got = bus.scan(scan.key).channels["x"].get_as_array()
+            assert got.tolist() == list(range(100))
+        with pytest.raises(databus.FlushFailed, match=str(victim.port)):
+            victim_scan.end()
+        bus.close()
+    finally:
+        cluster.stop()

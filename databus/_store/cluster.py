@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import select
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,7 +23,7 @@ import redis.exceptions as rex
 from redis.cluster import ClusterNode, RedisCluster
 
 from .._encoding import Entries
-from .._errors import InvalidURL, redact
+from .._errors import InvalidURL, ServerUnavailable, redact
 from . import keys
 from .commands import Command, key_of
 from .protocol import exchange, parse_read, read_command, send_read, translate, translated
@@ -112,6 +112,29 @@ def by_slot(commands: Sequence[Command]) -> list[tuple[int | None, list[int]]]:
         groups.setdefault(slot, []).append(i)
         current = slot
     return list(groups.items())
+
+
+@contextlib.contextmanager
+def where_lost(client: RedisCluster, url: str, key: str | None) -> Iterator[None]:
+    """``translated``, and a node that cannot be reached named with ``key``'s slot: on a
+    cluster without a replica for it, that shard's scans are gone, the others go on."""
+    try:
+        yield
+    except (rex.ConnectionError, rex.TimeoutError, rex.ClusterDownError) as exc:
+        if key is None:
+            raise translate(exc, url) from exc
+        slot = keys.hash_slot(key)
+        try:
+            node = client.nodes_manager.get_node_from_slot(slot).name
+        except rex.RedisClusterException:
+            node = "no node"
+        raise ServerUnavailable(
+            f"cannot reach {node}, the cluster node that holds slot {slot} ({key}): {exc}; "
+            f"without a replica to take over, its keys are out of reach until it is back",
+            url,
+        ) from exc
+    except (rex.RedisError, rex.RedisClusterException) as exc:
+        raise translate(exc, url) from exc
 
 
 def is_cluster_node(client: Any) -> bool:
@@ -205,15 +228,12 @@ class ClusterLink:
         ``commands``. A slot's transaction is all or nothing; the ones before an error
         stay applied (``resent`` makes sending them again harmless)."""
         replies: list[Any] = [None] * len(commands)
-        try:
-            for slot, positions in by_slot(commands):
-                group = [commands[i] for i in positions]
-                for i, reply in zip(
-                    positions, self._transact_slot(slot, group, resent), strict=True
-                ):
-                    replies[i] = reply
-        except (rex.RedisError, rex.RedisClusterException) as exc:
-            raise translate(exc, self.wire.url) from exc
+        for slot, positions in by_slot(commands):
+            group = [commands[i] for i in positions]
+            with where_lost(self.client, self.wire.url, key_of(group[0])):
+                done = self._transact_slot(slot, group, resent)
+            for i, reply in zip(positions, done, strict=True):
+                replies[i] = reply
         return replies
 
     def _transact_slot(self, slot: int | None, group: list[Command], resent: bool) -> list[Any]:
@@ -223,11 +243,15 @@ class ClusterLink:
             node = asked or self._node(slot)
             conn = self._writer(node)
             self._pending.add(conn)
-            replies, first = exchange(conn, group, resent=resent, asking=asked is not None)
+            replies, first = exchange(
+                conn, group, resent=resent, asking=asked is not None, replicas=self.wire.replicas
+            )
             self._pending.discard(conn)
             if first is None:
                 return replies
-            asked = self._redirected(first, tries)  # type: ignore[arg-type]
+            if not isinstance(first, rex.ResponseError):
+                raise first  # NotReplicated
+            asked = self._redirected(first, tries)
             tries += 1
 
     # ------------------------------------------------------------------ reads
@@ -244,15 +268,14 @@ class ClusterLink:
         slots: dict[int, dict[str, str]] = {}
         for key, after in streams.items():
             slots.setdefault(keys.hash_slot(key), {})[key] = after
-        try:
-            if len(slots) == 1 and not self._waiting:
-                [(slot, asked)] = slots.items()
+        if len(slots) == 1 and not self._waiting:
+            [(slot, asked)] = slots.items()
+            with where_lost(self.client, self.wire.url, next(iter(asked))):
                 return self._read_slot(slot, asked, count, block_ms, group, before)
-            if group is not None or before:
-                raise ValueError("a group read or commands before it need streams of one slot")
+        if group is not None or before:
+            raise ValueError("a group read or commands before it need streams of one slot")
+        with where_lost(self.client, self.wire.url, None):
             return self._read_slots(slots, streams, count, block_ms)
-        except (rex.RedisError, rex.RedisClusterException) as exc:
-            raise translate(exc, self.wire.url) from exc
 
     def _read_slot(
         self,

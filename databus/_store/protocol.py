@@ -65,17 +65,33 @@ def translated(url: str) -> Iterator[None]:
         raise translate(exc, url) from exc
 
 
+class NotReplicated(ServerUnavailable):
+    """A transaction the primary applied that no replica confirmed within ``WAIT_MS``
+    (``durability="replicated"``): not acknowledged, so its publisher sends it again."""
+
+
+#: How long (ms) a transaction waits for its replicas (``WAIT``) before ``NotReplicated``.
+WAIT_MS = 2000
+
+
 def exchange(
-    conn: Any, commands: Sequence[Command], *, resent: bool = False, asking: bool = False
+    conn: Any,
+    commands: Sequence[Command],
+    *,
+    resent: bool = False,
+    asking: bool = False,
+    replicas: int = 0,
 ) -> tuple[list[Any], BaseException | None]:
     """Send ``commands`` on ``conn`` as one packed MULTI/EXEC (after ASKING if ``asking``:
-    a cluster slot being imported); (EXEC's replies, redis-py's error for the first one
-    refused, the connection in step). A refused transaction applied nothing. ``resent``:
-    see ``Link.transact``."""
+    a cluster slot being imported; followed by a WAIT for ``replicas``); (EXEC's replies,
+    the error of the first one refused, the connection in step). A refused transaction
+    applied nothing; one no replica confirmed is ``NotReplicated``. ``resent``: see
+    ``Link.transact``."""
     first: BaseException | None = None
     replies: list[Any] = []
     head = [("ASKING",), ("MULTI",)] if asking else [("MULTI",)]
-    conn.send_packed_command(conn.pack_commands([*head, *commands, ("EXEC",)]), check_health=False)
+    tail = [("EXEC",), ("WAIT", replicas, WAIT_MS)] if replicas else [("EXEC",)]
+    conn.send_packed_command(conn.pack_commands([*head, *commands, *tail]), check_health=False)
     for _ in range(len(commands) + len(head) + 1):  # +OK(s), QUEUED..., then EXEC's array
         try:
             reply = conn.read_response()
@@ -88,6 +104,13 @@ def exchange(
             if resent:
                 errors = [e for e in errors if "equal or smaller" not in str(e)]
             first = first or (errors[0] if errors else None)
+    if replicas:
+        confirmed = conn.read_response()
+        if first is None and int(confirmed) < replicas:
+            first = NotReplicated(
+                f"{conn.host}:{conn.port} applied a transaction that {confirmed} of "
+                f"{replicas} replicas confirmed within {WAIT_MS} ms"
+            )
     return replies, first
 
 

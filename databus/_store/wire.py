@@ -18,6 +18,7 @@ Every exception leaving this module is a ``DatabusError`` (``translated``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -37,10 +38,18 @@ from .._encoding import Entries, text
 from .._errors import (
     DatabusError,
     InvalidURL,
+    ServerError,
     ServerUnavailable,
     redact,
 )
-from .cluster import ClusterLink, by_slot, cluster_client, is_cluster_node, split_nodes
+from .cluster import (
+    ClusterLink,
+    by_slot,
+    cluster_client,
+    is_cluster_node,
+    split_nodes,
+    where_lost,
+)
 from .commands import Command, key_of
 from .protocol import (
     exchange,
@@ -183,6 +192,8 @@ class Wire:
     False makes one attempt per command (an admin's look at a server that may be dead).
     ``cluster``: whether ``url`` is a Redis Cluster (``cluster.py``); None finds out: a URL
     naming several nodes is one, and so is a single node that says so when probed.
+    ``replicas``: how many replicas confirm each transaction of its links (WAIT) before it
+    counts as done (``durability="replicated"``: 1).
     """
 
     def __init__(
@@ -195,8 +206,10 @@ class Wire:
         retry: bool = True,
         probe: bool = True,
         cluster: bool | None = None,
+        replicas: int = 0,
     ) -> None:
         self.url = url
+        self.replicas = replicas
         self.connect_timeout = connect_timeout
         first_url, nodes = split_nodes(url)
         if cluster is None and (nodes or not probe):
@@ -222,10 +235,16 @@ class Wire:
 
     def call(self, *command: Any) -> Any:
         """Run one command; its reply as redis-py parses it (HGETALL a dict, INFO a dict...)."""
-        with translated(self.url):
+        with self._translated([command]):
             if self.cluster and key_of(command) is None:
                 return self.client.execute_command(*command, target_nodes=RedisCluster.RANDOM)
             return self.client.execute_command(*command)
+
+    def _translated(self, commands: Sequence[Command]) -> contextlib.AbstractContextManager[None]:
+        """``translated``; on a cluster, a lost node is named with the slot it holds."""
+        if not self.cluster:
+            return translated(self.url)
+        return where_lost(self.client, self.url, next(filter(None, map(key_of, commands)), None))
 
     def nodes(self) -> list[str]:
         """The primaries' names ("host:port"; the one server's redacted URL)."""
@@ -236,6 +255,21 @@ class Wire:
     def node_of(self, key: str) -> str:
         """The name (as ``nodes`` gives it) of the primary that holds ``key``."""
         return self.client.get_node_from_key(key).name if self.cluster else redact(self.url)
+
+    def check_replicated(self) -> None:
+        """``ServerError`` naming the primaries without a replica connected: a
+        ``durability="replicated"`` publisher would wait on them for ever."""
+        alone = [
+            node
+            for node in self.nodes()
+            if int(self.on_node(node, "INFO", "replication").get("connected_slaves", 0)) < 1
+        ]
+        if alone:
+            raise ServerError(
+                f"durability='replicated' needs a replica of every primary, and "
+                f"{', '.join(alone)} has none connected: attach one (REPLICAOF, or "
+                f"`databus server start --cluster N --replicas 1`) or use durability='primary'"
+            )
 
     def on_node(self, name: str, *command: Any) -> Any:
         """Run a command without keys on the primary ``name`` (see ``nodes``)."""
@@ -265,7 +299,7 @@ class Wire:
         return self._pipeline(commands, atomic)
 
     def _pipeline(self, commands: Sequence[Command], atomic: bool) -> list[Any]:
-        with translated(self.url):
+        with self._translated(commands):
             pipe = self.client.pipeline(transaction=atomic)
             for command in commands:
                 pipe.execute_command(*command)
@@ -357,7 +391,9 @@ class Link:
         # try/except rather than ``translated``: free when nothing fails, on the hot path.
         try:
             self._pending = True
-            replies, first = exchange(self._conn, commands, resent=resent)
+            replies, first = exchange(
+                self._conn, commands, resent=resent, replicas=self.wire.replicas
+            )
             self._pending = False
         except rex.RedisError as exc:
             raise translate(exc, self.wire.url) from exc
