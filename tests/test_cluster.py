@@ -1,6 +1,9 @@
 """The same SDK on a Redis Cluster (a local cluster of embedded Valkey processes, three
 primaries): scans spread over shards, walks across them, transactions split by slot,
-shared channels, the memory guard per shard, and the file writer unchanged."""
+shared channels, the memory guard per shard, failover, slot migration, a lost shard; and
+tests of the other modules run here unchanged on the cluster: the writer, the frames
+bridge, analysis workers, the BLISS-compatible APIs (under gevent too), the bluesky
+bridge, capture and replay, the examples (scripts given only DATABUS_URL) and the page."""
 
 import itertools
 import os
@@ -13,8 +16,25 @@ import numpy as np
 import pytest
 import redis
 from conftest import Running, eventually
+from test_analysis_run import test_one_two_and_four_workers_reduce_to_the_same_results  # noqa: F401
+from test_blissdata2_clients import client, test_session_watcher_n_under_gevent  # noqa: F401
+from test_blissdata_classic import (  # noqa: F401
+    test_a_scan_walk_follows_its_own_scan_after_others_in_the_session,
+)
+from test_bluesky_from import (  # noqa: F401
+    test_run_engine_scans_appear_on_the_bus_with_streams_data_and_end,
+)
+from test_capture import test_a_replayed_capture_captured_again_holds_the_same_content  # noqa: F401
+from test_examples import (  # noqa: F401
+    test_follow_session_and_live_table,
+    test_stop_alignment_loop_stops_the_doc_scan_past_the_peak,
+)
+from test_frames_bridge import (  # noqa: F401
+    test_two_clients_of_two_bridges_get_each_frame_of_two_scans_once,
+)
 from test_share import test_two_members_share_two_scans_each_point_once as share_two_scans
 from test_subscribe import Collector, check_order, data_of, ended, publish
+from test_web import det, test_scan_appears_grows_and_ends_in_the_page, web  # noqa: F401
 
 import databus
 from databus import channels
@@ -28,13 +48,36 @@ from databus._store.cluster import by_slot, split_nodes
 _PREFIXES = itertools.count()
 
 
+class ClusterBuses:
+    """``make_bus`` on the local cluster: buses with one key prefix of their own (a
+    cluster has one database); ``url`` and ``prefix`` for the tests' subprocesses."""
+
+    def __init__(self, state) -> None:
+        self.url = state.url
+        self.prefix = f"c{next(_PREFIXES)}"
+        self.made: list[databus.Bus] = []
+
+    def __call__(self, **overrides: object) -> databus.Bus:
+        settings = databus.Settings(url=self.url, prefix=self.prefix).replace(**overrides)
+        made = databus.connect(self.url, settings=settings)
+        self.made.append(made)
+        return made
+
+
+# In this module ``make_bus`` and ``bus`` (and the fixtures built on them: ``beamline``,
+# ``web``, ``client``) are on the cluster, so the tests imported from the other modules
+# below run there unchanged.
 @pytest.fixture
-def cbus(valkey_cluster):
-    """A bus on the local cluster, with a key prefix of its own."""
-    settings = databus.Settings(url=valkey_cluster.url, prefix=f"c{next(_PREFIXES)}")
-    bus = databus.connect(valkey_cluster.url, settings=settings)
-    yield bus
-    bus.close()
+def make_bus(valkey_cluster):
+    buses = ClusterBuses(valkey_cluster)
+    yield buses
+    for made in buses.made:
+        made.close()
+
+
+@pytest.fixture
+def bus(make_bus):
+    return make_bus()
 
 
 def _until_ends(n):
@@ -81,11 +124,11 @@ def test_a_transaction_is_split_by_slot_in_the_order_of_its_commands():
     assert by_slot([("PING",)]) == [(None, [0])]
 
 
-def test_scans_of_one_session_land_on_several_shards_and_are_followed_as_one(cbus):
-    session = cbus.session("spread")
+def test_scans_of_one_session_land_on_several_shards_and_are_followed_as_one(bus):
+    session = bus.session("spread")
     collector = Collector(session.follow, until=_until_ends(6), timeout=20)
     scans = [publish(session, n=30) for _ in range(6)]
-    assert len(_shards(cbus, [s.key for s in scans])) >= 2
+    assert len(_shards(bus, [s.key for s in scans])) >= 2
     events = collector.join(timeout=20)
     check_order(events)
     for s in scans:
@@ -94,12 +137,12 @@ def test_scans_of_one_session_land_on_several_shards_and_are_followed_as_one(cbu
         np.testing.assert_array_equal(data_of(mine, "axis:robz"), np.arange(30) / 10)
 
 
-def test_a_walk_gets_two_scans_running_at_once_on_different_shards(cbus):
-    session = cbus.session("both")
+def test_a_walk_gets_two_scans_running_at_once_on_different_shards(bus):
+    session = bus.session("both")
     collector = Collector(session.follow, timeout=20)
     first = session.create_scan(title="a")
     second = session.create_scan(title="b")
-    while cbus.wire.node_of(second.key) == cbus.wire.node_of(first.key):
+    while bus.wire.node_of(second.key) == bus.wire.node_of(first.key):
         second.end()
         second = session.create_scan(title="b")
     chans = [s.channel("x", "int64") for s in (first, second)]
@@ -121,47 +164,47 @@ def test_a_walk_gets_two_scans_running_at_once_on_different_shards(cbus):
         np.testing.assert_array_equal(data_of(mine, "x"), np.arange(200))
 
 
-def test_shared_channels_reach_every_client_and_are_listed_from_every_shard(cbus, valkey_cluster):
-    other = databus.connect(valkey_cluster.url, settings=cbus.settings)
+def test_shared_channels_reach_every_client_and_are_listed_from_every_shard(bus, valkey_cluster):
+    other = databus.connect(valkey_cluster.url, settings=bus.settings)
     names = [f"flag{i}" for i in range(12)]  # enough to land on every shard
-    assert len({cbus.wire.node_of(keys.shared(cbus.settings.prefix, n)) for n in names}) == 3
+    assert len({bus.wire.node_of(keys.shared(bus.settings.prefix, n)) for n in names}) == 3
     seen = threading.Event()
     channels.Channel("flag0", default_value=False, callback=lambda v: v and seen.set(), bus=other)
     for name in names:
-        channels.Channel(name, default_value=False, bus=cbus).value = True
+        channels.Channel(name, default_value=False, bus=bus).value = True
     assert seen.wait(10)
     assert channels.shared_names(other) == sorted(names)
     other.close()
 
 
-def test_the_memory_guard_deletes_ended_scans_shard_by_shard_never_a_running_one(cbus):
-    session = cbus.session("full")
+def test_the_memory_guard_deletes_ended_scans_shard_by_shard_never_a_running_one(bus):
+    session = bus.session("full")
     done = [publish(session, n=20) for _ in range(6)]
     running = publish(session, n=20, end=False)
-    report = MemoryGuard(cbus, cap=1).check()  # every shard past its cap
+    report = MemoryGuard(bus, cap=1).check()  # every shard past its cap
     assert set(report.evicted) == {s.key for s in done}
-    assert len(_shards(cbus, report.evicted)) >= 2
-    assert cbus.scan(running.key).channels["axis:robz"].get_as_array().size == 20
-    exist = cbus.wire.run([commands.exists(s.key) for s in done])
+    assert len(_shards(bus, report.evicted)) >= 2
+    assert bus.scan(running.key).channels["axis:robz"].get_as_array().size == 20
+    exist = bus.wire.run([commands.exists(s.key) for s in done])
     assert exist == [0] * len(done)
     running.end()
 
 
-def test_a_point_share_hands_out_each_point_of_scans_on_two_shards_once(cbus):
+def test_a_point_share_hands_out_each_point_of_scans_on_two_shards_once(bus):
     """What the frames bridges and the analysis workers share work through."""
-    share_two_scans(cbus)
-    scan_keys = [keys.scan(cbus.settings.prefix, "s", n) for n in (1, 2)]
-    assert len(_shards(cbus, scan_keys)) == 2
+    share_two_scans(bus)
+    scan_keys = [keys.scan(bus.settings.prefix, "s", n) for n in (1, 2)]
+    assert len(_shards(bus, scan_keys)) == 2
 
 
-def test_the_writer_writes_scans_of_several_shards_unchanged(cbus, tmp_path):
+def test_the_writer_writes_scans_of_several_shards_unchanged(bus, tmp_path):
     from databus import scan
     from databus.sim import GaussNoiseCounter, SimMotor
 
-    databus.set_default_bus(cbus)
+    databus.set_default_bus(bus)
     scan.set_session("runner")
     try:
-        writer = Running(cbus, tmp_path)
+        writer = Running(bus, tmp_path)
         robz, gauss = SimMotor("robz", low=-10, high=10), GaussNoiseCounter(seed=1)
         done = [scan.ascan(robz, -1, 1, 11, 0.001, gauss) for _ in range(4)]
         writer.wait_for(4)
@@ -169,7 +212,7 @@ def test_the_writer_writes_scans_of_several_shards_unchanged(cbus, tmp_path):
     finally:
         databus.set_default_bus(None)
         scan.set_session(None)
-    assert len(_shards(cbus, [s.key for s in done])) >= 2
+    assert len(_shards(bus, [s.key for s in done])) >= 2
     [path] = sorted((tmp_path / "runner").glob("*.h5"))
     with h5py.File(path, "r") as f:
         assert sorted(f) == ["1.1", "2.1", "3.1", "4.1"]
@@ -246,8 +289,8 @@ def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replic
     bus.close()
 
 
-def test_replicated_durability_needs_a_replica_of_every_primary(valkey_cluster, bus):
-    for url in (valkey_cluster.url, bus.url):
+def test_replicated_durability_needs_a_replica_of_every_primary(valkey_cluster, valkey_server):
+    for url in (valkey_cluster.url, valkey_server.url):
         settings = databus.Settings(url=url, durability="replicated")
         with pytest.raises(databus.ServerError, match="has none connected"):
             databus.connect(url, settings=settings)
@@ -262,12 +305,12 @@ def _admin(state, node):
     )
 
 
-def test_a_slot_migrated_while_a_scan_is_written_loses_and_repeats_nothing(valkey_cluster, cbus):
+def test_a_slot_migrated_while_a_scan_is_written_loses_and_repeats_nothing(valkey_cluster, bus):
     """CLUSTER SETSLOT IMPORTING/MIGRATING and MIGRATE of the scan's keys while its
     publisher writes: ASK, TRYAGAIN then MOVED are followed; a follower gets every point
     once, in order."""
     state = valkey_cluster
-    session = cbus.session("moving")
+    session = bus.session("moving")
     collector = Collector(session.follow, until=_until_ends(1), timeout=20)
     scan = session.create_scan(title="moving")
     x = scan.channel("x", "int64")
@@ -303,7 +346,7 @@ def test_a_slot_migrated_while_a_scan_is_written_loses_and_repeats_nothing(valke
     np.testing.assert_array_equal(data_of(events, "x"), np.arange(total))
     assert src.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
     assert dst.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
-    assert cbus.scan(scan.key).channels["x"].get_as_array().tolist() == list(range(total))
+    assert bus.scan(scan.key).channels["x"].get_as_array().tolist() == list(range(total))
     src.close()
     dst.close()
 
