@@ -116,6 +116,8 @@ def _cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     asked = [f"--{k.replace('_', '-')}" for k in cluster_only if getattr(args, k, None) is not None]
     if asked and not (args.action == "start" and args.cluster):
         raise ValueError(f"{' and '.join(asked)}: only with `databus server start --cluster N`")
+    if args.action == "start" and args.cluster == 0:
+        raise ValueError("databus server start --cluster N: give N, the number of primaries")
     if args.action == "start" and args.cluster:
         return _start_cluster(settings, args)
     if args.action == "start":
@@ -132,6 +134,9 @@ def _cmd_server(args: argparse.Namespace, settings: Settings) -> int:
             )
         return 0
     cluster = _local_cluster(settings, args)
+    if args.action == "url":
+        wanted = args.cluster is not None
+        return _print_url(server.status(), cluster.status(), cluster_wanted=wanted)
     if args.action == "stop":
         stopped = [
             what
@@ -152,6 +157,20 @@ def _cmd_server(args: argparse.Namespace, settings: Settings) -> int:
         _print_status(current.url, settings, current)
     if cluster_state is not None:
         _print_cluster(cluster, cluster_state)
+    return 0
+
+
+def _print_url(
+    server: ServerState | None, cluster: ClusterState | None, *, cluster_wanted: bool
+) -> int:
+    """``server url [--cluster]``: the running server's (or local cluster's) URL, secret
+    included, alone on its line: ``export DATABUS_URL=$(databus server url --cluster)``."""
+    state = cluster if cluster_wanted else server
+    if state is None:
+        what = "local cluster (databus server start --cluster N)" if cluster_wanted else "server"
+        print(f"no embedded {what} running", file=sys.stderr)
+        return 1
+    print(state.url)
     return 0
 
 
@@ -193,7 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix", help="key prefix (default: databus)")
     sub = parser.add_subparsers(dest="command", required=True)
     srv = sub.add_parser("server", help="start, stop or inspect the embedded server")
-    srv.add_argument("action", choices=["start", "stop", "status"])
+    srv.add_argument(
+        "action",
+        choices=["start", "stop", "status", "url"],
+        help="url: print the URL with its secret (--cluster: the local cluster's), for "
+        "export DATABUS_URL=$(databus server url --cluster)",
+    )
     auth = srv.add_mutually_exclusive_group()
     auth.add_argument(
         "--password",
@@ -207,8 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument(
         "--cluster",
         type=_int_at_least(1),
+        nargs="?",
+        const=0,
         metavar="N",
-        help="start: a local Redis Cluster of N primaries instead (stop and status see it too)",
+        help="start: a local Redis Cluster of N primaries instead (stop and status see it "
+        "too); url: the cluster's",
     )
     srv.add_argument(
         "--replicas", type=_int_at_least(0), metavar="R", help="replicas per primary (--cluster)"

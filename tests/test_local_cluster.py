@@ -16,6 +16,7 @@ import redis
 from conftest import eventually
 from redis.cluster import RedisCluster
 
+import databus
 from databus import ServerConflict, ServerUnavailable
 from databus._local_cluster import (
     CLUSTER_DIR,
@@ -269,6 +270,12 @@ def test_the_cli_starts_shows_and_stops_a_cluster(tmp_path):
             role = "primary" if node.role == PRIMARY else f"replica  of {node.replica_of}"
             assert f"{node.port} {node.pid:>8}  {role}" in shown.stdout
         assert "0-8191" in shown.stdout and "8192-16383" in shown.stdout
+        url = _cli(tmp_path, "url", "--cluster")
+        assert url.returncode == 0 and url.stdout.strip() == state.url  # secret included
+        scripted = databus.connect(url.stdout.strip())
+        assert scripted.wire.cluster and len(scripted.wire.nodes()) == 2
+        scripted.close()
+        assert _cli(tmp_path, "url").returncode == 1  # no single server runs
     finally:
         stopped = _cli(tmp_path, "stop")
     assert stopped.stdout.strip() == "stopped the local cluster"
@@ -283,6 +290,7 @@ def test_the_cli_starts_shows_and_stops_a_cluster(tmp_path):
         (["--cluster", "2", "--replicas", "-1"], "argument --replicas: must be >= 0, got -1"),
         (["--replicas", "1"], "--replicas: only with `databus server start --cluster N`"),
         (["--cluster", "2", "--appendonly"], "--appendonly is for the single embedded server"),
+        (["--cluster"], "give N, the number of primaries"),
     ],
 )
 def test_the_cli_names_bad_cluster_options(tmp_path, args, message):
