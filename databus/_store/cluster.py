@@ -17,7 +17,7 @@ import select
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.exceptions as rex
 from redis.cluster import ClusterNode, RedisCluster
@@ -81,17 +81,27 @@ def cluster_client(
         k: v for k, v in kwargs.items() if k not in ("command_packer", "retry")
     }
     if parts.username:
-        options["username"] = parts.username
+        options["username"] = unquote(parts.username)
     if parts.password:
-        options["password"] = parts.password
+        options["password"] = unquote(parts.password)
     if parts.scheme == "rediss":
         options["ssl"] = True
     if not retry:
         options["cluster_error_retry_attempts"] = 0
     try:
-        return RedisCluster(startup_nodes=startup, **options)
+        client = RedisCluster(startup_nodes=startup, **options)
     except rex.RedisClusterException as exc:
         raise rex.ConnectionError(str(exc)) from exc
+    packer = kwargs.get("command_packer")
+    if packer is not None:
+        # RedisCluster passes no packer to its nodes' connections: give it to the pools of
+        # the nodes known now and to the settings of those it meets later (a failover).
+        client.nodes_manager.connection_kwargs["command_packer"] = packer
+        for node in client.get_nodes():
+            pool = client.get_redis_connection(node).connection_pool
+            pool.connection_kwargs["command_packer"] = packer
+            pool.reset()  # the connection that read the slot map: made again, with it
+    return client
 
 
 def slot_of(command: Command) -> int | None:
