@@ -318,7 +318,11 @@ def test_settings_from_the_environment(monkeypatch):
     assert (settings.reconnect_timeout, settings.memory_guard) == (120.0, False)
     assert settings.connect_timeout == 2.5
     samples = {"float": ("7", 7.0), "int": ("7", 7), "bool": ("no", False)}
-    named = {"concurrency": ("thread", "thread"), "run_dir": ("/x", Path("/x"))}
+    named = {
+        "concurrency": ("thread", "thread"),
+        "run_dir": ("/x", Path("/x")),
+        "durability": ("replicated", "replicated"),
+    }
     for field in dataclasses.fields(databus.Settings):  # every setting has its variable
         raw, value = named.get(field.name) or samples.get(field.type) or ("abc", "abc")
         monkeypatch.setenv(f"DATABUS_{field.name.upper()}", raw)
