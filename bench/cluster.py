@@ -4,10 +4,13 @@ against the targets of issue 18.
     python bench/cluster.py            # 3 rounds, medians
     python bench/cluster.py --quick    # one short round, a smoke run
 
-- frames_mb_per_s_1_shard, frames_mb_per_s_3_shards: three publisher processes, each with
-  a scan of its own (its own session) of 2 MiB float32 frames, each followed by a walk in
-  its own process; MB (1e6 bytes of frames) over the time from the first send() to the
-  last frame any follower received. On a cluster of one primary, then of three.
+- frames_mb_per_s_server, frames_mb_per_s_1_shard, frames_mb_per_s_3_shards: three
+  publisher processes, each with a scan of its own (its own session) of 2 MiB float32
+  frames, each followed by a walk in its own process; MB (1e6 bytes of frames) over the
+  time from the first send() to the last frame any follower received. On one embedded
+  server, on a cluster of one primary, then of three, one after the other in each round
+  (after an unmeasured warm-up round; every server emptied after each run);
+  cluster_1_shard_vs_server is the ratio of the first two in the same round.
 - shard_cpu_cores_max, shard_cpu_cores_sum: the three primaries' CPU (from /proc) in the
   3-shard run: the busiest one's and their sum, in cores.
 - failover_s: a publisher sends a point every millisecond on a cluster of three primaries
@@ -25,6 +28,7 @@ Prints one table, then as its last line one JSON object with the medians.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -37,17 +41,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import redis
 from _server import Figure, bench_arguments, report
 
 import databus
 from databus._errors import DatabusError
 from databus._events import EventType
 from databus._local_cluster import ClusterState, LocalCluster
+from databus._server import EmbeddedServer, ServerState
 from databus._store import keys
 
 FRAME = (512, 1024)  # float32: 2 MiB
 FIGURES: dict[str, Figure] = {
+    "frames_mb_per_s_server": ("MB/s", None, ">="),
     "frames_mb_per_s_1_shard": ("MB/s", None, ">="),
+    "cluster_1_shard_vs_server": ("ratio", None, ">="),
     "frames_mb_per_s_3_shards": ("MB/s", None, ">="),
     "shard_cpu_cores_max": ("cores", None, "<="),
     "shard_cpu_cores_sum": ("cores", None, "<="),
@@ -100,16 +108,26 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def frames_rate(state: ClusterState, frames: int, tag: str) -> tuple[float, list[float]]:
-    """(MB/s of three publisher+follower pairs, CPU cores of each primary meanwhile)."""
+def _flush(state: ClusterState | ServerState) -> None:
+    """Delete everything on every primary (as ``admin``): each round starts empty, on
+    memory the server has already used (a fresh server faults every page in once)."""
+    ports = [n.port for n in state.nodes] if isinstance(state, ClusterState) else [state.port]
+    for port in ports:
+        admin = redis.Redis(port=port, username="admin", password=state.admin_password)
+        with contextlib.suppress(redis.ResponseError):  # a replica is read-only
+            admin.flushall()
+        admin.close()
+
+
+def frames_rate(url: str, pids: list[int], frames: int, tag: str) -> tuple[float, list[float]]:
+    """(MB/s of three publisher+follower pairs, CPU cores of each server process ``pids``
+    meanwhile)."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    primaries = [n for n in state.nodes if n.role == "primary"]
-    cpu0 = [_cpu_s(n.pid) for n in primaries]
+    cpu0 = [_cpu_s(pid) for pid in pids]
     t0 = time.monotonic()
     procs = [
-        context.Process(target=_pair, args=(state.url, f"b{tag}", f"s{i}", frames, out))
-        for i in range(3)
+        context.Process(target=_pair, args=(url, f"b{tag}", f"s{i}", frames, out)) for i in range(3)
     ]
     for p in procs:
         p.start()
@@ -117,7 +135,7 @@ def frames_rate(state: ClusterState, frames: int, tag: str) -> tuple[float, list
     for p in procs:
         p.join(30)
     elapsed = time.monotonic() - t0
-    cpu = [(_cpu_s(n.pid) - c) / elapsed for n, c in zip(primaries, cpu0, strict=True)]
+    cpu = [(_cpu_s(pid) - c) / elapsed for pid, c in zip(pids, cpu0, strict=True)]
     if not all(ok for *_, ok in results):
         raise RuntimeError(f"a follower missed frames: {results}")
     nbytes = sum(r[0] for r in results)
@@ -246,21 +264,42 @@ def main() -> int:
     frames = 30 if args.quick else 100
     rows: dict[str, list[float]] = {name: [] for name in FIGURES}
     with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedServer(Path(tmp) / "server", maxmemory=4 * 10**9)
         one = LocalCluster(Path(tmp) / "one", shards=1, maxmemory=4 * 10**9)
         three = LocalCluster(Path(tmp) / "three", shards=3, maxmemory=4 * 10**9)
         replicated = LocalCluster(Path(tmp) / "rep", shards=3, replicas=1, maxmemory=2 * 10**9)
         pair = LocalCluster(Path(tmp) / "pair", shards=1, replicas=1, maxmemory=4 * 10**9)
         try:
+            server_state = server.start()
             states = {"1": one.start(), "3": three.start()}
-            for r in range(rounds):
-                rows["frames_mb_per_s_1_shard"].append(frames_rate(states["1"], frames, f"{r}")[0])
-                rate, cpu = frames_rate(states["3"], frames, f"{r}")
-                rows["frames_mb_per_s_3_shards"].append(rate)
-                rows["shard_cpu_cores_max"].append(max(cpu))
-                rows["shard_cpu_cores_sum"].append(sum(cpu))
-                print(f"round {r + 1}: 1 shard {rows['frames_mb_per_s_1_shard'][-1]:.0f} MB/s, "
-                      f"3 shards {rate:.0f} MB/s, cpu per primary "
-                      f"{', '.join(f'{c:.2f}' for c in cpu)}", file=sys.stderr)  # fmt: skip
+            targets = {
+                "server": (server_state.url, [server_state.pid], server_state),
+                **{
+                    k: (st.url, [n.pid for n in st.nodes if n.role == "primary"], st)
+                    for k, st in states.items()
+                },
+            }
+            for r in range(rounds + 1):  # round 0 warms the servers up, unmeasured
+                got = {}
+                for name, (url, pids, state) in targets.items():
+                    got[name] = frames_rate(url, pids, frames, f"{r}")
+                    _flush(state)
+                if r == 0:
+                    continue
+                rows["frames_mb_per_s_server"].append(got["server"][0])
+                rows["frames_mb_per_s_1_shard"].append(got["1"][0])
+                rows["frames_mb_per_s_3_shards"].append(got["3"][0])
+                rows["cluster_1_shard_vs_server"].append(got["1"][0] / got["server"][0])
+                rows["shard_cpu_cores_max"].append(max(got["3"][1]))
+                rows["shard_cpu_cores_sum"].append(sum(got["3"][1]))
+                shards = ", ".join(f"{c:.2f}" for c in got["3"][1])
+                print(
+                    f"round {r}: server {got['server'][0]:.0f} MB/s, 1 shard "
+                    f"{got['1'][0]:.0f} MB/s, 3 shards {got['3'][0]:.0f} MB/s "
+                    f"(cores per primary {shards})",
+                    file=sys.stderr,
+                )
+            server.stop()
             one.stop()
             three.stop()
             replicated.start()
@@ -276,6 +315,7 @@ def main() -> int:
                 rows["replicated_cost"].append(cost)
                 rows["replicated_cost_points"].append(cost_points)
         finally:
+            server.stop()
             for cluster in (one, three, replicated, pair):
                 cluster.stop()
     out = {name: statistics.median(values) for name, values in rows.items()}
