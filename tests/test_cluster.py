@@ -390,3 +390,52 @@ def test_a_shard_lost_without_replica_is_named_and_the_other_scans_go_on(tmp_pat
         bus.close()
     finally:
         cluster.stop()
+
+
+def test_points_a_dead_primary_had_not_replicated_come_as_gaps_server_lost(
+    cluster_with_replicas,
+):
+    """The replica is stopped (SIGSTOP) and its replication link cut while the primary
+    acknowledges points, then the primary is killed and the replica, let go, takes over
+    without them: the publisher finds them missing and writes them down as lost, so a
+    reader that comes later gets them as GAP events (server lost); the live follower got
+    every point before or as a gap."""
+    state = cluster_with_replicas.status()
+    bus = databus.connect(state.url, settings=databus.Settings(url=state.url, prefix="g"))
+    session = bus.session("unreplicated")
+    follower = Collector(session.follow, until=_until_ends(1), timeout=20)
+    scan = session.create_scan(title="gap")
+    x = scan.channel("x", "int64")
+    scan.prepare()
+    scan.start()
+    primary = _primary_of(state, scan.key)
+    replica = next(n for n in state.nodes if n.replica_of == primary.port)
+    for i in range(100):
+        x.send(i)
+    time.sleep(0.5)  # the first 100 reach the replica
+    os.kill(replica.pid, signal.SIGSTOP)
+    admin = _admin(state, primary)
+    admin.execute_command("CLIENT", "KILL", "TYPE", "replica")  # its replication link
+    admin.close()
+    try:
+        for i in range(100, 200):
+            x.send(i)
+        time.sleep(0.5)  # acknowledged by the primary alone
+        os.kill(primary.pid, signal.SIGKILL)
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    assert eventually(lambda: _primary_of(cluster_with_replicas.status(), scan.key), 20)
+    for i in range(200, 300):
+        x.send(i)
+    scan.end()
+    late = Collector(bus.scan(scan.key).walk_events, until=ended, timeout=20)  # reads it afterwards
+    for events, live in ((follower.join(timeout=30), True), (late.join(timeout=30), False)):
+        x_events = [e for e in events if e.node.name == "x"]
+        delivered = [v for e in x_events if e.type is EventType.NEW_DATA for v in e.data.data]
+        gaps = [e.data for e in x_events if e.type is EventType.GAP]
+        reported = [i for g in gaps for i in range(g.first_index, g.first_index + g.block_size)]
+        assert sorted(delivered + reported) == list(range(300))
+        assert all(g.reason == "server lost" for g in gaps)
+        if not live:  # the points the new primary never had: every one reported
+            assert reported and set(reported) <= set(range(100, 200)), reported
+    bus.close()
