@@ -190,6 +190,37 @@ def test_the_memory_guard_deletes_ended_scans_shard_by_shard_never_a_running_one
     running.end()
 
 
+def test_the_memory_guard_deletes_only_on_the_shard_that_is_full(tmp_path):
+    cluster = LocalCluster(tmp_path / "c", shards=2)
+    state = cluster.start()
+    bus = databus.connect(state.url, settings=databus.Settings(url=state.url, prefix="m"))
+    try:
+        session = bus.session("full")
+        small = [publish(session, n=20) for _ in range(4)]
+        assert len(_shards(bus, [s.key for s in small])) == 2
+        big = session.create_scan(title="big")
+        full = bus.wire.node_of(big.key)
+        frames = big.channel("det:image", "uint8", (1024, 1024))
+        big.prepare()
+        big.start()
+        for _ in range(60):
+            frames.send(np.ones((1024, 1024), np.uint8))
+        big.end()
+        memory = {node: bus.wire.on_node(node, *commands.memory()) for node in bus.wire.nodes()}
+        used = {node: int(info["used_memory"]) for node, info in memory.items()}
+        other = max(u for node, u in used.items() if node != full)
+        assert used[full] > other + 50e6
+        cap = int((other + 10e6) / 0.85)  # the other shard stays under the high mark
+        report = MemoryGuard(bus, cap=cap).check()
+        assert report.evicted and all(bus.wire.node_of(key) == full for key in report.evicted)
+        assert big.key in report.evicted
+        kept = [s.key for s in small if bus.wire.node_of(s.key) != full]
+        assert kept and bus.wire.run([commands.exists(k) for k in kept]) == [1] * len(kept)
+    finally:
+        bus.close()
+        cluster.stop()
+
+
 def test_a_point_share_hands_out_each_point_of_scans_on_two_shards_once(bus):
     """What the frames bridges and the analysis workers share work through."""
     share_two_scans(bus)
