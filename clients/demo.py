@@ -11,8 +11,10 @@ A NeXus writer follows the session too and writes every scan to ``--root`` (defa
 
 The live view in the browser (``databus web``) is served while the scans run, its URL
 the first line printed: http://127.0.0.1:8000/, or a free port if 8000 is taken
-(``--web-port N``, 0 for a free port; ``--no-web`` to go without). Its pages link the
-NeXus files for download. ``--serve`` keeps serving it after the scans, until Ctrl-C.
+(``--web-port N``, 0 for a free port; ``--no-web`` to go without). The scans start once a
+page has opened it, or after ``--wait`` seconds (default 10; 0: at once); with a page
+watching they run at a pace a person can follow (count times x``WATCHED_PACE``). Its pages link the NeXus files for download. ``--serve`` keeps serving it after
+the scans, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from .writer import NexusWriter
 
 #: The port the live view is served on when it is free (as ``databus web``'s default).
 WEB_PORT = 8000
+#: How many times longer each point counts while a page watches, so a person can follow.
+WATCHED_PACE = 10
 
 
 def _analysis(
@@ -81,9 +85,11 @@ def run(
     root: str = "databus_demo",
     web_port: int | None = WEB_PORT,
     serve: bool = False,
+    wait: float = 10.0,
 ) -> int:
     """Run the demo with its live view on ``web_port`` (None: none; ``serve``: until
-    Ctrl-C or SIGTERM after the scans, from the main thread); the process exit code."""
+    Ctrl-C or SIGTERM after the scans, from the main thread), starting the scans once a
+    page opens it or after ``wait`` seconds; the process exit code."""
     out = out or sys.stdout
     bus = databus.connect(url)
     view: ServerThread | None = None
@@ -92,7 +98,15 @@ def run(
         if web_port is not None:
             view = live_view(bus, session_name, Path(root), web_port)
             print(f"live view: {view.url}", file=out, flush=True)
-        _scans(bus, session_name, root, out)
+        pace = 1
+        if view is not None and wait > 0:
+            print(
+                f"open it in a browser: the scans start when a page opens it, or in {wait:g} s",
+                file=out,
+                flush=True,
+            )
+            pace = WATCHED_PACE if view.wait_for_page(wait) else 1
+        _scans(bus, session_name, root, out, pace)
         if view is not None:
             after = "" if serve else " (served while the demo ran: --serve keeps it up)"
             print(f"\nlive view: {view.url}{after}", file=out, flush=True)
@@ -119,9 +133,9 @@ def _serve(out: TextIO) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _scans(bus: databus.Bus, session_name: str, root: str, out: TextIO) -> None:
-    """The three scans, followed by the monitor, the analysis and the writer; then what
-    happened and where the data is."""
+def _scans(bus: databus.Bus, session_name: str, root: str, out: TextIO, pace: float) -> None:
+    """The three scans (each point counting ``pace`` times the usual), followed by the
+    monitor, the analysis and the writer; then what happened and where the data is."""
     started = time.monotonic()
     databus.set_default_bus(bus)
     scan.set_session(session_name)
@@ -141,11 +155,15 @@ def _scans(bus: databus.Bus, session_name: str, root: str, out: TextIO) -> None:
     analysis.start()
     ready.wait(10)
     try:
-        align = scan.ascan(robz, -5, 5, 500, 0.002, sim_ct_gauss_noise, diode, mon, run=False)
+        align = scan.ascan(
+            robz, -5, 5, 500, 0.002 * pace, sim_ct_gauss_noise, diode, mon, run=False
+        )
         align.set_watchdog_callback(StopOnChannel("stop_alignment", bus=bus))
         align.run()
-        loop = scan.loopscan(50, 0.005, diode, mon)
-        mesh = scan.amesh(robz, -1, 1, 6, roby, -1, 1, 4, 0.01, SimDetector(), sim_ct_gauss_noise)
+        loop = scan.loopscan(50, 0.005 * pace, diode, mon)
+        mesh = scan.amesh(
+            robz, -1, 1, 6, roby, -1, 1, 4, 0.01 * pace, SimDetector(), sim_ct_gauss_noise
+        )
         monitor.wait_idle(timeout=30)
         deadline = time.monotonic() + 20
         while len(writer.written) < 3 and time.monotonic() < deadline:
@@ -216,6 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     web.add_argument("--no-web", action="store_true", help="do not serve the live view")
     parser.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="start the scans when a page opens the live view, or after S seconds "
+        "(default 10; 0: at once); watched, they run at a pace to follow",
+    )
+    parser.add_argument(
         "--serve", action="store_true", help="keep serving the live view after the scans"
     )
     args = parser.parse_args(argv)
@@ -223,5 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--web-port must be a port number 0..65535, got {args.web_port}")
     if args.serve and args.no_web:
         parser.error("--serve keeps the live view up after the scans: drop --no-web")
+    if args.wait < 0:
+        parser.error(f"--wait is seconds >= 0 (0: start at once), got {args.wait:g}")
     port = None if args.no_web else args.web_port
-    return run(args.session, args.url, root=args.root, web_port=port, serve=args.serve)
+    return run(
+        args.session, args.url, root=args.root, web_port=port, serve=args.serve, wait=args.wait
+    )

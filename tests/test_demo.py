@@ -47,6 +47,7 @@ def test_demo_options_are_checked(bus, tmp_path):
         (["--no-web", "--serve"], "drop --no-web"),
         (["--web-port", "70000"], "0..65535"),
         (["--no-web", "--web-port", "1"], "not allowed with"),
+        (["--wait", "-1"], "--wait is seconds >= 0"),
     ]:
         proc = demo(bus, tmp_path, *args)
         _, err = proc.communicate(timeout=30)
@@ -60,10 +61,13 @@ def test_the_demo_serves_its_live_view_while_it_runs(bus, browser, tmp_path):
         first = proc.stdout.readline()
         assert first.startswith("live view: http://127.0.0.1:"), first + proc.stderr.read()
         url = first.split()[2]
+        assert "the scans start when a page opens it" in proc.stdout.readline()
         page = browser.new_page()
         page.goto(url)
         wait(page, "s.connected && s.scans.length >= 1")
         assert "ascan" in state(page, "scans[0].title"), "the page did not see the scans run"
+        # Watched, the scans go at a pace to follow: the page sees the alignment move.
+        wait(page, "!s.scans[0].reason && s.plot.points >= 20", timeout=30)
         wait(page, "s.scans.length === 3 && s.scans.every((scan) => scan.reason)", timeout=60)
         titles = page.locator("#scans tbody tr .title").all_inner_texts()
         assert [t.split()[1] for t in titles] == ["amesh", "loopscan", "ascan"]

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -102,6 +103,10 @@ def _basic_ok(header: str, login: tuple[str, str]) -> bool:
     return hmac.compare_digest(f"{user}:{password}".encode(), wanted)
 
 
+#: The websockets of the pages open now (``ServerThread.pages`` counts them).
+PAGES = web.AppKey("pages", set)
+
+
 def make_app(
     bus: databus.Bus,
     sessions: list[str] | None = None,
@@ -124,6 +129,7 @@ def make_app(
         return web.FileResponse(STATIC / "index.html")
 
     sockets: set[web.WebSocketResponse] = set()
+    app[PAGES] = sockets
 
     async def socket_handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1 << 20)
@@ -240,6 +246,18 @@ class ServerThread:
             self._thread.join()
             raise self._failed
         return self
+
+    @property
+    def pages(self) -> int:
+        """How many pages are open on it now."""
+        return len(self._app[PAGES])
+
+    def wait_for_page(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a page to open; True if one is open."""
+        deadline = time.monotonic() + timeout
+        while not self.pages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.pages > 0
 
     def stop(self, timeout: float = 20.0) -> None:
         """Close the pages and stop serving; returns once the thread has ended."""
