@@ -13,8 +13,9 @@ The live view in the browser (``databus web``) is served while the scans run, it
 the first line printed: http://127.0.0.1:8000/, or a free port if 8000 is taken
 (``--web-port N``, 0 for a free port; ``--no-web`` to go without). The scans start once a
 page has opened it, or after ``--wait`` seconds (default 10; 0: at once); with a page
-watching they run at a pace a person can follow (count times x``WATCHED_PACE``). Its pages link the NeXus files for download. ``--serve`` keeps serving it after
-the scans, until Ctrl-C.
+watching they run at a pace a person can follow (count times x``WATCHED_PACE``). Its
+pages link the NeXus files for download. ``--serve`` keeps serving it after the scans,
+until Ctrl-C.
 """
 
 from __future__ import annotations
