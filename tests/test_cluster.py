@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import redis
-from conftest import Running, eventually
+from conftest import Buses, Running, eventually
 from test_analysis_run import test_one_two_and_four_workers_reduce_to_the_same_results  # noqa: F401
 from test_blissdata2_clients import client, test_session_watcher_n_under_gevent  # noqa: F401
 from test_blissdata_classic import (  # noqa: F401
@@ -48,7 +48,7 @@ from databus._store.cluster import by_slot, split_nodes
 _PREFIXES = itertools.count()
 
 
-class ClusterBuses:
+class ClusterBuses(Buses):
     """``make_bus`` on the local cluster: buses with one key prefix of their own (a
     cluster has one database); ``url`` and ``prefix`` for the tests' subprocesses."""
 
@@ -56,12 +56,6 @@ class ClusterBuses:
         self.url = state.url
         self.prefix = f"c{next(_PREFIXES)}"
         self.made: list[databus.Bus] = []
-
-    def __call__(self, **overrides: object) -> databus.Bus:
-        settings = databus.Settings(url=self.url, prefix=self.prefix).replace(**overrides)
-        made = databus.connect(self.url, settings=settings)
-        self.made.append(made)
-        return made
 
 
 # In this module ``make_bus`` and ``bus`` (and the fixtures built on them: ``beamline``,
@@ -78,6 +72,15 @@ def make_bus(valkey_cluster):
 @pytest.fixture
 def bus(make_bus):
     return make_bus()
+
+
+def _running(session, title):
+    """A started scan of ``session`` and its int64 channel ``x``."""
+    scan = session.create_scan(title=title)
+    x = scan.channel("x", "int64")
+    scan.prepare()
+    scan.start()
+    return scan, x
 
 
 def _until_ends(n):
@@ -280,10 +283,7 @@ def test_a_primary_killed_mid_scan_costs_no_unreported_point(cluster_with_replic
     bus = databus.connect(state.url, settings=settings)
     session = bus.session("failover")
     followers = [Collector(session.follow, until=_until_ends(1), timeout=20) for _ in range(2)]
-    scan = session.create_scan(title="failover")
-    x = scan.channel("x", "int64")
-    scan.prepare()
-    scan.start()
+    scan, x = _running(session, "failover")
     total = 600
     victim = None
     victim = _primary_of(state, scan.key)
@@ -343,10 +343,7 @@ def test_a_slot_migrated_while_a_scan_is_written_loses_and_repeats_nothing(valke
     state = valkey_cluster
     session = bus.session("moving")
     collector = Collector(session.follow, until=_until_ends(1), timeout=20)
-    scan = session.create_scan(title="moving")
-    x = scan.channel("x", "int64")
-    scan.prepare()
-    scan.start()
+    scan, x = _running(session, "moving")
     slot = keys.hash_slot(scan.key)
     source = _primary_of(state, scan.key)
     target = next(n for n in state.nodes if n.role == "primary" and n.port != source.port)
@@ -435,10 +432,7 @@ def test_points_a_dead_primary_had_not_replicated_come_as_gaps_server_lost(
     bus = databus.connect(state.url, settings=databus.Settings(url=state.url, prefix="g"))
     session = bus.session("unreplicated")
     follower = Collector(session.follow, until=_until_ends(1), timeout=20)
-    scan = session.create_scan(title="gap")
-    x = scan.channel("x", "int64")
-    scan.prepare()
-    scan.start()
+    scan, x = _running(session, "gap")
     primary = _primary_of(state, scan.key)
     replica = next(n for n in state.nodes if n.replica_of == primary.port)
     for i in range(100):
