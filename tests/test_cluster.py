@@ -464,3 +464,23 @@ def test_points_a_dead_primary_had_not_replicated_come_as_gaps_server_lost(
         if not live:  # the points the new primary never had: every one reported
             assert reported and set(reported) <= set(range(100, 200)), reported
     bus.close()
+
+
+def test_a_link_keeps_no_connection_for_the_slots_it_no_longer_reads(bus):
+    """A walk that followed many scans (one slot each) holds one connection per node at
+    most, not one per scan it ever read."""
+    scans = [publish(bus.session("many"), n=3) for _ in range(12)]
+
+    def clients():
+        return sum(
+            int(bus.wire.on_node(node, "INFO", "clients")["connected_clients"])
+            for node in bus.wire.nodes()
+        )
+
+    link = bus.wire.link()
+    before = clients()
+    for scan in scans:
+        stream = keys.channel(scan.key, "axis:robz")
+        assert link.read({stream: "0-0"}, 10, None)[0][0] == stream
+    assert clients() - before <= len(bus.wire.nodes())
+    link.close()

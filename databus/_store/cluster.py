@@ -198,6 +198,15 @@ class ClusterLink:
             conn = self._readers[slot] = self._pool(node).get_connection()
         return conn
 
+    def _give_back(self, conn: Any) -> None:
+        """Return ``conn`` (in step) to its node's pool, or drop it if a reply is due."""
+        if conn in self._pending or conn in self._waiting.values():
+            self._drop(conn)
+            return
+        node = self.client.get_node(host=conn.host, port=conn.port)
+        if node is not None and node.redis_connection is not None:
+            node.redis_connection.connection_pool.release(conn)
+
     def _drop(self, conn: Any) -> None:
         """Disconnect ``conn`` and give it back to its node's pool."""
         conn.disconnect()
@@ -278,6 +287,8 @@ class ClusterLink:
         slots: dict[int, dict[str, str]] = {}
         for key, after in streams.items():
             slots.setdefault(keys.hash_slot(key), {})[key] = after
+        for slot in [s for s in self._readers if s not in slots and s not in self._waiting]:
+            self._give_back(self._readers.pop(slot))  # a slot no longer read (a scan ended)
         if len(slots) == 1 and not self._waiting:
             [(slot, asked)] = slots.items()
             with where_lost(self.client, self.wire.url, next(iter(asked))):
@@ -377,12 +388,7 @@ class ClusterLink:
     def close(self) -> None:
         """Give the connections back (dropped if a reply is still due)."""
         for conn in {*self._writers.values(), *self._readers.values()}:
-            if conn in self._pending or conn in self._waiting.values():
-                self._drop(conn)
-            else:
-                node = self.client.get_node(host=conn.host, port=conn.port)
-                if node is not None and node.redis_connection is not None:
-                    node.redis_connection.connection_pool.release(conn)
+            self._give_back(conn)
         self._writers.clear()
         self._readers.clear()
         self._waiting.clear()
