@@ -202,10 +202,8 @@ class ClusterLink:
         """Return ``conn`` (in step) to its node's pool, or drop it if a reply is due."""
         if conn in self._pending or conn in self._waiting.values():
             self._drop(conn)
-            return
-        node = self.client.get_node(host=conn.host, port=conn.port)
-        if node is not None and node.redis_connection is not None:
-            node.redis_connection.connection_pool.release(conn)
+        else:
+            self._release(conn)
 
     def _drop(self, conn: Any) -> None:
         """Disconnect ``conn`` and give it back to its node's pool."""
@@ -214,6 +212,10 @@ class ClusterLink:
         for table in (self._writers, self._readers, self._waiting):
             for k in [k for k, c in table.items() if c is conn]:
                 del table[k]  # type: ignore[arg-type]
+        self._release(conn)
+
+    def _release(self, conn: Any) -> None:
+        """Put ``conn`` back in its node's pool (if the node is still known)."""
         node = self.client.get_node(host=conn.host, port=conn.port)
         if node is not None and node.redis_connection is not None:
             node.redis_connection.connection_pool.release(conn)
@@ -338,15 +340,15 @@ class ClusterLink:
                 conn = self._reader(slot)
                 conn.send_command(*read_command(asked, count, block_ms, None), check_health=False)
                 self._waiting[slot] = conn
-        ready = [s for s, c in self._waiting.items() if c.can_read(timeout=0)]
-        if not ready:
-            wait = None if block_ms is None or block_ms == 0 else block_ms / 1000 + _LATE_S
+        if block_ms is None:  # reads that do not wait: take every reply
+            ready = list(self._waiting)
+        else:
+            ready = [s for s, c in self._waiting.items() if c.can_read(timeout=0)]
+        if not ready and block_ms is not None:
+            wait = None if block_ms == 0 else block_ms / 1000 + _LATE_S
             socks = {c._sock: s for s, c in self._waiting.items()}
-            if block_ms is None:
-                ready = list(self._waiting)
-            else:
-                readable, _, _ = select.select(list(socks), [], [], wait)
-                ready = [socks[sock] for sock in readable]
+            readable, _, _ = select.select(list(socks), [], [], wait)
+            ready = [socks[sock] for sock in readable]
         got: dict[str, Entries] = {}
         for slot in ready:
             got.update(self._answer(slot, streams))

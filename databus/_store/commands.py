@@ -20,7 +20,7 @@ from . import keys, schema
 Command = tuple[Any, ...]
 
 #: Commands that name no key (a cluster runs them on any node, or on each: ``wire``).
-KEYLESS = frozenset({"PING", "INFO", "SCAN", "TIME", "MULTI", "EXEC", "ASKING", "CLIENT"})
+KEYLESS = frozenset({"PING", "INFO", "SCAN"})
 
 
 def key_of(command: Command) -> str | None:
